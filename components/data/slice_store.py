@@ -1,0 +1,84 @@
+"""The processed-data format: one compressed shard per volume plus a slice index table.
+
+Layout of a processed folder::
+
+    index.parquet            one row per slice (see INDEX_COLUMNS)
+    preprocess_spec.json     the PreprocessSpec that produced the slices
+    shards/<dataset>/<subject>.npz   images (N,1,S,S) float32, brain (N,1,S,S) bool,
+                                     tumour (N,1,S,S) bool, slice_numbers (N,) int
+
+Shards are per volume so a stage (or a Ray worker) reads only the subjects it needs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from components.preprocess.volume import ProcessedSlices
+
+INDEX_COLUMNS = (
+    "subject", "dataset", "split", "slice", "row", "shard", "tumour_pixels", "brain_pixels",
+)
+
+
+def shard_path(root: Path, dataset: str, subject: str) -> Path:
+    return Path(root) / "shards" / dataset / f"{subject}.npz"
+
+
+def write_shard(root: Path, dataset: str, subject: str, split: str, slices: ProcessedSlices) -> pd.DataFrame:
+    """Save one volume's slices; return its rows of the slice index."""
+    path = shard_path(root, dataset, subject)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tumour = slices.tumour if slices.tumour is not None else np.zeros_like(slices.brain)
+    np.savez_compressed(
+        path, images=slices.images, brain=slices.brain, tumour=tumour, slice_numbers=slices.slice_numbers
+    )
+    return pd.DataFrame(
+        {
+            "subject": subject,
+            "dataset": dataset,
+            "split": split,
+            "slice": slices.slice_numbers,
+            "row": np.arange(len(slices.slice_numbers)),
+            "shard": str(path.relative_to(root)),
+            "tumour_pixels": slices.tumour_pixels,
+            "brain_pixels": slices.brain_pixels,
+        }
+    )
+
+
+def read_index(root: Path) -> pd.DataFrame:
+    path = Path(root) / "index.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"no slice index at {path}: run `brainomaly preprocess` first")
+    return pd.read_parquet(path)
+
+
+def write_index(root: Path, index: pd.DataFrame) -> Path:
+    path = Path(root) / "index.parquet"
+    index.loc[:, list(INDEX_COLUMNS)].to_parquet(path, index=False)
+    return path
+
+
+def load_shard(root: Path, shard: str) -> dict[str, np.ndarray]:
+    with np.load(Path(root) / shard) as archive:
+        return {key: archive[key] for key in archive.files}
+
+
+def load_slices(root: Path, index: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Stack the slices listed in ``index`` (in its order): images, brain, tumour arrays."""
+    if index.empty:
+        raise ValueError("no slices selected")
+    parts: dict[str, list[np.ndarray]] = {"images": [], "brain": [], "tumour": []}
+    positions = []
+    table = index.reset_index(drop=True)
+    for shard, rows in table.groupby("shard", sort=False)["row"]:
+        arrays = load_shard(root, shard)
+        positions.append(rows.index.to_numpy())
+        for key in parts:
+            parts[key].append(arrays[key][rows.to_numpy()])
+    order = np.argsort(np.concatenate(positions))
+    return {key: np.concatenate(value)[order] for key, value in parts.items()}

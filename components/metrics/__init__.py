@@ -1,0 +1,1 @@
+"""The papers' evaluation protocols as plain numpy / scikit-learn functions."""

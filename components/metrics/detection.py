@@ -1,0 +1,74 @@
+"""Slice-wise and pixel-wise detection metrics.
+
+Slice-wise (dual-VAE papers): a slice is abnormal when its tumour had more than
+``min_tumour_pixels`` annotated pixels before resizing; scores rank slices.
+Pixel-wise (spatial-autoencoder paper): every pixel inside the brain is a sample; Dice compares
+the thresholded anomaly map with the tumour mask, per subject.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, average_precision_score, f1_score, roc_auc_score, roc_curve
+
+
+def slice_labels(tumour_pixels: np.ndarray, min_tumour_pixels: int) -> np.ndarray:
+    return np.asarray(tumour_pixels) > min_tumour_pixels
+
+
+def _both_classes(labels: np.ndarray, what: str) -> None:
+    if labels.all() or not labels.any():
+        raise ValueError(f"{what} needs both normal and abnormal samples; got only {'abnormal' if labels.all() else 'normal'} ones")
+
+
+def slice_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
+    """AUROC and AUPRC of slice scores, and accuracy / F1 of the verdict ``score > threshold``."""
+    labels = np.asarray(labels, bool)
+    _both_classes(labels, "slice-wise evaluation")
+    verdicts = np.asarray(scores) > threshold
+    return {
+        "slice_auroc": float(roc_auc_score(labels, scores)),
+        "slice_auprc": float(average_precision_score(labels, scores)),
+        "slice_accuracy": float(accuracy_score(labels, verdicts)),
+        "slice_f1": float(f1_score(labels, verdicts, zero_division=0)),
+        "slices_abnormal": int(labels.sum()),
+        "slices_normal": int((~labels).sum()),
+    }
+
+
+def roc_table(scores: np.ndarray, labels: np.ndarray, max_points: int = 200) -> pd.DataFrame:
+    """ROC curve points (fpr, tpr, threshold), thinned to at most ``max_points`` rows for plotting."""
+    fpr, tpr, thresholds = roc_curve(labels, scores)
+    keep = np.unique(np.linspace(0, len(fpr) - 1, min(max_points, len(fpr))).round().astype(int))
+    return pd.DataFrame({"fpr": fpr[keep], "tpr": tpr[keep], "threshold": np.nan_to_num(thresholds[keep], posinf=1e9)})
+
+
+def pixel_metrics(maps: np.ndarray, tumour: np.ndarray, brain: np.ndarray) -> dict[str, float]:
+    """AUROC and AUPRC over the pixels inside the brain; arrays (N, 1, H, W)."""
+    inside = np.asarray(brain, bool)
+    truth = np.asarray(tumour, bool)[inside]
+    _both_classes(truth, "pixel-wise evaluation")
+    values = np.asarray(maps)[inside]
+    return {"pixel_auroc": float(roc_auc_score(truth, values)), "pixel_auprc": float(average_precision_score(truth, values))}
+
+
+def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """Dice overlap of two boolean arrays; 1.0 when both are empty."""
+    prediction, truth = np.asarray(prediction, bool), np.asarray(truth, bool)
+    denominator = prediction.sum() + truth.sum()
+    return 1.0 if denominator == 0 else float(2.0 * np.logical_and(prediction, truth).sum() / denominator)
+
+
+def dice_per_subject(
+    maps: np.ndarray, tumour: np.ndarray, brain: np.ndarray, subjects: np.ndarray, threshold: float
+) -> dict[str, float]:
+    """Dice of ``map > threshold`` (inside the brain) per subject with a tumour: mean and std."""
+    values = []
+    for subject in np.unique(subjects):
+        rows = np.asarray(subjects) == subject
+        if tumour[rows].any():
+            values.append(dice((maps[rows] > threshold) & brain[rows], tumour[rows]))
+    if not values:
+        raise ValueError("Dice needs at least one subject with a tumour")
+    return {"dice_mean": float(np.mean(values)), "dice_std": float(np.std(values)), "dice_subjects": len(values)}

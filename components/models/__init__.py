@@ -1,0 +1,1 @@
+"""Detectors: one file per family; ``registry.build_detector`` maps params names to classes."""

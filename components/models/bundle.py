@@ -1,0 +1,78 @@
+"""The self-describing model folder: everything needed to use a trained detector.
+
+Layout::
+
+    weights.pt      the detector's state_dict
+    bundle.json     detector name + hyper-parameters, preprocessing spec, thresholds,
+                    reference (healthy validation) score distribution, data version, metrics
+
+Serving and notebooks rebuild the detector and its preprocessing from this folder alone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from components.models.registry import build_detector
+from components.preprocess.spec import PreprocessSpec
+
+WEIGHTS = "weights.pt"
+DESCRIPTION = "bundle.json"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Decision thresholds, all from healthy validation data at ``percentile``.
+
+    slice_threshold: on slice scores; volume_threshold: on volume scores (max over slices);
+    pixel_threshold: on anomaly-map pixels inside the brain.
+    reference_scores: the healthy validation slice scores (the drift reference).
+    """
+
+    percentile: float
+    slice_threshold: float
+    volume_threshold: float
+    pixel_threshold: float
+    reference_scores: list[float]
+
+
+@dataclass(frozen=True)
+class DetectorBundle:
+    model_name: str
+    hyperparams: dict
+    preprocess: PreprocessSpec
+    calibration: Calibration
+    data_version: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+    def save(self, folder: Path, state_dict: dict) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(state_dict, folder / WEIGHTS)
+        (folder / DESCRIPTION).write_text(json.dumps(asdict(self), indent=2))
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path) -> tuple["DetectorBundle", nn.Module]:
+        """Read a bundle folder; returns the description and the detector in eval mode on CPU."""
+        folder = Path(folder)
+        for name in (WEIGHTS, DESCRIPTION):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"{folder} is not a detector bundle: {name} is missing")
+        raw = json.loads((folder / DESCRIPTION).read_text())
+        bundle = cls(
+            model_name=raw["model_name"],
+            hyperparams=raw["hyperparams"],
+            preprocess=PreprocessSpec.from_dict(raw["preprocess"]),
+            calibration=Calibration(**raw["calibration"]),
+            data_version=raw.get("data_version", {}),
+            metrics=raw.get("metrics", {}),
+        )
+        detector = build_detector(bundle.model_name, **bundle.hyperparams)
+        detector.load_state_dict(torch.load(folder / WEIGHTS, map_location="cpu"))
+        return bundle, detector.eval()

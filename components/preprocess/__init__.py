@@ -1,0 +1,1 @@
+"""Volume -> slices: the one preprocessing path shared by training and serving."""

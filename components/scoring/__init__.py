@@ -1,0 +1,1 @@
+"""Pure scoring: (input, reconstruction, brain mask) -> anomaly maps and scores."""

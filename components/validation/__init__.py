@@ -1,0 +1,1 @@
+"""Data gates: great-expectations suites over processed slices and volumes."""

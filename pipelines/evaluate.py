@@ -1,0 +1,99 @@
+"""Stage `evaluate`: thresholds from healthy validation slices, then the test-split metrics.
+
+Writes metrics/evaluate.json (DVC metrics), plots/roc_slice.csv (DVC plot), and
+models/calibration.json (thresholds + reference scores, read by `register`); logs the same to
+the training run in MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from components.data.slice_store import load_slices, read_index
+from components.metrics.detection import dice_per_subject, pixel_metrics, roc_table, slice_labels, slice_metrics
+from components.models.bundle import Calibration
+from components.models.inference import score_slices
+from components.models.registry import build_detector
+from components.scoring.residual import volume_score
+from pipelines import tracking
+from pipelines.params import Params
+from pipelines.preprocess import PROCESSED_DIR
+from pipelines.train import MODEL_DIR
+
+METRICS = Path("metrics/evaluate.json")
+ROC_PLOT = Path("plots/roc_slice.csv")
+CALIBRATION = Path("models/calibration.json")
+
+
+def load_trained(params: Params) -> tuple[torch.nn.Module, dict]:
+    folder = params.path(MODEL_DIR)
+    if not (folder / "weights.pt").is_file():
+        raise FileNotFoundError(f"no trained detector in {folder}: run `brainomaly train` first")
+    description = json.loads((folder / "detector.json").read_text())
+    detector = build_detector(description["model_name"], **description["hyperparams"])
+    detector.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu"))
+    return detector.eval(), description
+
+
+def score_split(detector, root: Path, index: pd.DataFrame) -> dict:
+    """Slices of ``index`` with their anomaly maps and scores."""
+    arrays = load_slices(root, index)
+    maps, scores = score_slices(detector, arrays["images"], arrays["brain"])
+    return {**arrays, "maps": maps, "scores": scores, "index": index.reset_index(drop=True)}
+
+
+def calibrate(val: dict, percentile: float) -> Calibration:
+    volumes = val["index"].assign(score=val["scores"]).groupby("subject")["score"].agg(volume_score)
+    return Calibration(
+        percentile=percentile,
+        slice_threshold=float(np.percentile(val["scores"], percentile)),
+        volume_threshold=float(np.percentile(volumes, percentile)),
+        pixel_threshold=float(np.percentile(val["maps"][val["brain"]], percentile)),
+        reference_scores=[round(float(s), 6) for s in val["scores"]],
+    )
+
+
+def run(params: Params) -> dict:
+    detector, description = load_trained(params)
+    root = params.path(PROCESSED_DIR)
+    index = read_index(root)
+    healthy_val = index[(index["dataset"] == "hcp") & (index["split"] == "val")]
+    calibration = calibrate(score_split(detector, root, healthy_val), params.evaluate.threshold_percentile)
+
+    test = score_split(detector, root, index[index["split"] == "test"])
+    labels = slice_labels(test["index"]["tumour_pixels"], params.evaluate.min_tumour_pixels)
+    metrics = {
+        **slice_metrics(test["scores"], labels, calibration.slice_threshold),
+        **pixel_metrics(test["maps"], test["tumour"], test["brain"]),
+        **dice_per_subject(test["maps"], test["tumour"], test["brain"], test["index"]["subject"].to_numpy(),
+                           calibration.pixel_threshold),
+        "slice_threshold": calibration.slice_threshold,
+        "pixel_threshold": calibration.pixel_threshold,
+        "volume_threshold": calibration.volume_threshold,
+    }
+    _write(params, metrics, roc_table(test["scores"], labels), calibration)
+    _log_to_mlflow(params, description["mlflow_run_id"], metrics)
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+
+
+def _write(params: Params, metrics: dict, roc: pd.DataFrame, calibration: Calibration) -> None:
+    for path in (METRICS, ROC_PLOT, CALIBRATION):
+        params.path(path).parent.mkdir(parents=True, exist_ok=True)
+    params.path(METRICS).write_text(json.dumps(metrics, indent=2))
+    roc.to_csv(params.path(ROC_PLOT), index=False)
+    params.path(CALIBRATION).write_text(json.dumps(asdict(calibration), indent=2))
+
+
+def _log_to_mlflow(params: Params, run_id: str, metrics: dict) -> None:
+    tracking.experiment_id(params)
+    client = tracking.MlflowClient()
+    for key, value in metrics.items():
+        client.log_metric(run_id, f"test_{key}", float(value))
+    client.log_artifact(run_id, str(params.path(ROC_PLOT)), artifact_path="evaluation")
+    client.log_artifact(run_id, str(params.path(METRICS)), artifact_path="evaluation")

@@ -1,0 +1,41 @@
+"""MLflow set-up: a SQLite tracking store and registry inside the repo unless
+``MLFLOW_TRACKING_URI`` names another (a server, a database)."""
+
+from __future__ import annotations
+
+import os
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from pipelines.params import Params
+
+EXPERIMENT = "brainomaly"
+DEFAULT_DB = "mlflow.db"
+DEFAULT_ARTIFACTS = "mlartifacts"
+
+
+def tracking_uri(params: Params) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{params.path(DEFAULT_DB)}"
+
+
+def experiment_id(params: Params) -> str:
+    """Point MLflow at the project's store and return the experiment's id (created on first use)."""
+    uri = tracking_uri(params)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    if experiment is not None:
+        return experiment.experiment_id
+    local = uri.startswith("sqlite:") and "MLFLOW_TRACKING_URI" not in os.environ
+    location = params.path(DEFAULT_ARTIFACTS).as_uri() if local else None
+    return mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+
+
+def run_for(experiment: str, key: str, value: str, run_name: str) -> str:
+    """The id of the run tagged ``key=value`` (so a rerun resumes it), or of a new one."""
+    client = MlflowClient()
+    found = client.search_runs([experiment], filter_string=f"tags.{key} = '{value}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    return client.create_run(experiment, run_name=run_name, tags={key: value}).info.run_id
