@@ -76,11 +76,18 @@ def serve(
 ) -> None:
     """Serve the champion model over HTTP with Ray Serve until interrupted."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from pipelines.tracking import tracking_uri
+    from serving.model_source import ModelNotFoundError
     from serving.run import serve_forever  # Ray Serve is heavy: import only for this command
 
     try:
-        serve_forever(load_params(params), port=port, model_uri=model_uri)
-    except (ParamsError, ValueError, FileNotFoundError) as err:
+        p = load_params(params)
+        serve_forever(
+            host=p.serve.host, port=port or p.serve.port,
+            model_uri=model_uri or f"models:/{p.registry.model_name}@{p.registry.alias}",
+            tracking_uri=tracking_uri(p), max_upload_mb=p.serve.max_upload_mb, num_replicas=p.serve.num_replicas,
+        )
+    except (ParamsError, ModelNotFoundError, ValueError, FileNotFoundError) as err:
         console.print(f"[bold red]brainomaly serve: {err}")
         raise typer.Exit(1) from None
 

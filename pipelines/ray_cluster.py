@@ -19,7 +19,7 @@ def ray_session() -> Iterator[None]:
         yield
         return
     address = os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+    ray.init(address=address, logging_level=logging.WARNING)
     log.info("Ray: %s", address or f"local, {ray.cluster_resources().get('CPU', 0):.0f} CPUs")
     try:
         yield

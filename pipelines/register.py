@@ -62,7 +62,7 @@ def champion_value(client, name: str, alias: str) -> tuple[str | None, float | N
         version = client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None, None
-    return version.version, float(version.tags.get("primary_metric_value", "-inf"))
+    return str(version.version), float(version.tags.get("primary_metric_value", "-inf"))
 
 
 def run(params: Params) -> dict:

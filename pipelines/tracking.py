@@ -13,10 +13,13 @@ from pipelines.params import Params
 EXPERIMENT = "brainomaly"
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
+# Read once, before any mlflow.set_tracking_uri(): MLflow exports the URI it is given to this
+# variable (for subprocesses), after which a user's choice could not be told from our own.
+USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 
 def tracking_uri(params: Params) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{params.path(DEFAULT_DB)}"
+    return USER_TRACKING_URI or f"sqlite:///{params.path(DEFAULT_DB)}"
 
 
 def experiment_id(params: Params) -> str:
@@ -27,8 +30,7 @@ def experiment_id(params: Params) -> str:
     experiment = mlflow.get_experiment_by_name(EXPERIMENT)
     if experiment is not None:
         return experiment.experiment_id
-    local = uri.startswith("sqlite:") and "MLFLOW_TRACKING_URI" not in os.environ
-    location = params.path(DEFAULT_ARTIFACTS).as_uri() if local else None
+    location = None if USER_TRACKING_URI else params.path(DEFAULT_ARTIFACTS).as_uri()
     return mlflow.create_experiment(EXPERIMENT, artifact_location=location)
 
 

@@ -38,17 +38,21 @@ class ProcessedSlices:
     brain_pixels: np.ndarray
 
 
+def axial_axis(affine: np.ndarray) -> int:
+    """The input voxel axis closest to the world's inferior-superior direction."""
+    return int(np.flatnonzero(nib.orientations.io_orientation(affine)[:, 0] == 2)[0])
+
+
 def to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Reorder voxel axes to RAS (axis 2 = inferior->superior). Returns (data, input_axial_index).
 
     ``input_axial_index[k]`` is the input file's own index of RAS axial slice k.
     """
     ornt = nib.orientations.io_orientation(affine)
+    axis = axial_axis(affine)
+    index = np.arange(data.shape[axis])
     ras = nib.orientations.apply_orientation(data, ornt)
-    axial_axis = int(np.flatnonzero(ornt[:, 0] == 2)[0])
-    n = data.shape[axial_axis]
-    index = np.arange(n)
-    return np.ascontiguousarray(ras), (index[::-1] if ornt[axial_axis, 1] < 0 else index).copy()
+    return np.ascontiguousarray(ras), (index[::-1] if ornt[axis, 1] < 0 else index).copy()
 
 
 def scale_intensity(image: np.ndarray, brain: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:

@@ -133,4 +133,4 @@ def run_gate(tables: dict[str, pd.DataFrame], spec: GateSpec) -> GateReport:
 
 
 def _json_safe(rows: list) -> list[dict]:
-    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()} for row in rows if isinstance(row, dict)]
+    return [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()} for row in rows if isinstance(row, dict)]

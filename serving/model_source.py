@@ -1,0 +1,48 @@
+"""Fetch a registered detector from MLflow: ``models:/<name>@<alias>`` -> a local bundle folder."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+_ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$")
+_VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
+
+
+class ModelNotFoundError(LookupError):
+    """No model answers to the URI in this tracking store."""
+
+
+def fetch_bundle(model_uri: str, tracking_uri: str, destination: Path) -> tuple[Path, str, str]:
+    """Download the model; returns (bundle folder, registered name, version)."""
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    name, version = resolve_version(model_uri)
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(destination))
+    except MlflowException as err:
+        raise ModelNotFoundError(f"cannot download {model_uri} from {tracking_uri}: {err.message}") from err
+    bundle = Path(local) / "artifacts" / "bundle"
+    if not bundle.is_dir():
+        raise ModelNotFoundError(f"{model_uri} is not a Brainomaly detector (no artifacts/bundle inside)")
+    return bundle, name, version
+
+
+def resolve_version(model_uri: str) -> tuple[str, str]:
+    """(name, version) of ``models:/name@alias`` or ``models:/name/version``."""
+    client = MlflowClient()
+    if match := _ALIAS_URI.match(model_uri):
+        try:
+            found = client.get_model_version_by_alias(match["name"], match["alias"])
+        except MlflowException as err:
+            raise ModelNotFoundError(
+                f"no model version has alias {match['alias']!r} under {match['name']!r}: run `brainomaly register` first"
+            ) from err
+        return found.name, str(found.version)
+    if match := _VERSION_URI.match(model_uri):
+        return match["name"], match["version"]
+    raise ModelNotFoundError(f"model URI {model_uri!r} is not models:/<name>@<alias> or models:/<name>/<version>")

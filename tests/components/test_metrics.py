@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+
+from components.metrics.detection import dice, dice_per_subject, pixel_metrics, roc_table, slice_labels, slice_metrics
+from components.scoring.residual import slice_scores, volume_score
+
+
+def test_dice_hand_worked():
+    a = np.array([1, 1, 0, 0], bool)
+    b = np.array([1, 0, 1, 0], bool)
+    assert dice(a, b) == pytest.approx(0.5)  # 2*1 / (2+2)
+    assert dice(a, a) == 1.0 and dice(np.zeros(4), np.zeros(4)) == 1.0 and dice(a, ~a) == 0.0
+
+
+def test_slice_metrics_hand_worked():
+    scores = np.array([0.1, 0.4, 0.35, 0.8])
+    labels = np.array([0, 0, 1, 1], bool)
+    m = slice_metrics(scores, labels, threshold=0.3)
+    assert m["slice_auroc"] == pytest.approx(0.75)  # 3 of 4 (abnormal, normal) pairs ordered
+    assert m["slice_accuracy"] == pytest.approx(0.75)  # verdicts 0,1,1,1
+    assert m["slice_f1"] == pytest.approx(0.8)  # tp=2 fp=1 fn=0
+    assert m["slice_auprc"] == pytest.approx((1.0 + 2 / 3) / 2)
+    assert (m["slices_abnormal"], m["slices_normal"]) == (2, 2)
+
+
+def test_slice_labels_use_strict_threshold():
+    np.testing.assert_array_equal(slice_labels(np.array([0, 20, 21]), 20), [False, False, True])
+
+
+def test_one_class_is_an_error():
+    with pytest.raises(ValueError, match="both normal and abnormal"):
+        slice_metrics(np.array([0.1, 0.2]), np.array([True, True]), 0.5)
+
+
+def test_pixel_metrics_only_count_the_brain():
+    maps = np.array([[[[0.9, 0.1], [0.2, 5.0]]]])
+    tumour = np.array([[[[1, 0], [0, 0]]]], bool)
+    brain = np.array([[[[1, 1], [1, 0]]]], bool)  # the 5.0 outside the brain must not count
+    assert pixel_metrics(maps, tumour, brain)["pixel_auroc"] == pytest.approx(1.0)
+
+
+def test_dice_per_subject_skips_tumour_free_subjects():
+    maps = np.array([[[[1.0, 0.0]]], [[[1.0, 1.0]]], [[[0.0, 0.0]]]])
+    tumour = np.array([[[[1, 0]]], [[[1, 0]]], [[[0, 0]]]], bool)
+    brain = np.ones_like(tumour)
+    out = dice_per_subject(maps, tumour, brain, np.array(["a", "b", "c"]), threshold=0.5)
+    assert out["dice_subjects"] == 2
+    assert out["dice_mean"] == pytest.approx((1.0 + 2 / 3) / 2)
+
+
+def test_slice_scores_are_means_inside_the_brain():
+    maps = np.array([[[[1.0, 3.0], [9.0, 0.0]]]])
+    brain = np.array([[[[1, 1], [0, 0]]]], bool)
+    np.testing.assert_allclose(slice_scores(maps * brain, brain), [2.0])
+    assert volume_score(np.array([0.1, 0.7, 0.2])) == 0.7
+
+
+def test_roc_table_is_thinned_and_monotone():
+    rng = np.random.default_rng(0)
+    table = roc_table(rng.random(1000), rng.random(1000) > 0.5, max_points=50)
+    assert len(table) <= 50 and table["fpr"].is_monotonic_increasing
+    assert table["fpr"].iloc[0] == 0.0 and table["tpr"].iloc[-1] == 1.0

@@ -1,0 +1,62 @@
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from components.data.nifti_io import InvalidVolumeError, load_volume, save_volume, volume_from_bytes, volume_to_bytes
+
+
+def nifti_bytes(data: np.ndarray, affine=np.eye(4)) -> bytes:
+    return nib.Nifti1Image(data, affine).to_bytes()
+
+
+def test_roundtrip_keeps_data_and_affine(tmp_path):
+    data = np.random.default_rng(0).random((5, 6, 7)).astype(np.float32)
+    affine = np.diag([-1.0, -1.0, 2.0, 1.0])
+    loaded, loaded_affine = load_volume(save_volume(data, affine, tmp_path / "v.nii.gz"))
+    np.testing.assert_allclose(loaded, data)
+    np.testing.assert_allclose(loaded_affine, affine)
+
+
+def test_bytes_roundtrip_gzipped_and_plain():
+    data = np.arange(60, dtype=np.int16).reshape(3, 4, 5)
+    for payload in (volume_to_bytes(data, np.eye(4)), nifti_bytes(data)):
+        parsed, _ = volume_from_bytes(payload)
+        np.testing.assert_array_equal(parsed, data)
+
+
+def test_single_frame_4d_is_accepted():
+    parsed, _ = volume_from_bytes(nifti_bytes(np.ones((4, 4, 4, 1), np.float32)))
+    assert parsed.shape == (4, 4, 4)
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (b"definitely not a nifti file" * 20, "not a NIfTI"),
+        (b"short", "too short"),
+        (gzip.compress(nifti_bytes(np.random.default_rng(0).random((8, 8, 8), np.float32)))[:900], "truncated or corrupt"),
+        (nifti_bytes(np.ones((8, 8), np.float32)), "expected a 3-D volume"),
+        (nifti_bytes(np.ones((4, 4, 4, 2, 2), np.float32)), "expected a 3-D volume"),
+        (nifti_bytes(np.full((4, 4, 4), np.nan, np.float32)), "NaN or infinite"),
+    ],
+    ids=["garbage", "too-short", "truncated-gzip", "2d", "5d", "nan"],
+)
+def test_bad_uploads_are_named(payload, message):
+    with pytest.raises(InvalidVolumeError, match=message):
+        volume_from_bytes(payload)
+
+
+def test_gzip_bomb_is_bounded():
+    bomb = gzip.compress(nifti_bytes(np.zeros((128, 128, 128), np.float32)))
+    with pytest.raises(InvalidVolumeError, match="decompresses to more than"):
+        volume_from_bytes(bomb, max_uncompressed_bytes=1 << 20)
+
+
+def test_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_volume(tmp_path / "absent.nii.gz")
+    (tmp_path / "bad.nii.gz").write_bytes(b"\x1f\x8b garbage")
+    with pytest.raises(InvalidVolumeError):
+        load_volume(tmp_path / "bad.nii.gz")

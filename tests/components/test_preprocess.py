@@ -1,0 +1,100 @@
+import numpy as np
+import pytest
+
+from components.data.layouts import read_brats, read_hcp
+from components.data.nifti_io import InvalidVolumeError, load_volume
+from components.data.phantoms import to_lps
+from components.preprocess.spec import PreprocessSpec
+from components.preprocess.volume import preprocess_volume, to_ras
+
+
+@pytest.fixture(scope="module")
+def brats_case(phantom_roots):
+    subject = read_brats(phantom_roots[1])[0]
+    image, affine = load_volume(subject.image)
+    seg, _ = load_volume(subject.segmentation)
+    return image, affine, seg
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+def test_slices_are_model_ready(brats_case, size):
+    image, affine, seg = brats_case
+    out = preprocess_volume(image, affine, PreprocessSpec(size=size), segmentation=seg)
+    n = len(out.slice_numbers)
+    assert out.images.shape == out.brain.shape == out.tumour.shape == (n, 1, size, size)
+    assert out.images.dtype == np.float32 and 0.0 <= out.images.min() and out.images.max() <= 1.0
+    assert out.images[~out.brain].max() == 0.0
+    assert out.tumour_pixels.sum() > 0 and (out.tumour_pixels == 0).any()
+
+
+def test_orientation_does_not_change_the_slices(brats_case):
+    """A BraTS (LPS) file and its RAS re-encoding give identical slices and slice numbers."""
+    image, affine, seg = brats_case
+    ras_image, _ = to_ras(image, affine)
+    ras_affine = affine @ np.diag([-1.0, -1.0, 1.0, 1.0])
+    ras_affine[:2, 3] = affine[:2, 3] + affine[:2, :2] @ (np.array(image.shape[:2]) - 1)
+    lps_out = preprocess_volume(image, affine, PreprocessSpec(), segmentation=seg)
+    ras_out = preprocess_volume(ras_image, ras_affine, PreprocessSpec(), segmentation=to_ras(seg, affine)[0])
+    np.testing.assert_array_equal(lps_out.images, ras_out.images)
+    np.testing.assert_array_equal(lps_out.slice_numbers, ras_out.slice_numbers)
+
+
+def test_slice_numbers_follow_the_input_file(brats_case):
+    """With the axial axis stored top-down, slice numbers count in the file's own order."""
+    image, affine, seg = brats_case
+    flipped_affine = affine.copy()
+    flipped_affine[:3, 2] *= -1
+    flipped_affine[:3, 3] = affine[:3, 3] + affine[:3, 2] * (image.shape[2] - 1)
+    up = preprocess_volume(image, affine, PreprocessSpec(), segmentation=seg)
+    down = preprocess_volume(image[:, :, ::-1], flipped_affine, PreprocessSpec(), segmentation=seg[:, :, ::-1])
+    np.testing.assert_array_equal(np.sort(down.slice_numbers), np.sort(image.shape[2] - 1 - up.slice_numbers))
+    tumour_up = dict(zip(up.slice_numbers, up.tumour_pixels))
+    for number, pixels in zip(down.slice_numbers, down.tumour_pixels):
+        assert seg[:, :, ::-1][:, :, number].astype(bool).sum() == pixels
+        assert tumour_up[image.shape[2] - 1 - number] == pixels
+
+
+def test_tumour_pixels_are_counted_before_resizing(brats_case):
+    image, affine, seg = brats_case
+    out = preprocess_volume(image, affine, PreprocessSpec(size=32), segmentation=seg)
+    for number, pixels in zip(out.slice_numbers, out.tumour_pixels):
+        assert (seg[:, :, number] > 0).sum() == pixels
+
+
+def test_provided_mask_is_used(phantom_roots):
+    subject = read_hcp(phantom_roots[0])[0]
+    image, affine = load_volume(subject.image)
+    mask, _ = load_volume(subject.brain_mask)
+    out = preprocess_volume(image, affine, PreprocessSpec(), brain_mask=mask)
+    assert out.tumour is None and (out.tumour_pixels == 0).all()
+
+
+@pytest.mark.parametrize(
+    "volume, message",
+    [(np.zeros((20, 20, 20), np.float32), "fewer than 100 brain voxels"),
+     (np.ones((20, 20, 20), np.float32), "constant")],
+)
+def test_unusable_volumes(volume, message):
+    with pytest.raises(InvalidVolumeError, match=message):
+        preprocess_volume(volume, np.eye(4), PreprocessSpec())
+
+
+def test_mask_shape_must_match(brats_case):
+    image, affine, _ = brats_case
+    with pytest.raises(InvalidVolumeError, match="brain mask shape"):
+        preprocess_volume(image, affine, PreprocessSpec(), brain_mask=np.ones((3, 3, 3)))
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"size": 50}, {"min_brain_fraction": 1.5}, {"percentiles": (99.0, 1.0)}]
+)
+def test_bad_spec(kwargs):
+    with pytest.raises(ValueError, match="preprocess"):
+        PreprocessSpec(**kwargs)
+
+
+def test_to_lps_roundtrip():
+    data = np.arange(24).reshape(2, 3, 4)
+    lps, affine = to_lps(data, np.eye(4))
+    back, _ = to_ras(lps, affine)
+    np.testing.assert_array_equal(back, data)

@@ -1,0 +1,102 @@
+"""Shared fixtures: tiny phantom data, made once per session, and a tiny params file."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.data.phantoms import PhantomSpec, generate_phantoms
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small enough for seconds per stage on 2 cores, large enough to train a detector that works.
+TINY_PARAMS = {
+    "phantoms": {"n_healthy": 8, "n_tumour": 4, "voxel_size_mm": 3.0, "seed": 11},
+    "preprocess": {"size": 32},
+    "model": {"name": "spatial_vae", "base_channels": 16, "latent_channels": 32, "downsamplings": 3, "kl_weight": 0.01},
+    "train": {"epochs": 12, "batch_size": 32, "num_workers": 2, "learning_rate": 0.002},
+    "serve": {"max_upload_mb": 2},
+}
+
+
+def tiny_params_dict() -> dict:
+    """The repo's params.yaml with TINY_PARAMS merged over it."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, values in TINY_PARAMS.items():
+        params[section].update(values)
+    return params
+
+
+def write_params(folder: Path, name: str = "params.yaml", **overrides: dict) -> Path:
+    params = tiny_params_dict()
+    for section, values in overrides.items():
+        params[section].update(values)
+    path = Path(folder) / name
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def phantom_roots(tmp_path_factory) -> tuple[Path, Path]:
+    """(hcp_root, brats_root) of a tiny phantom population in the real layouts."""
+    root = tmp_path_factory.mktemp("phantoms")
+    spec = PhantomSpec(n_healthy=4, n_tumour=3, voxel_size_mm=3.0, seed=5)
+    generate_phantoms(root / "hcp", root / "brats", spec)
+    return root / "hcp", root / "brats"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def processed_project(tmp_path_factory, phantom_roots) -> Path:
+    """A project folder whose params point at the tiny phantoms, with `preprocess` already run."""
+    from pipelines import preprocess
+    from pipelines.params import load_params
+
+    folder = tmp_path_factory.mktemp("project")
+    hcp_root, brats_root = phantom_roots
+    params = load_params(write_params(folder, data={"hcp_root": str(hcp_root), "brats_root": str(brats_root)}))
+    preprocess.run(params)
+    return folder
+
+
+def venv_env() -> dict:
+    """The environment for subprocesses: this interpreter's bin first on PATH (dvc, brainomaly)."""
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+@pytest.fixture(scope="session")
+def pipeline_repo(tmp_path_factory) -> Path:
+    """A copy of this repository with tiny params on which `dvc repro` has run end to end."""
+    import shutil
+    import subprocess
+
+    repo = tmp_path_factory.mktemp("repo")
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for name in listed:
+        if (REPO / name).is_file() and not name.startswith("tests/"):
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, repo / name)
+    write_params(repo)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "tiny pipeline"], cwd=repo, check=True)
+    result = subprocess.run(["dvc", "repro"], cwd=repo, env=venv_env(), capture_output=True, text=True, timeout=1500)
+    (repo / "repro.log").write_text(result.stdout + result.stderr)
+    assert result.returncode == 0, f"dvc repro failed:\n{(result.stdout + result.stderr)[-5000:]}"
+    return repo

@@ -1,0 +1,39 @@
+import pytest
+import yaml
+
+from pipelines.params import ParamsError, load_params
+from tests.conftest import REPO, write_params
+
+
+def test_repo_params_load():
+    params = load_params(REPO / "params.yaml")
+    assert params.model.name == "spatial_vae" and params.preprocess.spec().size == 64
+    assert params.path(params.data.hcp_root).is_absolute()
+
+
+@pytest.mark.parametrize(
+    "section, values, message",
+    [
+        ("train", {"epochs": 0}, "train.epochs"),
+        ("train", {"epoch": 3}, "train.epoch: Extra inputs are not permitted"),
+        ("preprocess", {"size": 50}, "preprocess.size must be a multiple of 16"),
+        ("data", {"modality": "dwi"}, "data.modality"),
+        ("evaluate", {"primary_metric": "accuracy"}, "evaluate.primary_metric"),
+    ],
+)
+def test_bad_values_name_their_key(tmp_path, section, values, message):
+    with pytest.raises(ParamsError, match=message):
+        load_params(write_params(tmp_path, **{section: values}))
+
+
+def test_missing_or_broken_file(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("train: [unclosed")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_tiny_params_are_valid(tmp_path):
+    params = load_params(write_params(tmp_path))
+    assert yaml.safe_load((tmp_path / "params.yaml").read_text())["train"]["epochs"] == params.train.epochs

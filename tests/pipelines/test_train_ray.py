@@ -1,0 +1,43 @@
+"""Ray Train on a real local Ray cluster: 2 DDP workers on CPU, tracked in a real MLflow store."""
+
+import json
+import shutil
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines import train
+from pipelines.params import load_params
+from pipelines.tracking import tracking_uri
+from tests.conftest import write_params
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture()
+def project(processed_project, tmp_path):
+    shutil.copytree(processed_project / "data", tmp_path / "data")
+    return tmp_path
+
+
+def test_two_worker_training_checkpoints_tracks_and_resumes(project):
+    params = load_params(write_params(project, train={"epochs": 2, "num_workers": 2}))
+    summary = train.run(params)
+
+    assert summary["epochs_trained"] == 2
+    assert (project / "models" / "detector" / "weights.pt").is_file()
+    checkpoints = [p for p in (project / "artifacts" / "ray_results" / summary["ray_run_name"]).glob("checkpoint_*") if p.is_dir()]
+    assert len(checkpoints) == 2  # one per epoch
+
+    client = MlflowClient(tracking_uri(params))
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.data.params["train.num_workers"] == "2" and run.data.params["model.name"] == "spatial_vae"
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert [m.step for m in history] == [0, 1]
+    assert len(client.get_metric_history(run.info.run_id, "val_l1")) == 2
+
+    # Same params and data: the run is found, resumed from its last checkpoint, nothing retrained.
+    again = train.run(params)
+    assert again["mlflow_run_id"] == summary["mlflow_run_id"] and again["epochs_trained"] == 2
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
+    assert json.loads((project / "models" / "detector" / "detector.json").read_text())["ray_run_name"] == summary["ray_run_name"]

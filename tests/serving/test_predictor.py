@@ -1,0 +1,47 @@
+"""The predictor without Ray or HTTP: a bundle folder and a volume in any orientation."""
+
+import numpy as np
+import pytest
+import torch
+
+from components.data.layouts import read_brats
+from components.data.nifti_io import load_volume
+from components.models.bundle import Calibration, DetectorBundle
+from components.models.registry import build_detector
+from components.preprocess.spec import PreprocessSpec
+from components.preprocess.volume import to_ras
+from serving.predictor import VolumePredictor
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory):
+    torch.manual_seed(0)
+    hyperparams = {"base_channels": 8, "latent_channels": 8, "downsamplings": 3}
+    bundle = DetectorBundle(
+        model_name="spatial_vae", hyperparams=hyperparams, preprocess=PreprocessSpec(size=32),
+        calibration=Calibration(98.0, slice_threshold=0.1, volume_threshold=0.2, pixel_threshold=0.3, reference_scores=[0.1]),
+    )
+    folder = bundle.save(tmp_path_factory.mktemp("bundle"), build_detector("spatial_vae", **hyperparams).state_dict())
+    return VolumePredictor.from_folder(folder, "brainomaly-detector", "7")
+
+
+def test_response_describes_every_input_slice(predictor, phantom_roots):
+    image, affine = load_volume(read_brats(phantom_roots[1])[0].image)
+    result = predictor.predict(image, affine)
+    assert result["model"] == {"name": "brainomaly-detector", "version": "7", "detector": "spatial_vae"}
+    assert result["slices_scored"] + result["slices_skipped"] == image.shape[2]
+    indices = [s["index"] for s in result["slices"]]
+    assert indices == sorted(indices) and all(image[:, :, i].any() for i in indices)
+    assert result["volume_score"] == max(s["score"] for s in result["slices"])
+    assert {s["verdict"] for s in result["slices"]} <= {"normal", "anomalous"}
+
+
+def test_same_scan_in_ras_gives_the_same_scores_per_slice(predictor, phantom_roots):
+    image, affine = load_volume(read_brats(phantom_roots[1])[0].image)
+    ras_image, _ = to_ras(image, affine)
+    ras_affine = affine @ np.diag([-1.0, -1.0, 1.0, 1.0])
+    ras_affine[:2, 3] = affine[:2, 3] + affine[:2, :2] @ (np.array(image.shape[:2]) - 1)
+    lps = {s["index"]: s["score"] for s in predictor.predict(image, affine)["slices"]}
+    ras = {s["index"]: s["score"] for s in predictor.predict(ras_image, ras_affine)["slices"]}
+    assert lps.keys() == ras.keys()
+    np.testing.assert_allclose(list(lps.values()), list(ras.values()), rtol=1e-5)
