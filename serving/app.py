@@ -8,8 +8,6 @@
 Bad input gets a 4xx with a message that says what is wrong; the replica keeps serving.
 """
 
-from __future__ import annotations
-
 import asyncio
 import logging
 import tempfile

@@ -36,7 +36,7 @@ def server(pipeline_repo):
         try:
             if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
                 break
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or the proxy up before the app
             pass
         time.sleep(1)
     else:
@@ -110,7 +110,7 @@ def test_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(server, pipelin
 
 
 def test_multipart_without_a_file_is_refused(server):
-    response = requests.post(f"{server}/v1/predict", data={"note": "no file here"}, timeout=30)
+    response = requests.post(f"{server}/v1/predict", files={"note": (None, "no file here")}, timeout=30)
     assert response.status_code == 400 and "no file part" in response.json()["error"]
 
 
