@@ -91,8 +91,7 @@ def _write(params: Params, metrics: dict, roc: pd.DataFrame, calibration: Calibr
 
 
 def _log_to_mlflow(params: Params, run_id: str, metrics: dict) -> None:
-    tracking.experiment_id(params)
-    client = tracking.MlflowClient()
+    client = tracking.client(params)
     for key, value in metrics.items():
         client.log_metric(run_id, f"test_{key}", float(value))
     client.log_artifact(run_id, str(params.path(ROC_PLOT)), artifact_path="evaluation")

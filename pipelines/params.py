@@ -121,6 +121,15 @@ class Params(Section):
     registry: RegisterParams = Field(RegisterParams(), alias="register")
     serve: ServeParams = ServeParams()
 
+    @model_validator(mode="after")
+    def _latent_fits_the_slices(self) -> "Params":
+        stride = 2 ** int(self.model.hyperparams().get("downsamplings", 0))
+        if self.preprocess.size % stride:
+            raise ValueError(
+                f"model.downsamplings={self.model.hyperparams()['downsamplings']} needs preprocess.size divisible by {stride}"
+            )
+        return self
+
     def path(self, relative: str | Path) -> Path:
         """A path of the project, absolute, resolved against the params file's folder."""
         return (self.root / relative).resolve()

@@ -66,8 +66,8 @@ def champion_value(client, name: str, alias: str) -> tuple[str | None, float | N
 
 
 def run(params: Params) -> dict:
-    tracking.experiment_id(params)
-    client = tracking.MlflowClient()
+    tracking.experiment_id(params)  # points mlflow.start_run/log_model at the project's store
+    client = tracking.client(params)
     name, alias, primary = params.registry.model_name, params.registry.alias, params.evaluate.primary_metric
     with tempfile.TemporaryDirectory() as tmp:
         bundle, description = build_bundle(params, Path(tmp) / "bundle")

@@ -22,6 +22,12 @@ def tracking_uri(params: Params) -> str:
     return USER_TRACKING_URI or f"sqlite:///{params.path(DEFAULT_DB)}"
 
 
+def client(params: Params) -> MlflowClient:
+    """A client bound to the project's tracking store and registry (never MLflow's globals)."""
+    uri = tracking_uri(params)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
 def experiment_id(params: Params) -> str:
     """Point MLflow at the project's store and return the experiment's id (created on first use)."""
     uri = tracking_uri(params)
@@ -34,9 +40,8 @@ def experiment_id(params: Params) -> str:
     return mlflow.create_experiment(EXPERIMENT, artifact_location=location)
 
 
-def run_for(experiment: str, key: str, value: str, run_name: str) -> str:
+def run_for(client: MlflowClient, experiment: str, key: str, value: str, run_name: str) -> str:
     """The id of the run tagged ``key=value`` (so a rerun resumes it), or of a new one."""
-    client = MlflowClient()
     found = client.search_runs([experiment], filter_string=f"tags.{key} = '{value}'", max_results=1)
     if found:
         return found[0].info.run_id

@@ -126,6 +126,7 @@ def data_fingerprint(root: Path) -> str:
 
 def run(params: Params) -> dict:
     data_root = params.path(PROCESSED_DIR)
+    read_index(data_root)  # a clear message when `preprocess` has not run
     model_params, train_params = params.model, params.train
     build_detector(model_params.name, **model_params.hyperparams())  # fail fast on a bad model param
     fingerprint = data_fingerprint(data_root)
@@ -134,9 +135,8 @@ def run(params: Params) -> dict:
     ).hexdigest()[:10]
     run_name = f"{model_params.name}-{config_hash}"
 
-    experiment = tracking.experiment_id(params)
-    run_id = tracking.run_for(experiment, "ray_run_name", run_name, run_name)
-    client = tracking.MlflowClient()
+    client = tracking.client(params)
+    run_id = tracking.run_for(client, tracking.experiment_id(params), "ray_run_name", run_name, run_name)
     for key, value in {**{f"model.{k}": v for k, v in model_params.model_dump().items()},
                        **{f"train.{k}": v for k, v in train_params.model_dump().items()},
                        "data.fingerprint": fingerprint}.items():

@@ -19,11 +19,12 @@ class ModelNotFoundError(LookupError):
 
 def fetch_bundle(model_uri: str, tracking_uri: str, destination: Path) -> tuple[Path, str, str]:
     """Download the model; returns (bundle folder, registered name, version)."""
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    name, version = resolve_version(model_uri)
+    name, version = resolve_version(model_uri, tracking_uri)
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(destination))
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{version}", dst_path=str(destination),
+            tracking_uri=tracking_uri, registry_uri=tracking_uri,
+        )
     except MlflowException as err:
         raise ModelNotFoundError(f"cannot download {model_uri} from {tracking_uri}: {err.message}") from err
     bundle = Path(local) / "artifacts" / "bundle"
@@ -32,9 +33,9 @@ def fetch_bundle(model_uri: str, tracking_uri: str, destination: Path) -> tuple[
     return bundle, name, version
 
 
-def resolve_version(model_uri: str) -> tuple[str, str]:
-    """(name, version) of ``models:/name@alias`` or ``models:/name/version``."""
-    client = MlflowClient()
+def resolve_version(model_uri: str, tracking_uri: str) -> tuple[str, str]:
+    """(name, version) of ``models:/name@alias`` or ``models:/name/version`` in that store."""
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     if match := _ALIAS_URI.match(model_uri):
         try:
             found = client.get_model_version_by_alias(match["name"], match["alias"])

@@ -20,11 +20,7 @@ def serve_forever(
     *, host: str, port: int, model_uri: str, tracking_uri: str, max_upload_mb: float, num_replicas: int = 1
 ) -> None:
     """Serve ``model_uri`` at http://host:port until SIGINT/SIGTERM. Uses ``RAY_ADDRESS`` if set."""
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    name, version = resolve_version(model_uri)  # fail here, clearly, before starting anything
+    name, version = resolve_version(model_uri, tracking_uri)  # fail here, clearly, before starting anything
     ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level=logging.WARNING)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

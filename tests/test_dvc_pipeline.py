@@ -23,7 +23,8 @@ def test_repro_runs_every_stage_to_a_registered_champion(pipeline_repo):
 
     registration = json.loads((pipeline_repo / "reports" / "registration.json").read_text())
     assert registration["promoted"] and registration["champion"] == "1"
-    client = MlflowClient(f"sqlite:///{pipeline_repo / 'mlflow.db'}")
+    uri = f"sqlite:///{pipeline_repo / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     champion = client.get_model_version_by_alias("brainomaly-detector", "champion")
     run = client.get_run(champion.run_id)
     assert run.data.params["model.name"] == "spatial_vae"

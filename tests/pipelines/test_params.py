@@ -19,6 +19,7 @@ def test_repo_params_load():
         ("preprocess", {"size": 50}, "preprocess.size must be a multiple of 16"),
         ("data", {"modality": "dwi"}, "data.modality"),
         ("evaluate", {"primary_metric": "accuracy"}, "evaluate.primary_metric"),
+        ("model", {"downsamplings": 6}, "needs preprocess.size divisible by 64"),
     ],
 )
 def test_bad_values_name_their_key(tmp_path, section, values, message):

@@ -6,7 +6,6 @@ import shutil
 import mlflow
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 
 from components.models.registry import build_detector
 from pipelines import register, tracking
@@ -19,7 +18,7 @@ def project(processed_project, tmp_path):
     """A project with a (randomly initialised) trained-model folder, calibration and metrics."""
     shutil.copytree(processed_project / "data", tmp_path / "data")
     params = load_params(write_params(tmp_path))
-    run_id = tracking.run_for(tracking.experiment_id(params), "ray_run_name", "test-run", "test-run")
+    run_id = tracking.run_for(tracking.client(params), tracking.experiment_id(params), "ray_run_name", "test-run", "test-run")
     hyperparams = params.model.hyperparams()
     (tmp_path / "models" / "detector").mkdir(parents=True)
     torch.save(build_detector("spatial_vae", **hyperparams).state_dict(), tmp_path / "models" / "detector" / "weights.pt")
@@ -47,7 +46,7 @@ def test_alias_moves_only_when_the_new_model_wins(project):
     better = register_with(project, 0.90)
     assert better["promoted"] and better["champion"] == "3"
 
-    client = MlflowClient(tracking.tracking_uri(project))
+    client = tracking.client(project)
     champion = client.get_model_version_by_alias("brainomaly-detector", "champion")
     assert str(champion.version) == "3"
     assert champion.tags["primary_metric"] == "slice_auroc" and float(champion.tags["primary_metric_value"]) == 0.9
@@ -56,7 +55,7 @@ def test_alias_moves_only_when_the_new_model_wins(project):
 
 def test_registered_model_is_self_describing_and_loads_as_pyfunc(project):
     register_with(project, 0.8)
-    mlflow.set_tracking_uri(tracking.tracking_uri(project))
+    mlflow.set_registry_uri(tracking.tracking_uri(project))
     model = mlflow.pyfunc.load_model("models:/brainomaly-detector@champion")
     scores = model.predict(torch.rand(3, 1, 32, 32).numpy())
     assert scores.shape == (3,)

@@ -4,11 +4,10 @@ import json
 import shutil
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from pipelines import train
 from pipelines.params import load_params
-from pipelines.tracking import tracking_uri
+from pipelines import tracking
 from tests.conftest import write_params
 
 pytestmark = pytest.mark.slow
@@ -29,7 +28,7 @@ def test_two_worker_training_checkpoints_tracks_and_resumes(project):
     checkpoints = [p for p in (project / "artifacts" / "ray_results" / summary["ray_run_name"]).glob("checkpoint_*") if p.is_dir()]
     assert len(checkpoints) == 2  # one per epoch
 
-    client = MlflowClient(tracking_uri(params))
+    client = tracking.client(params)
     run = client.get_run(summary["mlflow_run_id"])
     assert run.data.params["train.num_workers"] == "2" and run.data.params["model.name"] == "spatial_vae"
     history = client.get_metric_history(run.info.run_id, "train_loss")

@@ -1,0 +1,66 @@
+"""The CLI as a user meets it: each mistake is one clear line and exit code 1, never a traceback."""
+
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+from tests.conftest import write_params
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, list(args))
+    assert "Traceback" not in result.output
+    return result
+
+
+def test_bad_param_is_named(tmp_path):
+    result = invoke("train", "--params", str(write_params(tmp_path, train={"epochs": -1})))
+    assert result.exit_code == 1 and "train.epochs" in result.output
+
+
+def test_missing_data_folder(tmp_path):
+    params = write_params(tmp_path, data={"hcp_root": str(tmp_path / "no_hcp_here")})
+    result = invoke("preprocess", "--params", str(params))
+    assert result.exit_code == 1 and "hcp root folder not found" in result.output
+
+
+def test_train_before_preprocess(tmp_path):
+    result = invoke("train", "--params", str(write_params(tmp_path)))
+    assert result.exit_code == 1 and "run `brainomaly preprocess` first" in result.output
+
+
+def test_corrupt_nifti_is_named(tmp_path, phantom_roots):
+    hcp = shutil.copytree(phantom_roots[0], tmp_path / "hcp")
+    broken = sorted(hcp.glob("*/T1w/T2w_acpc_dc_restore_brain.nii.gz"))[0]
+    broken.write_bytes(broken.read_bytes()[:3000])
+    params = write_params(tmp_path, data={"hcp_root": str(hcp), "brats_root": str(phantom_roots[1])})
+    result = invoke("preprocess", "--params", str(params))
+    assert result.exit_code == 1 and str(broken) in result.output
+
+
+def test_validate_stops_on_corrupted_data_naming_the_subject(processed_project, tmp_path):
+    shutil.copytree(processed_project / "data", tmp_path / "data")
+    shard = sorted((tmp_path / "data" / "processed" / "shards" / "brats").glob("*.npz"))[0]
+    arrays = dict(np.load(shard))
+    arrays["images"][2, 0, 0, 0] = np.inf
+    np.savez_compressed(shard, **arrays)
+    result = invoke("validate", "--params", str(write_params(tmp_path)))
+    assert result.exit_code == 1
+    assert "data validation failed" in result.output and shard.stem in result.output
+    assert (tmp_path / "reports" / "validation.json").is_file()
+
+
+def test_serve_without_a_registered_model(tmp_path):
+    result = invoke("serve", "--params", str(write_params(tmp_path)))
+    assert result.exit_code == 1 and "run `brainomaly register` first" in result.output
+
+
+@pytest.mark.parametrize("command", ["phantoms", "preprocess", "validate", "train", "evaluate", "register", "serve"])
+def test_every_stage_has_help(command):
+    result = invoke(command, "--help")
+    assert result.exit_code == 0 and "--params" in result.output
