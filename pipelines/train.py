@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -110,7 +111,7 @@ def _log_epoch(config: dict, metrics: dict, epoch: int) -> None:
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    stamp = int(1000 * __import__("time").time())
+    stamp = int(1000 * time.time())
     MlflowClient(config["tracking_uri"]).log_batch(
         config["mlflow_run_id"], metrics=[Metric(k, float(v), stamp, epoch) for k, v in metrics.items() if k != "epoch"]
     )

@@ -21,10 +21,10 @@ def fetch_bundle(model_uri: str, tracking_uri: str, destination: Path) -> tuple[
     """Download the model; returns (bundle folder, registered name, version)."""
     name, version = resolve_version(model_uri, tracking_uri)
     try:
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}/{version}", dst_path=str(destination),
-            tracking_uri=tracking_uri, registry_uri=tracking_uri,
-        )
+        # Download from the version's storage location: a models:/ URI would be resolved
+        # against MLflow's process-wide registry, not the store named here.
+        source = _client(tracking_uri).get_model_version_download_uri(name, version)
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(destination))
     except MlflowException as err:
         raise ModelNotFoundError(f"cannot download {model_uri} from {tracking_uri}: {err.message}") from err
     bundle = Path(local) / "artifacts" / "bundle"
@@ -35,7 +35,7 @@ def fetch_bundle(model_uri: str, tracking_uri: str, destination: Path) -> tuple[
 
 def resolve_version(model_uri: str, tracking_uri: str) -> tuple[str, str]:
     """(name, version) of ``models:/name@alias`` or ``models:/name/version`` in that store."""
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = _client(tracking_uri)
     if match := _ALIAS_URI.match(model_uri):
         try:
             found = client.get_model_version_by_alias(match["name"], match["alias"])
@@ -47,3 +47,7 @@ def resolve_version(model_uri: str, tracking_uri: str) -> tuple[str, str]:
     if match := _VERSION_URI.match(model_uri):
         return match["name"], match["version"]
     raise ModelNotFoundError(f"model URI {model_uri!r} is not models:/<name>@<alias> or models:/<name>/<version>")
+
+
+def _client(tracking_uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)

@@ -3,6 +3,7 @@
 Layout of a processed folder::
 
     index.parquet            one row per slice (see INDEX_COLUMNS)
+    volumes.parquet          one row per volume: subject, dataset, split, seg_labels, n_slices
     preprocess_spec.json     the PreprocessSpec that produced the slices
     shards/<dataset>/<subject>.npz   images (N,1,S,S) float32, brain (N,1,S,S) bool,
                                      tumour (N,1,S,S) bool, slice_numbers (N,) int

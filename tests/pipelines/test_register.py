@@ -61,3 +61,21 @@ def test_registered_model_is_self_describing_and_loads_as_pyfunc(project):
     assert scores.shape == (3,)
     bundle = model.unwrap_python_model().bundle
     assert bundle.preprocess.size == 32 and bundle.calibration.reference_scores == [0.05, 0.07, 0.09]
+
+
+def test_serving_fetches_the_champion_from_this_store_alone(project, tmp_path, monkeypatch):
+    """As in a Serve replica: no MLflow globals set, a working directory elsewhere."""
+    from serving.model_source import ModelNotFoundError, fetch_bundle, resolve_version
+
+    register_with(project, 0.8)
+    uri = tracking.tracking_uri(project)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", None)
+    monkeypatch.setattr(mlflow.tracking._model_registry.utils, "_registry_uri", None)
+    folder, name, version = fetch_bundle("models:/brainomaly-detector@champion", uri, tmp_path / "download")
+    assert (folder / "bundle.json").is_file() and (name, version) == ("brainomaly-detector", "1")
+    with pytest.raises(ModelNotFoundError, match="no model version has alias 'staging'"):
+        resolve_version("models:/brainomaly-detector@staging", uri)
+    with pytest.raises(ModelNotFoundError, match="is not models:/"):
+        resolve_version("runs:/abc/model", uri)
