@@ -42,8 +42,9 @@ def run_pipeline(params: Path | None) -> dict:
             sys.exit(f"dvc repro failed:\n{result.stderr[-3000:]}")
         log = result.stdout + result.stderr
         stages = {name: float(seconds) for name, seconds in re.findall(r"(\w+) done in ([\d.]+) s", log)}
+        skipped = re.findall(r"Stage '(\w+)' didn't change, skipping", log)
         metrics = json.loads((clone / "metrics" / "evaluate.json").read_text())
-    return {"total_s": round(total, 1), "stages_s": stages, "metrics": metrics}
+    return {"total_s": round(total, 1), "stages_s": stages, "skipped_up_to_date": skipped, "metrics": metrics}
 
 
 def main() -> None:
@@ -65,6 +66,8 @@ def main() -> None:
     table.add_column("seconds", justify="right")
     for stage, seconds in record["stages_s"].items():
         table.add_row(stage, f"{seconds:.1f}")
+    for stage in record["skipped_up_to_date"]:
+        table.add_row(stage, "up to date")
     table.add_row("[bold]total (incl. DVC)", f"[bold]{record['total_s']:.1f}")
     console = Console()
     console.print(table)
