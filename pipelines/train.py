@@ -66,16 +66,17 @@ def train_loop(config: dict) -> None:
 
     train_images = torch.from_numpy(healthy_slices(config["data_root"], "train")["images"])
     detector = build_detector(config["model_name"], **config["hyperparams"])
-    optimizer = torch.optim.Adam(detector.parameters(), lr=config["learning_rate"])
-    start_epoch = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
+    state = None
+    if checkpoint := ray.train.get_checkpoint():
         with checkpoint.as_directory() as folder:
             state = torch.load(Path(folder) / STATE_FILE, map_location="cpu")
         detector.load_state_dict(state["model"])
+    model = ray.train.torch.prepare_model(detector)  # to the worker's device, wrapped in DDP
+    # Created after the move, so a restored optimizer state lands on the parameters' device.
+    optimizer = torch.optim.Adam(detector.parameters(), lr=config["learning_rate"])
+    if state:
         optimizer.load_state_dict(state["optimizer"])
-        start_epoch = state["epoch"] + 1
-    model = ray.train.torch.prepare_model(detector)
+    start_epoch = state["epoch"] + 1 if state else 0
 
     dataset = TensorDataset(train_images)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=config["seed"], drop_last=True)

@@ -14,10 +14,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Small enough for seconds per stage on 2 cores, large enough to train a detector that works.
 TINY_PARAMS = {
-    "phantoms": {"n_healthy": 8, "n_tumour": 4, "voxel_size_mm": 3.0, "seed": 11},
+    "phantoms": {"n_healthy": 10, "n_tumour": 4, "voxel_size_mm": 3.0, "seed": 11},
     "preprocess": {"size": 32},
     "model": {"name": "spatial_vae", "base_channels": 16, "latent_channels": 32, "downsamplings": 3, "kl_weight": 0.01},
-    "train": {"epochs": 12, "batch_size": 32, "num_workers": 2, "learning_rate": 0.002},
+    "train": {"epochs": 30, "batch_size": 32, "num_workers": 2, "learning_rate": 0.002},
     "serve": {"max_upload_mb": 2},
 }
 
