@@ -63,7 +63,7 @@ def run(params: Params) -> dict:
     detector, description = load_trained(params)
     root = params.path(PROCESSED_DIR)
     index = read_index(root)
-    healthy_val = index[(index["dataset"] == "hcp") & (index["split"] == "val")]
+    healthy_val = index[(index["cohort"] == "healthy") & (index["split"] == "val")]
     calibration = calibrate(score_split(detector, root, healthy_val), params.evaluate.threshold_percentile)
 
     test = score_split(detector, root, index[index["split"] == "test"])

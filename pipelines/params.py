@@ -21,9 +21,14 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+LayoutName = Literal["auto", "hcp", "ixi", "bids", "brats", "brats2023"]
+
+
 class DataParams(Section):
-    hcp_root: Path
-    brats_root: Path
+    healthy_root: Path
+    healthy_layout: LayoutName = "auto"
+    tumour_root: Path
+    tumour_layout: LayoutName = "auto"
     modality: Literal["t1", "t1ce", "t2", "flair"] = "t2"
 
 

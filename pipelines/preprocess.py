@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from components.data.layouts import LAYOUT_READERS, Subject
+from components.data.layouts import Subject, read_dataset
 from components.data.nifti_io import load_volume
 from components.data.slice_store import write_index, write_shard
 from components.data.splits import assign_splits
@@ -22,8 +22,12 @@ PROCESSED_DIR = Path("data/processed")
 
 
 def discover(params: Params) -> list[Subject]:
-    roots = {"hcp": params.data.hcp_root, "brats": params.data.brats_root}
-    return [s for name, root in roots.items() for s in LAYOUT_READERS[name](params.path(root), params.data.modality)]
+    """Healthy then tumour subjects, each cohort read with its layout (detected when 'auto')."""
+    data = params.data
+    return [
+        *read_dataset(params.path(data.healthy_root), data.healthy_layout, data.modality, cohort="healthy"),
+        *read_dataset(params.path(data.tumour_root), data.tumour_layout, data.modality, cohort="tumour"),
+    ]
 
 
 def process_subject(subject: Subject, params: Params) -> tuple:
@@ -50,12 +54,12 @@ def run(params: Params) -> dict:
     for subject in tqdm(subjects, desc="preprocess", unit="volume"):
         slices, labels = process_subject(subject, params)
         split = splits[(subject.dataset, subject.subject_id)]
-        rows.append(write_shard(out, subject.dataset, subject.subject_id, split, slices))
-        volumes.append({"subject": subject.subject_id, "dataset": subject.dataset, "split": split,
+        rows.append(write_shard(out, subject, split, slices))
+        volumes.append({"subject": subject.subject_id, "dataset": subject.dataset, "cohort": subject.cohort, "split": split,
                         "seg_labels": labels, "n_slices": len(slices.slice_numbers)})
     index = pd.concat(rows, ignore_index=True)
     write_index(out, index)
     pd.DataFrame(volumes).to_parquet(out / "volumes.parquet", index=False)
     params.preprocess.spec().to_json(out / "preprocess_spec.json")
-    counts = index.groupby(["dataset", "split"]).size().to_dict()
-    return {"volumes": len(subjects), "slices": len(index), "by_split": {f"{d}/{s}": n for (d, s), n in counts.items()}}
+    counts = index.groupby(["cohort", "dataset", "split"]).size().to_dict()
+    return {"volumes": len(subjects), "slices": len(index), "by_split": {"/".join(k): n for k, n in counts.items()}}

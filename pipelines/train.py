@@ -36,9 +36,9 @@ STATE_FILE = "state.pt"
 
 
 def healthy_slices(root: str, split: str) -> dict:
-    """Images (N, 1, S, S) and brain masks of the healthy (HCP) subjects of one split."""
+    """Images (N, 1, S, S) and brain masks of the healthy subjects of one split."""
     index = read_index(Path(root))
-    return load_slices(Path(root), index[(index["dataset"] == "hcp") & (index["split"] == split)])
+    return load_slices(Path(root), index[(index["cohort"] == "healthy") & (index["split"] == split)])
 
 
 def _mean_across_workers(values: dict[str, float], count: int) -> dict[str, float]:

@@ -62,7 +62,7 @@ def processed_project(tmp_path_factory, phantom_roots) -> Path:
 
     folder = tmp_path_factory.mktemp("project")
     hcp_root, brats_root = phantom_roots
-    params = load_params(write_params(folder, data={"hcp_root": str(hcp_root), "brats_root": str(brats_root)}))
+    params = load_params(write_params(folder, data={"healthy_root": str(hcp_root), "tumour_root": str(brats_root)}))
     preprocess.run(params)
     return folder
 

@@ -3,7 +3,7 @@
 Layout of a processed folder::
 
     index.parquet            one row per slice (see INDEX_COLUMNS)
-    volumes.parquet          one row per volume: subject, dataset, split, seg_labels, n_slices
+    volumes.parquet          one row per volume: subject, dataset, cohort, split, seg_labels, n_slices
     preprocess_spec.json     the PreprocessSpec that produced the slices
     shards/<dataset>/<subject>.npz   images (N,1,S,S) float32, brain (N,1,S,S) bool,
                                      tumour (N,1,S,S) bool, slice_numbers (N,) int
@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from components.data.layouts import Subject
 from components.preprocess.volume import ProcessedSlices
 
 INDEX_COLUMNS = (
-    "subject", "dataset", "split", "slice", "row", "shard", "tumour_pixels", "brain_pixels",
+    "subject", "dataset", "cohort", "split", "slice", "row", "shard", "tumour_pixels", "brain_pixels",
 )
 
 
@@ -29,9 +30,9 @@ def shard_path(root: Path, dataset: str, subject: str) -> Path:
     return Path(root) / "shards" / dataset / f"{subject}.npz"
 
 
-def write_shard(root: Path, dataset: str, subject: str, split: str, slices: ProcessedSlices) -> pd.DataFrame:
+def write_shard(root: Path, subject: Subject, split: str, slices: ProcessedSlices) -> pd.DataFrame:
     """Save one volume's slices; return its rows of the slice index."""
-    path = shard_path(root, dataset, subject)
+    path = shard_path(root, subject.dataset, subject.subject_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     tumour = slices.tumour if slices.tumour is not None else np.zeros_like(slices.brain)
     np.savez_compressed(
@@ -39,8 +40,9 @@ def write_shard(root: Path, dataset: str, subject: str, split: str, slices: Proc
     )
     return pd.DataFrame(
         {
-            "subject": subject,
-            "dataset": dataset,
+            "subject": subject.subject_id,
+            "dataset": subject.dataset,
+            "cohort": subject.cohort,
             "split": split,
             "slice": slices.slice_numbers,
             "row": np.arange(len(slices.slice_numbers)),

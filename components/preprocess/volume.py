@@ -1,7 +1,7 @@
 """Preprocessing of one 3-D volume into model-ready axial slices.
 
-Steps, in order: reorient to canonical RAS; brain mask (given, or the non-zero voxels of a
-skull-stripped image); intensity scaling inside the mask; axial slice selection; crop to the
+Steps, in order: reorient to canonical RAS; brain mask (given, the non-zero voxels of a
+skull-stripped image, or an Otsu head mask otherwise); intensity scaling inside the mask; axial slice selection; crop to the
 brain's in-plane bounding box, pad to square and resize. The same function runs at training
 and serving time, so a served scan sees exactly what the model was trained on.
 """
@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from components.data.nifti_io import InvalidVolumeError
+from components.preprocess.brain_mask import brain_mask as compute_mask
 from components.preprocess.spec import PreprocessSpec
 
 
@@ -98,10 +99,12 @@ def preprocess_volume(
     for name, other in (("brain mask", brain_mask), ("segmentation", segmentation)):
         if other is not None and other.shape != image.shape:
             raise InvalidVolumeError(f"{name} shape {other.shape} differs from the image's {image.shape}")
+    if image.min() == image.max():
+        raise InvalidVolumeError(f"the image is constant (every voxel is {image.min():g}): nothing to analyse")
     image, slice_numbers = to_ras(image, affine)
-    brain = to_ras(brain_mask, affine)[0] > 0 if brain_mask is not None else image > 0
+    brain = compute_mask(image, to_ras(brain_mask, affine)[0] if brain_mask is not None else None)
     if brain.sum() < 100:
-        raise InvalidVolumeError("fewer than 100 brain voxels: expected a skull-stripped brain image")
+        raise InvalidVolumeError("fewer than 100 brain voxels found: expected a brain MRI volume")
     tumour = to_ras(segmentation, affine)[0] > 0 if segmentation is not None else np.zeros_like(brain)
     scaled = scale_intensity(image, brain, spec.percentiles)
     keep = select_slices(brain, spec.min_brain_fraction)

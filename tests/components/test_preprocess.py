@@ -71,8 +71,9 @@ def test_provided_mask_is_used(phantom_roots):
 
 @pytest.mark.parametrize(
     "volume, message",
-    [(np.zeros((20, 20, 20), np.float32), "fewer than 100 brain voxels"),
-     (np.ones((20, 20, 20), np.float32), "constant")],
+    [(np.zeros((20, 20, 20), np.float32), "constant"),
+     (np.ones((20, 20, 20), np.float32), "constant"),
+     (np.pad(np.ones((3, 3, 3), np.float32), 10), "fewer than 100 brain voxels")],
 )
 def test_unusable_volumes(volume, message):
     with pytest.raises(InvalidVolumeError, match=message):

@@ -24,9 +24,9 @@ def test_bad_param_is_named(tmp_path):
 
 
 def test_missing_data_folder(tmp_path):
-    params = write_params(tmp_path, data={"hcp_root": str(tmp_path / "no_hcp_here")})
+    params = write_params(tmp_path, data={"healthy_root": str(tmp_path / "no_data_here")})
     result = invoke("preprocess", "--params", str(params))
-    assert result.exit_code == 1 and "hcp root folder not found" in result.output
+    assert result.exit_code == 1 and "folder not found" in result.output and "no_data_here" in result.output
 
 
 def test_train_before_preprocess(tmp_path):
@@ -38,7 +38,7 @@ def test_corrupt_nifti_is_named(tmp_path, phantom_roots):
     hcp = shutil.copytree(phantom_roots[0], tmp_path / "hcp")
     broken = sorted(hcp.glob("*/T1w/T2w_acpc_dc_restore_brain.nii.gz"))[0]
     broken.write_bytes(broken.read_bytes()[:3000])
-    params = write_params(tmp_path, data={"hcp_root": str(hcp), "brats_root": str(phantom_roots[1])})
+    params = write_params(tmp_path, data={"healthy_root": str(hcp), "tumour_root": str(phantom_roots[1])})
     result = invoke("preprocess", "--params", str(params))
     assert result.exit_code == 1 and str(broken) in result.output
 

@@ -8,7 +8,7 @@ from tests.conftest import REPO, write_params
 def test_repo_params_load():
     params = load_params(REPO / "params.yaml")
     assert params.model.name == "spatial_vae" and params.preprocess.spec().size == 64
-    assert params.path(params.data.hcp_root).is_absolute()
+    assert params.path(params.data.healthy_root).is_absolute() and params.data.tumour_layout == "auto"
 
 
 @pytest.mark.parametrize(
@@ -18,6 +18,7 @@ def test_repo_params_load():
         ("train", {"epoch": 3}, "train.epoch: Extra inputs are not permitted"),
         ("preprocess", {"size": 50}, "preprocess.size must be a multiple of 16"),
         ("data", {"modality": "dwi"}, "data.modality"),
+        ("data", {"healthy_layout": "oasis"}, "data.healthy_layout"),
         ("evaluate", {"primary_metric": "accuracy"}, "evaluate.primary_metric"),
         ("model", {"downsamplings": 6}, "needs preprocess.size divisible by 64"),
     ],

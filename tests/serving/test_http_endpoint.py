@@ -97,11 +97,12 @@ def truncated_upload(pipeline_repo) -> bytes:
         (lambda repo: nifti(np.ones((16, 16), np.float32)), 400, "expected a 3-D volume"),
         (lambda repo: nifti(np.ones((8, 8, 8, 2, 2), np.float32)), 400, "expected a 3-D volume"),
         (lambda repo: nifti(np.full((16, 16, 16), np.nan, np.float32)), 400, "NaN or infinite"),
-        (lambda repo: nifti(np.zeros((16, 16, 16), np.float32)), 400, "fewer than 100 brain voxels"),
+        (lambda repo: nifti(np.zeros((16, 16, 16), np.float32)), 400, "the image is constant"),
+        (lambda repo: nifti(np.pad(np.ones((3, 3, 3), np.float32), 8)), 400, "fewer than 100 brain voxels"),
         (lambda repo: os.urandom(3 * 2**20), 413, "exceeds"),
         (lambda repo: b"", 400, "empty body"),
     ],
-    ids=["not-nifti", "truncated-gzip", "2d", "5d", "nan", "empty-brain", "too-large", "empty"],
+    ids=["not-nifti", "truncated-gzip", "2d", "5d", "nan", "constant", "tiny-brain", "too-large", "empty"],
 )
 def test_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(server, pipeline_repo, make, status, message):
     response = requests.post(f"{server}/v1/predict", data=make(pipeline_repo), timeout=60)
