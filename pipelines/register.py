@@ -81,7 +81,7 @@ def run(params: Params) -> dict:
     version = str(info.registered_model_version)
     value = float(bundle.metrics[primary])
     client.set_model_version_tag(name, version, "primary_metric", primary)
-    client.set_model_version_tag(name, version, "primary_metric_value", f"{value:.6f}")
+    client.set_model_version_tag(name, version, "primary_metric_value", repr(value))  # full precision: ties must tie
     for key, tag in bundle.data_version.items():
         client.set_model_version_tag(name, version, key, tag)
 

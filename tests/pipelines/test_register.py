@@ -43,13 +43,18 @@ def test_alias_moves_only_when_the_new_model_wins(project):
     assert first["promoted"] and first["champion"] == "1"
     worse = register_with(project, 0.70)
     assert not worse["promoted"] and worse["version"] == "2" and worse["champion"] == "1"
-    better = register_with(project, 0.90)
-    assert better["promoted"] and better["champion"] == "3"
+    tie = register_with(project, 0.80)
+    assert not tie["promoted"] and tie["champion"] == "1"
+    better = register_with(project, 0.8816824966078698)
+    assert better["promoted"] and better["champion"] == "4"
+    same_again = register_with(project, 0.8816824966078698)
+    assert not same_again["promoted"] and same_again["champion"] == "4"
 
     client = tracking.client(project)
     champion = client.get_model_version_by_alias("brainomaly-detector", "champion")
-    assert str(champion.version) == "3"
-    assert champion.tags["primary_metric"] == "slice_auroc" and float(champion.tags["primary_metric_value"]) == 0.9
+    assert str(champion.version) == "4"
+    assert champion.tags["primary_metric"] == "slice_auroc"
+    assert float(champion.tags["primary_metric_value"]) == 0.8816824966078698
     assert {"git_commit", "processed_data_md5"} <= set(champion.tags)
 
 
