@@ -43,9 +43,10 @@ class PhantomParams(Section):
     bias_strength: float = Field(0.25, ge=0.0)
     noise_std: float = Field(0.02, ge=0.0)
     tumour_radius_mm: tuple[float, float] = (10.0, 30.0)
+    workers: int = Field(2, ge=1)
 
     def spec(self) -> PhantomSpec:
-        return PhantomSpec(**self.model_dump(exclude={"hcp_root", "brats_root"}))
+        return PhantomSpec(**self.model_dump(exclude={"hcp_root", "brats_root", "workers"}))
 
 
 class SplitRatios(Section):
@@ -60,6 +61,8 @@ class PreprocessParams(Section):
     percentiles: tuple[float, float] = (1.0, 99.0)
     split: SplitRatios = SplitRatios()
     seed: int = 7
+    workers: int = Field(2, ge=1)
+    on_error: Literal["skip", "stop"] = "skip"
 
     @model_validator(mode="after")
     def _check_spec(self) -> "PreprocessParams":

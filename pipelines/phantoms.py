@@ -22,7 +22,7 @@ def run(params: Params) -> dict:
     hcp_root, brats_root = params.path(params.phantoms.hcp_root), params.path(params.phantoms.brats_root)
     for root in (hcp_root, brats_root):
         clear_phantom_folder(root)
-    summary = generate_phantoms(hcp_root, brats_root, params.phantoms.spec())
+    summary = generate_phantoms(hcp_root, brats_root, params.phantoms.spec(), workers=params.phantoms.workers)
     for root in (hcp_root, brats_root):
         (root / MARKER).write_text("written by `brainomaly phantoms`; safe to delete\n")
     return {"hcp_root": str(hcp_root), "brats_root": str(brats_root), **summary}

@@ -1,9 +1,17 @@
-"""Stage `preprocess`: every subject of every layout -> slice shards + slice index + spec."""
+"""Stage `preprocess`: every subject of both cohorts -> slice shards + slice index + spec.
+
+Volumes are processed in parallel (``preprocess.workers`` processes); each result is written
+as soon as it arrives, so memory holds at most one volume per worker. A subject whose files
+cannot be used is either reported and skipped or stops the stage (``preprocess.on_error``);
+reports/preprocess.json lists what was skipped and why.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +22,17 @@ from components.data.layouts import Subject, read_dataset
 from components.data.nifti_io import load_volume
 from components.data.slice_store import write_index, write_shard
 from components.data.splits import assign_splits
-from components.preprocess.volume import preprocess_volume
+from components.preprocess.spec import PreprocessSpec
+from components.preprocess.volume import ProcessedSlices, preprocess_volume
 from pipelines.params import Params
 
 log = logging.getLogger(__name__)
 PROCESSED_DIR = Path("data/processed")
+REPORT = Path("reports/preprocess.json")
+
+
+class SubjectError(ValueError):
+    """One subject's files could not be preprocessed; the message names the subject and why."""
 
 
 def discover(params: Params) -> list[Subject]:
@@ -30,14 +44,23 @@ def discover(params: Params) -> list[Subject]:
     ]
 
 
-def process_subject(subject: Subject, params: Params) -> tuple:
+def process_subject(subject: Subject, spec: PreprocessSpec) -> tuple[ProcessedSlices, list[int]]:
     """Load one subject's files and preprocess them; returns (slices, raw segmentation labels)."""
     image, affine = load_volume(subject.image)
     mask = load_volume(subject.brain_mask)[0] if subject.brain_mask else None
     seg = load_volume(subject.segmentation)[0] if subject.segmentation else None
-    slices = preprocess_volume(image, affine, params.preprocess.spec(), brain_mask=mask, segmentation=seg)
+    slices = preprocess_volume(image, affine, spec, brain_mask=mask, segmentation=seg)
     labels = sorted(int(v) for v in np.unique(seg)) if seg is not None else []
     return slices, labels
+
+
+def assign_all_splits(subjects: list[Subject], params: Params) -> dict[tuple[str, str], str]:
+    ratios = params.preprocess.split.model_dump()
+    splits = {}
+    for cohort in sorted({s.cohort for s in subjects}):
+        ids = [s.subject_id for s in subjects if s.cohort == cohort]
+        splits.update({(cohort, k): v for k, v in assign_splits(ids, ratios, params.preprocess.seed).items()})
+    return splits
 
 
 def run(params: Params) -> dict:
@@ -45,21 +68,33 @@ def run(params: Params) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     subjects = discover(params)
-    ratios = params.preprocess.split.model_dump()
-    splits = {}
-    for dataset in {s.dataset for s in subjects}:
-        ids = [s.subject_id for s in subjects if s.dataset == dataset]
-        splits.update({(dataset, k): v for k, v in assign_splits(ids, ratios, params.preprocess.seed).items()})
-    rows, volumes = [], []
-    for subject in tqdm(subjects, desc="preprocess", unit="volume"):
-        slices, labels = process_subject(subject, params)
-        split = splits[(subject.dataset, subject.subject_id)]
-        rows.append(write_shard(out, subject, split, slices))
-        volumes.append({"subject": subject.subject_id, "dataset": subject.dataset, "cohort": subject.cohort, "split": split,
-                        "seg_labels": labels, "n_slices": len(slices.slice_numbers)})
-    index = pd.concat(rows, ignore_index=True)
+    splits = assign_all_splits(subjects, params)
+    spec = params.preprocess.spec()
+    rows, volumes, skipped = [], [], []
+    with ProcessPoolExecutor(max_workers=params.preprocess.workers) as pool:
+        futures = {pool.submit(process_subject, s, spec): s for s in subjects}
+        for future in tqdm(as_completed(futures), total=len(futures), desc="preprocess", unit="volume"):
+            subject = futures[future]
+            try:
+                slices, labels = future.result()
+            except (ValueError, OSError) as err:  # unreadable, corrupt or unusable: never a traceback
+                if params.preprocess.on_error == "stop":
+                    raise SubjectError(f"{subject.cohort} subject {subject.subject_id}: {err}") from None
+                log.warning("skipping %s: %s", subject.subject_id, err)
+                skipped.append({"subject": subject.subject_id, "dataset": subject.dataset, "error": str(err)})
+                continue
+            split = splits[(subject.cohort, subject.subject_id)]
+            rows.append(write_shard(out, subject, split, slices))
+            volumes.append({"subject": subject.subject_id, "dataset": subject.dataset, "cohort": subject.cohort,
+                            "split": split, "seg_labels": labels, "n_slices": len(slices.slice_numbers)})
+    if not rows:
+        raise SubjectError("no subject could be preprocessed: see reports/preprocess.json")
+    index = pd.concat(rows, ignore_index=True).sort_values(["cohort", "dataset", "subject", "slice"], ignore_index=True)
     write_index(out, index)
-    pd.DataFrame(volumes).to_parquet(out / "volumes.parquet", index=False)
-    params.preprocess.spec().to_json(out / "preprocess_spec.json")
-    counts = index.groupby(["cohort", "dataset", "split"]).size().to_dict()
-    return {"volumes": len(subjects), "slices": len(index), "by_split": {"/".join(k): n for k, n in counts.items()}}
+    pd.DataFrame(volumes).sort_values(["cohort", "subject"]).to_parquet(out / "volumes.parquet", index=False)
+    spec.to_json(out / "preprocess_spec.json")
+    counts = {"/".join(k): n for k, n in index.groupby(["cohort", "dataset", "split"]).size().to_dict().items()}
+    report = {"volumes": len(subjects), "processed": len(volumes), "skipped": skipped, "slices": len(index), "by_split": counts}
+    params.path(REPORT).parent.mkdir(parents=True, exist_ok=True)
+    params.path(REPORT).write_text(json.dumps(report, indent=2))
+    return report

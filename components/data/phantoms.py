@@ -16,7 +16,9 @@ Model of one subject (all steps seeded, so a seed gives the same files on any ma
 
 from __future__ import annotations
 
+import functools
 import logging
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +73,7 @@ class Atlas:
     voxel_size_mm: float
 
 
+@functools.lru_cache(maxsize=2)
 def load_atlas(voxel_size_mm: float) -> Atlas:
     """The MNI152 tissue maps shipped in nilearn's wheel, resampled to ``voxel_size_mm``."""
     from nilearn import datasets  # imported here: it is slow to import and only needed here
@@ -186,15 +189,26 @@ def write_brats_subject(root: Path, case_id: str, subject: dict, affine: np.ndar
         save_volume(lps, lps_affine, brats_path(root, case_id, name))
 
 
-def generate_phantoms(hcp_root: Path, brats_root: Path, spec: PhantomSpec) -> dict:
-    """Write ``spec.n_healthy`` HCP-layout and ``spec.n_tumour`` BraTS-layout subjects."""
-    atlas = load_atlas(spec.voxel_size_mm)
+def _write_one(spec: PhantomSpec, seed: np.random.SeedSequence, number: int, with_tumour: bool, root: Path) -> tuple:
+    atlas = load_atlas(spec.voxel_size_mm)  # cached: loaded once per worker process
+    subject = make_subject(atlas, spec, np.random.default_rng(seed), with_tumour)
+    if with_tumour:
+        write_brats_subject(root, f"BraTS2021_{number:05d}", subject, atlas.affine)
+    else:
+        write_hcp_subject(root, f"{100000 + number * 7:06d}", subject, atlas.affine)
+    return atlas.gm.shape
+
+
+def generate_phantoms(hcp_root: Path, brats_root: Path, spec: PhantomSpec, workers: int = 1) -> dict:
+    """Write ``spec.n_healthy`` HCP-layout and ``spec.n_tumour`` BraTS-layout subjects.
+
+    Each subject has its own seed (spawned from ``spec.seed``), so the files are the same
+    whatever the number of worker processes.
+    """
     seeds = np.random.SeedSequence(spec.seed).spawn(spec.n_healthy + spec.n_tumour)
-    jobs = [(i, False) for i in range(spec.n_healthy)] + [(i, True) for i in range(spec.n_tumour)]
-    for seed, (i, with_tumour) in zip(tqdm(seeds, desc="phantoms", unit="subject"), jobs):
-        subject = make_subject(atlas, spec, np.random.default_rng(seed), with_tumour)
-        if with_tumour:
-            write_brats_subject(Path(brats_root), f"BraTS2021_{i:05d}", subject, atlas.affine)
-        else:
-            write_hcp_subject(Path(hcp_root), f"{100000 + i * 7:06d}", subject, atlas.affine)
-    return {"healthy": spec.n_healthy, "tumour": spec.n_tumour, "shape": list(atlas.gm.shape)}
+    jobs = [(i, False, Path(hcp_root)) for i in range(spec.n_healthy)]
+    jobs += [(i, True, Path(brats_root)) for i in range(spec.n_tumour)]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(_write_one, spec, seed, *job) for seed, job in zip(seeds, jobs)]
+        shapes = [f.result() for f in tqdm(as_completed(futures), total=len(futures), desc="phantoms", unit="subject")]
+    return {"healthy": spec.n_healthy, "tumour": spec.n_tumour, "shape": list(shapes[0])}

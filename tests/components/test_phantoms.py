@@ -37,3 +37,15 @@ def test_tumours_leave_many_slices_tumour_free(phantom_roots):
         tumour_slices = (seg > 0).any(axis=(0, 1)).sum()
         brain_slices = (image > 0).any(axis=(0, 1)).sum()
         assert 0 < tumour_slices < 0.7 * brain_slices
+
+
+def test_files_do_not_depend_on_the_number_of_workers(tmp_path):
+    from components.data.phantoms import PhantomSpec, generate_phantoms
+
+    spec = PhantomSpec(n_healthy=2, n_tumour=1, voxel_size_mm=4.0, seed=3)
+    for workers in (1, 2):
+        generate_phantoms(tmp_path / f"w{workers}" / "hcp", tmp_path / f"w{workers}" / "brats", spec, workers=workers)
+    files = sorted(p.relative_to(tmp_path / "w1") for p in (tmp_path / "w1").rglob("*.nii.gz"))
+    assert len(files) == 2 * 3 + 5
+    for name in files:
+        np.testing.assert_array_equal(load_volume(tmp_path / "w1" / name)[0], load_volume(tmp_path / "w2" / name)[0])

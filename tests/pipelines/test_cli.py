@@ -38,9 +38,10 @@ def test_corrupt_nifti_is_named(tmp_path, phantom_roots):
     hcp = shutil.copytree(phantom_roots[0], tmp_path / "hcp")
     broken = sorted(hcp.glob("*/T1w/T2w_acpc_dc_restore_brain.nii.gz"))[0]
     broken.write_bytes(broken.read_bytes()[:3000])
-    params = write_params(tmp_path, data={"healthy_root": str(hcp), "tumour_root": str(phantom_roots[1])})
+    params = write_params(tmp_path, data={"healthy_root": str(hcp), "tumour_root": str(phantom_roots[1])},
+                          preprocess={"on_error": "stop"})
     result = invoke("preprocess", "--params", str(params))
-    assert result.exit_code == 1 and str(broken) in result.output
+    assert result.exit_code == 1 and str(broken) in result.output and broken.parents[1].name in result.output
 
 
 def test_validate_stops_on_corrupted_data_naming_the_subject(processed_project, tmp_path):

@@ -1,0 +1,52 @@
+"""The preprocess stage over whole folders: parallel, deterministic, and a bad case loses nothing else."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.data.nifti_io import load_volume, save_volume
+from pipelines import preprocess
+from pipelines.params import load_params
+from tests.conftest import write_params
+
+
+def project(folder, hcp, brats, **preprocess_params):
+    return load_params(write_params(folder, data={"healthy_root": str(hcp), "tumour_root": str(brats)},
+                                    preprocess=preprocess_params))
+
+
+def test_parallel_and_serial_runs_give_the_same_index(phantom_roots, processed_project, tmp_path):
+    report = preprocess.run(project(tmp_path, *phantom_roots, workers=1))  # the fixture used 2
+    assert report["processed"] == report["volumes"] == 7 and not report["skipped"]
+    ours = pd.read_parquet(tmp_path / "data" / "processed" / "index.parquet")
+    reference = pd.read_parquet(processed_project / "data" / "processed" / "index.parquet")
+    pd.testing.assert_frame_equal(ours, reference)
+    assert set(ours["cohort"]) == {"healthy", "tumour"}
+    assert ours.groupby("subject")["split"].nunique().max() == 1
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[:2000])
+
+
+def fill_with_nan(path):
+    image, affine = load_volume(path)
+    save_volume(np.full_like(image, np.nan), affine, path)
+
+
+@pytest.mark.parametrize("damage, message", [(truncate, "truncated or unreadable"), (fill_with_nan, "NaN or infinite")])
+def test_a_bad_case_is_reported_by_name_and_the_rest_go_on(phantom_roots, tmp_path, damage, message):
+    brats = shutil.copytree(phantom_roots[1], tmp_path / "brats")
+    victim = sorted(brats.glob("*/*_t2.nii.gz"))[1]
+    damage(victim)
+    report = preprocess.run(project(tmp_path, phantom_roots[0], brats))
+    [skipped] = report["skipped"]
+    assert skipped["subject"] == victim.parent.name
+    assert str(victim) in skipped["error"] and message in skipped["error"]
+    assert report["processed"] == report["volumes"] - 1
+    index = pd.read_parquet(tmp_path / "data" / "processed" / "index.parquet")
+    assert victim.parent.name not in set(index["subject"]) and index["cohort"].eq("tumour").any()
+    assert json.loads((tmp_path / "reports" / "preprocess.json").read_text())["skipped"] == report["skipped"]
