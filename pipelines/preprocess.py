@@ -35,12 +35,13 @@ class SubjectError(ValueError):
     """One subject's files could not be preprocessed; the message names the subject and why."""
 
 
-def discover(params: Params) -> list[Subject]:
-    """Healthy then tumour subjects, each cohort read with its layout (detected when 'auto')."""
+def discover(params: Params, incomplete: list | None = None) -> list[Subject]:
+    """Healthy then tumour subjects, each cohort read with its layout (detected when 'auto').
+    Cases with a missing file go to ``incomplete`` when it is given, else they raise."""
     data = params.data
     return [
-        *read_dataset(params.path(data.healthy_root), data.healthy_layout, data.modality, cohort="healthy"),
-        *read_dataset(params.path(data.tumour_root), data.tumour_layout, data.modality, cohort="tumour"),
+        *read_dataset(params.path(data.healthy_root), data.healthy_layout, data.modality, "healthy", incomplete),
+        *read_dataset(params.path(data.tumour_root), data.tumour_layout, data.modality, "tumour", incomplete),
     ]
 
 
@@ -67,10 +68,12 @@ def run(params: Params) -> dict:
     out = params.path(PROCESSED_DIR)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    subjects = discover(params)
+    skipped: list[dict] = []
+    subjects = discover(params, incomplete=skipped if params.preprocess.on_error == "skip" else None)
+    found = len(subjects) + len(skipped)  # so far, skipped holds the incomplete cases only
     splits = assign_all_splits(subjects, params)
     spec = params.preprocess.spec()
-    rows, volumes, skipped = [], [], []
+    rows, volumes = [], []
     with ProcessPoolExecutor(max_workers=params.preprocess.workers) as pool:
         futures = {pool.submit(process_subject, s, spec): s for s in subjects}
         for future in tqdm(as_completed(futures), total=len(futures), desc="preprocess", unit="volume"):
@@ -81,7 +84,7 @@ def run(params: Params) -> dict:
                 if params.preprocess.on_error == "stop":
                     raise SubjectError(f"{subject.cohort} subject {subject.subject_id}: {err}") from None
                 log.warning("skipping %s: %s", subject.subject_id, err)
-                skipped.append({"subject": subject.subject_id, "dataset": subject.dataset, "error": str(err)})
+                skipped.append({"subject": subject.subject_id, "error": str(err)})
                 continue
             split = splits[(subject.cohort, subject.subject_id)]
             rows.append(write_shard(out, subject, split, slices))
@@ -94,7 +97,7 @@ def run(params: Params) -> dict:
     pd.DataFrame(volumes).sort_values(["cohort", "subject"]).to_parquet(out / "volumes.parquet", index=False)
     spec.to_json(out / "preprocess_spec.json")
     counts = {"/".join(k): n for k, n in index.groupby(["cohort", "dataset", "split"]).size().to_dict().items()}
-    report = {"volumes": len(subjects), "processed": len(volumes), "skipped": skipped, "slices": len(index), "by_split": counts}
+    report = {"volumes": found, "processed": len(volumes), "skipped": skipped, "slices": len(index), "by_split": counts}
     params.path(REPORT).parent.mkdir(parents=True, exist_ok=True)
     params.path(REPORT).write_text(json.dumps(report, indent=2))
     return report

@@ -94,3 +94,11 @@ def test_unknown_folder_and_layout(tmp_path):
 def test_cohort_is_recorded(roots):
     assert {s.cohort for s in read_dataset(roots["ixi"], cohort="healthy")} == {"healthy"}
     assert {s.cohort for s in read_dataset(roots["brats2021"], cohort="tumour")} == {"tumour"}
+
+
+def test_incomplete_cases_can_be_collected_instead_of_raised(tmp_path):
+    write_files(tmp_path, brats_case("BraTS2021_00001") + brats_case("BraTS2021_00002", ("t1", "t2")))
+    incomplete: list = []
+    subjects = read_dataset(tmp_path, "auto", "t2", "tumour", incomplete)
+    assert [s.subject_id for s in subjects] == ["BraTS2021_00001"]
+    assert incomplete == [{"subject": "BraTS2021_00002", "error": f"missing file: {tmp_path / 'BraTS2021_00002' / 'BraTS2021_00002_seg.nii.gz'}"}]

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from components.data.layouts import LayoutError
 from components.data.nifti_io import load_volume, save_volume
 from pipelines import preprocess
 from pipelines.params import load_params
@@ -50,3 +51,15 @@ def test_a_bad_case_is_reported_by_name_and_the_rest_go_on(phantom_roots, tmp_pa
     index = pd.read_parquet(tmp_path / "data" / "processed" / "index.parquet")
     assert victim.parent.name not in set(index["subject"]) and index["cohort"].eq("tumour").any()
     assert json.loads((tmp_path / "reports" / "preprocess.json").read_text())["skipped"] == report["skipped"]
+
+
+def test_an_incomplete_case_is_skipped_or_stops_the_stage(phantom_roots, tmp_path):
+    brats = shutil.copytree(phantom_roots[1], tmp_path / "brats")
+    missing = sorted(brats.glob("*/*_seg.nii.gz"))[0]
+    missing.unlink()
+    report = preprocess.run(project(tmp_path, phantom_roots[0], brats))
+    [skipped] = report["skipped"]
+    assert skipped["subject"] == missing.parent.name and f"missing file: {missing}" == skipped["error"]
+    assert report["volumes"] == 7 and report["processed"] == 6
+    with pytest.raises(LayoutError, match=f"missing file: {missing}"):
+        preprocess.run(project(tmp_path, phantom_roots[0], brats, on_error="stop"))

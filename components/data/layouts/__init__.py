@@ -44,9 +44,15 @@ def detect_layout(root: Path) -> str:
     )
 
 
-def read_dataset(root: Path, layout: str = "auto", modality: str = "t2", cohort: str = "healthy") -> list[Subject]:
-    """Every subject under ``root``, read with ``layout`` ('auto' detects it)."""
+def read_dataset(
+    root: Path, layout: str = "auto", modality: str = "t2", cohort: str = "healthy", incomplete: list | None = None
+) -> list[Subject]:
+    """Every subject under ``root``, read with ``layout`` ('auto' detects it).
+
+    A case with a missing file raises LayoutError naming it, or, when an ``incomplete`` list is
+    given, is appended there ({"subject", "error"}) and the others are returned.
+    """
     name = detect_layout(root) if layout == "auto" else layout
     if name not in LAYOUTS:
         raise LayoutError(f"unknown layout {layout!r}; choose auto or one of {sorted(LAYOUTS)}")
-    return LAYOUTS[name][1](Path(root), modality, cohort)
+    return LAYOUTS[name][1](Path(root), modality, cohort, incomplete)

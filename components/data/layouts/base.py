@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable
 
 # The modality names used in params.yaml; each layout maps them to its own file names.
 MODALITIES = ("t1", "t1ce", "t2", "flair")
@@ -40,6 +41,20 @@ def require_file(path: Path) -> Path:
     if not path.is_file():
         raise LayoutError(f"missing file: {path}")
     return path
+
+
+def each_case(cases: Iterable[Path], build: Callable[[Path], Subject], incomplete: list | None) -> list[Subject]:
+    """``build`` every case. A case with a missing file raises, or, when an ``incomplete`` list is
+    given, is recorded there as {"subject", "error"} and left out."""
+    subjects = []
+    for case in cases:
+        try:
+            subjects.append(build(case))
+        except LayoutError as err:
+            if incomplete is None:
+                raise
+            incomplete.append({"subject": case.name, "error": str(err)})
+    return subjects
 
 
 def nifti(folder: Path, stem: str) -> Path:

@@ -17,7 +17,8 @@ def looks_like_bids(root: Path) -> bool:
     return (root / "dataset_description.json").is_file() or any(root.glob("sub-*/anat")) or any(root.glob("sub-*/ses-*/anat"))
 
 
-def read_bids(root: Path, modality: str = "t2", cohort: str = "healthy") -> list[Subject]:
+def read_bids(root: Path, modality: str = "t2", cohort: str = "healthy", incomplete: list | None = None) -> list[Subject]:
+    """A subject without the modality's image is simply not listed (BIDS sessions vary)."""
     suffix = modality_name("BIDS", SUFFIXES, modality)
     root = require_folder(root, "BIDS")
     images: dict[str, Path] = {}

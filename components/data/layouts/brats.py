@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from components.data.layouts.base import LayoutError, Subject, modality_name, nifti, require_file, require_folder
+from components.data.layouts.base import (
+    LayoutError, Subject, each_case, modality_name, nifti, require_file, require_folder,
+)
 
 LABELS = (0, 1, 2, 4)
 LABELS_2023 = (0, 1, 2, 3)
@@ -46,31 +48,25 @@ def looks_like_brats2023(root: Path) -> bool:
     return any(CASE_2023.match(p.name) for p in Path(root).iterdir() if p.is_dir())
 
 
-def read_brats(root: Path, modality: str = "t2", cohort: str = "tumour") -> list[Subject]:
+def _labelled_case(case: Path, dataset: str, cohort: str, separator: str, suffix: str) -> Subject:
+    return Subject(
+        subject_id=case.name, dataset=dataset, cohort=cohort,
+        image=require_file(nifti(case, f"{case.name}{separator}{suffix}")),
+        segmentation=require_file(nifti(case, f"{case.name}{separator}seg")),
+    )
+
+
+def read_brats(root: Path, modality: str = "t2", cohort: str = "tumour", incomplete: list | None = None) -> list[Subject]:
     suffix = modality_name("BraTS", SUFFIXES, modality)
     cases = case_folders(require_folder(root, "BraTS"))
     if not cases:
         raise LayoutError(f"no BraTS case folders (<case>/<case>_t2.nii.gz) in {root}")
-    return [
-        Subject(
-            subject_id=case.name, dataset="brats", cohort=cohort,
-            image=require_file(nifti(case, f"{case.name}_{suffix}")),
-            segmentation=require_file(nifti(case, f"{case.name}_seg")),
-        )
-        for case in cases
-    ]
+    return each_case(cases, lambda case: _labelled_case(case, "brats", cohort, "_", suffix), incomplete)
 
 
-def read_brats2023(root: Path, modality: str = "t2", cohort: str = "tumour") -> list[Subject]:
+def read_brats2023(root: Path, modality: str = "t2", cohort: str = "tumour", incomplete: list | None = None) -> list[Subject]:
     suffix = modality_name("BraTS 2023", SUFFIXES_2023, modality)
     cases = sorted(p for p in require_folder(root, "BraTS 2023").iterdir() if p.is_dir() and CASE_2023.match(p.name))
     if not cases:
         raise LayoutError(f"no BraTS 2023 case folders (BraTS-<TASK>-<5 digits>-<3 digits>) in {root}")
-    return [
-        Subject(
-            subject_id=case.name, dataset="brats2023", cohort=cohort,
-            image=require_file(nifti(case, f"{case.name}-{suffix}")),
-            segmentation=require_file(nifti(case, f"{case.name}-seg")),
-        )
-        for case in cases
-    ]
+    return each_case(cases, lambda case: _labelled_case(case, "brats2023", cohort, "-", suffix), incomplete)

@@ -15,7 +15,8 @@ def looks_like_ixi(root: Path) -> bool:
     return any(FILE.match(p.name) for p in Path(root).iterdir() if p.is_file())
 
 
-def read_ixi(root: Path, modality: str = "t2", cohort: str = "healthy") -> list[Subject]:
+def read_ixi(root: Path, modality: str = "t2", cohort: str = "healthy", incomplete: list | None = None) -> list[Subject]:
+    """IXI files stand alone: a subject is either there or not, never incomplete."""
     contrast = modality_name("IXI", CONTRASTS, modality)
     files = [(m.group(1), p) for p in require_folder(root, "IXI").iterdir() if (m := FILE.match(p.name))]
     wanted = sorted((subject, p) for subject, p in files if FILE.match(p.name).group(2) == contrast)
