@@ -70,12 +70,22 @@ def select_slices(brain: np.ndarray, min_fraction: float) -> np.ndarray:
     return np.flatnonzero(area >= max(min_fraction * area.max(), 1))
 
 
-def square_box(brain: np.ndarray) -> tuple[slice, slice]:
-    """The brain's in-plane bounding box over all slices, widened to a square (may leave the array)."""
+def in_plane_spacing(affine: np.ndarray) -> tuple[float, float]:
+    """Voxel size (mm) along the RAS in-plane axes (R, A) of a volume with this affine."""
+    ornt = nib.orientations.io_orientation(affine)
+    sizes = nib.affines.voxel_sizes(affine)
+    return tuple(float(sizes[int(np.flatnonzero(ornt[:, 0] == axis)[0])]) for axis in (0, 1))
+
+
+def square_box(brain: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) -> tuple[slice, slice]:
+    """The brain's in-plane bounding box over all slices, widened to a square in millimetres
+    (so anisotropic voxels are not stretched); it may reach past the array."""
     rows, cols = np.flatnonzero(brain.any(axis=(1, 2))), np.flatnonzero(brain.any(axis=(0, 2)))
     centre = ((rows[0] + rows[-1]) / 2, (cols[0] + cols[-1]) / 2)
-    half = max(rows[-1] - rows[0], cols[-1] - cols[0]) / 2 + 1
-    return tuple(slice(int(np.floor(c - half)), int(np.ceil(c + half)) + 1) for c in centre)
+    half_mm = max((rows[-1] - rows[0] + 2) * spacing[0], (cols[-1] - cols[0] + 2) * spacing[1]) / 2
+    return tuple(
+        slice(int(np.floor(c - half_mm / mm)), int(np.ceil(c + half_mm / mm)) + 1) for c, mm in zip(centre, spacing)
+    )
 
 
 def crop_resize(stack: np.ndarray, box: tuple[slice, slice], size: int, order: int) -> np.ndarray:
@@ -108,7 +118,7 @@ def preprocess_volume(
     tumour = to_ras(segmentation, affine)[0] > 0 if segmentation is not None else np.zeros_like(brain)
     scaled = scale_intensity(image, brain, spec.percentiles)
     keep = select_slices(brain, spec.min_brain_fraction)
-    box = square_box(brain)
+    box = square_box(brain, in_plane_spacing(affine))
     brain_small = crop_resize(brain[..., keep], box, spec.size, order=1) > 0.5
     return ProcessedSlices(
         images=(crop_resize(scaled[..., keep], box, spec.size, order=1) * brain_small)[:, None],

@@ -99,3 +99,17 @@ def test_to_lps_roundtrip():
     lps, affine = to_lps(data, np.eye(4))
     back, _ = to_ras(lps, affine)
     np.testing.assert_array_equal(back, data)
+
+
+def test_anisotropic_voxels_are_not_stretched(brats_case):
+    """The same anatomy stored with 2x coarser voxels along one in-plane axis gives the same slices."""
+    image, affine, seg = brats_case
+    coarse = image[::2]  # every other voxel along the file's first axis
+    coarse_affine = affine.copy()
+    coarse_affine[:3, 0] *= 2
+    fine = preprocess_volume(image, affine, PreprocessSpec(size=32))
+    squashed = preprocess_volume(coarse, coarse_affine, PreprocessSpec(size=32))
+    np.testing.assert_array_equal(fine.slice_numbers, squashed.slice_numbers)
+    brain_overlap = (fine.brain & squashed.brain).sum() / np.maximum(fine.brain, squashed.brain).sum()
+    assert brain_overlap > 0.85
+    assert np.corrcoef(fine.images.ravel(), squashed.images.ravel())[0, 1] > 0.9
