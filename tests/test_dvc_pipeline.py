@@ -45,7 +45,22 @@ def test_metrics_show_lists_the_metrics(pipeline_repo):
     assert shown.returncode == 0 and "slice_auroc" in shown.stdout
 
 
-def test_push_to_the_default_remote(pipeline_repo):
-    pushed = subprocess.run(["dvc", "push"], cwd=pipeline_repo, env=venv_env(), capture_output=True, text=True, timeout=300)
-    assert pushed.returncode == 0, pushed.stderr
+def test_push_then_pull_into_a_clean_clone_reproduces_the_data(pipeline_repo, tmp_path):
+    def run(*command, cwd):
+        done = subprocess.run(command, cwd=cwd, env=venv_env(), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{' '.join(command)}: {done.stdout}{done.stderr}"
+        return done.stdout
+
+    run("dvc", "push", cwd=pipeline_repo)
     assert any((pipeline_repo / "dvc-storage").rglob("*"))
+    run("git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qam", "pipeline outputs",
+        cwd=pipeline_repo)
+    clone = tmp_path / "clone"
+    run("git", "clone", "-q", str(pipeline_repo), str(clone), cwd=tmp_path)
+    # The default remote is a folder beside .dvc/; the clone uses the original's, as a team's shared one.
+    run("dvc", "remote", "modify", "--local", "local", "url", str(pipeline_repo / "dvc-storage"), cwd=clone)
+    run("dvc", "pull", cwd=clone)
+    assert "up to date" in run("dvc", "status", cwd=clone)
+    for name in ("index.parquet", "volumes.parquet", "preprocess_spec.json"):
+        assert (clone / "data" / "processed" / name).read_bytes() == (pipeline_repo / "data" / "processed" / name).read_bytes()
+    assert (clone / "models" / "detector" / "weights.pt").is_file()
