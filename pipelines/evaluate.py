@@ -78,7 +78,7 @@ def run(params: Params) -> dict:
         "volume_threshold": calibration.volume_threshold,
     }
     _write(params, metrics, roc_table(test["scores"], labels), calibration)
-    _log_to_mlflow(params, description["mlflow_run_id"], metrics)
+    _log_to_mlflow(params, tracking.training_run(params, description["ray_run_name"]), metrics)
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
 
 

@@ -71,7 +71,7 @@ def run(params: Params) -> dict:
     name, alias, primary = params.registry.model_name, params.registry.alias, params.evaluate.primary_metric
     with tempfile.TemporaryDirectory() as tmp:
         bundle, description = build_bundle(params, Path(tmp) / "bundle")
-        with mlflow.start_run(run_id=description["mlflow_run_id"]):
+        with mlflow.start_run(run_id=tracking.training_run(params, description["ray_run_name"])):
             info = mlflow.pyfunc.log_model(
                 name="detector", python_model=str(PYFUNC_CODE), artifacts={"bundle": str(Path(tmp) / "bundle")},
                 code_paths=[str(Path(components.__file__).parent)],

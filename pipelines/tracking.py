@@ -40,6 +40,12 @@ def experiment_id(params: Params) -> str:
     return mlflow.create_experiment(EXPERIMENT, artifact_location=location)
 
 
+def training_run(params: Params, ray_run_name: str) -> str:
+    """The MLflow run of a training, found by its tag in this store. A model pulled from a DVC
+    remote may come from another store: then a run is created here for it."""
+    return run_for(client(params), experiment_id(params), "ray_run_name", ray_run_name, ray_run_name)
+
+
 def run_for(client: MlflowClient, experiment: str, key: str, value: str, run_name: str) -> str:
     """The id of the run tagged ``key=value`` (so a rerun resumes it), or of a new one."""
     found = client.search_runs([experiment], filter_string=f"tags.{key} = '{value}'", max_results=1)

@@ -23,7 +23,8 @@ def project(processed_project, tmp_path):
     (tmp_path / "models" / "detector").mkdir(parents=True)
     torch.save(build_detector("spatial_vae", **hyperparams).state_dict(), tmp_path / "models" / "detector" / "weights.pt")
     (tmp_path / "models" / "detector" / "detector.json").write_text(
-        json.dumps({"model_name": "spatial_vae", "hyperparams": hyperparams, "mlflow_run_id": run_id})
+        json.dumps({"model_name": "spatial_vae", "hyperparams": hyperparams, "mlflow_run_id": run_id,
+                    "ray_run_name": "test-run"})
     )
     (tmp_path / "models" / "calibration.json").write_text(json.dumps({
         "percentile": 98.0, "slice_threshold": 0.1, "volume_threshold": 0.2, "pixel_threshold": 0.3,
@@ -84,3 +85,15 @@ def test_serving_fetches_the_champion_from_this_store_alone(project, tmp_path, m
         resolve_version("models:/brainomaly-detector@staging", uri)
     with pytest.raises(ModelNotFoundError, match="is not models:/"):
         resolve_version("runs:/abc/model", uri)
+
+
+def test_a_model_pulled_into_another_store_gets_a_run_there(project):
+    """As after `dvc pull` on a machine with its own MLflow store: the recorded run id is unknown."""
+    description = json.loads((project.root / "models" / "detector" / "detector.json").read_text())
+    description |= {"mlflow_run_id": "0" * 32, "ray_run_name": "trained-elsewhere"}
+    (project.root / "models" / "detector" / "detector.json").write_text(json.dumps(description))
+    report = register_with(project, 0.8)
+    run = tracking.client(project).get_run(
+        tracking.client(project).get_model_version("brainomaly-detector", report["version"]).run_id
+    )
+    assert run.data.tags["ray_run_name"] == "trained-elsewhere"
