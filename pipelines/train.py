@@ -137,8 +137,8 @@ def run(params: Params) -> dict:
     ).hexdigest()[:10]
     run_name = f"{model_params.name}-{config_hash}"
 
+    run_id = tracking.training_run(params, run_name)
     client = tracking.client(params)
-    run_id = tracking.run_for(client, tracking.experiment_id(params), "ray_run_name", run_name, run_name)
     for key, value in {**{f"model.{k}": v for k, v in model_params.model_dump().items()},
                        **{f"train.{k}": v for k, v in train_params.model_dump().items()},
                        "data.fingerprint": fingerprint}.items():
