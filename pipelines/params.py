@@ -9,7 +9,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from components.data.augment import AugmentSpec
 from components.data.phantoms import PhantomSpec
+from components.preprocess.presets import preset
 from components.preprocess.spec import PreprocessSpec
 
 
@@ -56,9 +58,20 @@ class SplitRatios(Section):
 
 
 class PreprocessParams(Section):
-    size: int = 64
-    min_brain_fraction: float = 0.3
-    percentiles: tuple[float, float] = (1.0, 99.0)
+    """A preset (a paper's recipe) plus per-step overrides: a step left null takes the preset's value."""
+
+    preset: str = "standard"
+    size: int | None = None
+    spacing_mm: float | Literal["native"] | None = None
+    bias_correction: bool | None = None
+    normalisation: Literal["percentile", "zscore"] | None = None
+    percentiles: tuple[float, float] | None = None
+    value_range: tuple[float, float] | None = None
+    histogram_reference: str | None = None  # none, healthy, tumour or a NIfTI path
+    min_brain_fraction: float | None = None
+    middle_mm: float | Literal["all"] | None = None
+    crop: Literal["brain_box", "fixed"] | None = None
+    crop_mm: float | None = None
     split: SplitRatios = SplitRatios()
     seed: int = 7
     workers: int = Field(2, ge=1)
@@ -66,17 +79,34 @@ class PreprocessParams(Section):
 
     @model_validator(mode="after")
     def _check_spec(self) -> "PreprocessParams":
-        self.spec()  # PreprocessSpec's own checks, reported with the section's name
+        self.spec()  # the preset's name and PreprocessSpec's own checks, reported with the section's name
         return self
 
-    def spec(self) -> PreprocessSpec:
-        return PreprocessSpec(size=self.size, min_brain_fraction=self.min_brain_fraction, percentiles=self.percentiles)
+    def recipe(self) -> dict:
+        """The preset's steps with this section's non-null values on top."""
+        steps = preset(self.preset)
+        steps.update({k: v for k, v in self.model_dump(exclude={"preset", "split", "seed", "workers", "on_error"}).items() if v is not None})
+        return steps
+
+    @property
+    def reference(self) -> str:
+        """Whose histogram to match: 'none', 'healthy', 'tumour' or a NIfTI path."""
+        return str(self.recipe().get("histogram_reference", "none"))
+
+    def spec(self, histogram_landmarks: tuple[float, ...] | None = None) -> PreprocessSpec:
+        steps = self.recipe()
+        steps.pop("histogram_reference", None)
+        native = {"spacing_mm": "native", "middle_mm": "all"}
+        steps = {k: None if native.get(k) == v else v for k, v in steps.items()}
+        return PreprocessSpec(**steps, histogram_landmarks=histogram_landmarks)
 
 
 class ValidateParams(Section):
-    max_value: float = 1.0
+    max_abs_zscore: float = Field(30.0, gt=0.0)  # z-scored slices stay within +-this
     min_brain_coverage: float = Field(0.05, ge=0.0, le=1.0)
     allowed_labels: list[int] = [0, 1, 2, 4]
+    voxel_size_mm: tuple[float, float] = (0.2, 5.0)
+    abnormal_fraction: tuple[float, float] = (0.02, 0.98)
 
 
 class ModelParams(Section):
@@ -87,6 +117,24 @@ class ModelParams(Section):
         return {k: v for k, v in self.model_dump().items() if k != "name"}
 
 
+class AugmentParams(Section):
+    flip_p: float = 0.5
+    brightness: float = 0.1
+    brightness_p: float = 0.3
+    noise_std: float = 0.01
+    rotation_deg: float = 0.0
+    scale: float = 0.0
+    affine_p: float = 0.0
+
+    @model_validator(mode="after")
+    def _check(self) -> "AugmentParams":
+        self.spec()
+        return self
+
+    def spec(self) -> AugmentSpec:
+        return AugmentSpec(**self.model_dump())
+
+
 class TrainParams(Section):
     epochs: int = Field(25, ge=1)
     batch_size: int = Field(32, ge=2)
@@ -95,6 +143,7 @@ class TrainParams(Section):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0.0)
     seed: int = 0
+    augment: AugmentParams = AugmentParams()
 
 
 class EvaluateParams(Section):
@@ -132,7 +181,7 @@ class Params(Section):
     @model_validator(mode="after")
     def _latent_fits_the_slices(self) -> "Params":
         stride = 2 ** int(self.model.hyperparams().get("downsamplings", 0))
-        if self.preprocess.size % stride:
+        if self.preprocess.spec().size % stride:
             raise ValueError(
                 f"model.downsamplings={self.model.hyperparams()['downsamplings']} needs preprocess.size divisible by {stride}"
             )

@@ -23,7 +23,7 @@ from components.data.nifti_io import load_volume
 from components.data.slice_store import write_index, write_shard
 from components.data.splits import assign_splits
 from components.preprocess.spec import PreprocessSpec
-from components.preprocess.volume import ProcessedSlices, preprocess_volume
+from components.preprocess.volume import ProcessedSlices, preprocess_volume, reference_landmarks
 from pipelines.params import Params
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,26 @@ def assign_all_splits(subjects: list[Subject], params: Params) -> dict[tuple[str
     return splits
 
 
+def histogram_spec(params: Params, subjects: list[Subject], splits: dict) -> tuple[PreprocessSpec, str | None]:
+    """The spec, with histogram landmarks from the reference volume when the recipe matches
+    histograms; returns (spec, what the reference was)."""
+    choice = params.preprocess.reference
+    if choice == "none":
+        return params.preprocess.spec(), None
+    if choice in ("healthy", "tumour"):
+        train = sorted(s.subject_id for s in subjects if s.cohort == choice and splits[(choice, s.subject_id)] == "train")
+        if not train:
+            raise SubjectError(f"preprocess.histogram_reference={choice}: no {choice} training subject to take it from")
+        reference = next(s for s in subjects if s.cohort == choice and s.subject_id == train[0])
+        image_path, mask_path, name = reference.image, reference.brain_mask, f"{choice} subject {train[0]}"
+    else:
+        image_path, mask_path, name = params.path(choice), None, choice
+    image, affine = load_volume(image_path)
+    mask = load_volume(mask_path)[0] if mask_path else None
+    landmarks = reference_landmarks(image, affine, params.preprocess.spec(), mask)
+    return params.preprocess.spec(histogram_landmarks=landmarks), name
+
+
 def run(params: Params) -> dict:
     out = params.path(PROCESSED_DIR)
     shutil.rmtree(out, ignore_errors=True)
@@ -72,7 +92,7 @@ def run(params: Params) -> dict:
     subjects = discover(params, incomplete=skipped if params.preprocess.on_error == "skip" else None)
     found = len(subjects) + len(skipped)  # so far, skipped holds the incomplete cases only
     splits = assign_all_splits(subjects, params)
-    spec = params.preprocess.spec()
+    spec, reference = histogram_spec(params, subjects, splits)
     rows, volumes = [], []
     with ProcessPoolExecutor(max_workers=params.preprocess.workers) as pool:
         futures = {pool.submit(process_subject, s, spec): s for s in subjects}
@@ -97,7 +117,7 @@ def run(params: Params) -> dict:
     pd.DataFrame(volumes).sort_values(["cohort", "subject"]).to_parquet(out / "volumes.parquet", index=False)
     spec.to_json(out / "preprocess_spec.json")
     counts = {"/".join(k): n for k, n in index.groupby(["cohort", "dataset", "split"]).size().to_dict().items()}
-    report = {"volumes": found, "processed": len(volumes), "skipped": skipped, "slices": len(index), "by_split": counts}
+    report = {"histogram_reference": reference, "volumes": found, "processed": len(volumes), "skipped": skipped, "slices": len(index), "by_split": counts}
     params.path(REPORT).parent.mkdir(parents=True, exist_ok=True)
     params.path(REPORT).write_text(json.dumps(report, indent=2))
     return report

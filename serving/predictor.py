@@ -14,7 +14,8 @@ from torch import nn
 
 from components.models.bundle import DetectorBundle
 from components.models.inference import score_slices
-from components.preprocess.volume import axial_axis, preprocess_volume
+from components.preprocess.geometry import axial_axis
+from components.preprocess.volume import preprocess_volume
 from components.scoring.residual import volume_score
 
 

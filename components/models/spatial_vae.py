@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 
 class VAEOutput(NamedTuple):
-    reconstruction: torch.Tensor  # (N, 1, H, W) in [0, 1]
+    reconstruction: torch.Tensor  # (N, 1, H, W) in output_range
     mu: torch.Tensor  # (N, C, h, w)
     logvar: torch.Tensor  # (N, C, h, w)
 
@@ -42,7 +42,11 @@ def _up(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class SpatialVAE(nn.Module):
-    """Input (N, 1, H, W) float32 in [0, 1], H and W divisible by 2**downsamplings."""
+    """Input (N, 1, H, W) float32, H and W divisible by 2**downsamplings.
+
+    ``output_range`` is the interval the preprocessing maps intensities to ((0, 1) or (-1, 1)),
+    reached through a scaled sigmoid; None (z-scored inputs) leaves the output linear.
+    """
 
     def __init__(
         self,
@@ -50,6 +54,7 @@ class SpatialVAE(nn.Module):
         latent_channels: int = 64,
         downsamplings: int = 4,
         kl_weight: float = 0.01,
+        output_range: tuple[float, float] | None = (0.0, 1.0),
     ) -> None:
         super().__init__()
         if downsamplings < 1 or base_channels < 1 or latent_channels < 1 or kl_weight < 0:
@@ -63,13 +68,18 @@ class SpatialVAE(nn.Module):
         self.to_image = nn.Conv2d(base_channels, 1, 5, padding=2)
         self.kl_weight = kl_weight
         self.downsamplings = downsamplings
+        self.output_range = tuple(output_range) if output_range is not None else None
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.to_latent(self.encoder(x)).chunk(2, dim=1)
         return mu, logvar.clamp(-10.0, 10.0)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.to_image(self.decoder(self.from_latent(z))))
+        logits = self.to_image(self.decoder(self.from_latent(z)))
+        if self.output_range is None:  # z-scored inputs are unbounded
+            return logits
+        low, high = self.output_range
+        return low + (high - low) * torch.sigmoid(logits)
 
     def forward(self, x: torch.Tensor) -> VAEOutput:
         mu, logvar = self.encode(x)

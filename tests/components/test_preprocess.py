@@ -5,7 +5,8 @@ from components.data.layouts import read_brats, read_hcp
 from components.data.nifti_io import InvalidVolumeError, load_volume
 from components.data.phantoms import to_lps
 from components.preprocess.spec import PreprocessSpec
-from components.preprocess.volume import preprocess_volume, to_ras
+from components.preprocess.geometry import to_ras
+from components.preprocess.volume import preprocess_volume
 
 
 @pytest.fixture(scope="module")

@@ -63,3 +63,18 @@ def test_an_incomplete_case_is_skipped_or_stops_the_stage(phantom_roots, tmp_pat
     assert report["volumes"] == 7 and report["processed"] == 6
     with pytest.raises(LayoutError, match=f"missing file: {missing}"):
         preprocess.run(project(tmp_path, phantom_roots[0], brats, on_error="stop"))
+
+
+@pytest.mark.slow  # N4 on every volume: about a minute
+def test_a_paper_preset_runs_end_to_end_and_its_spec_carries_the_reference(phantom_roots, tmp_path):
+    from components.preprocess.spec import PreprocessSpec
+    from pipelines import validate
+
+    params = project(tmp_path, *phantom_roots, preset="dual_vae_improved", size=32)
+    report = preprocess.run(params)
+    assert report["histogram_reference"].startswith("tumour subject BraTS2021_")
+    spec = PreprocessSpec.from_json(tmp_path / "data" / "processed" / "preprocess_spec.json")
+    assert spec.bias_correction and spec.value_range == (-1.0, 1.0) and len(spec.histogram_landmarks) == 101
+    with np.load(next((tmp_path / "data" / "processed" / "shards").rglob("*.npz"))) as shard:
+        assert shard["images"].min() >= -1.0 and (shard["images"] < 0).mean() > 0.3  # background is -1
+    assert validate.run(params)["result"].startswith("all")

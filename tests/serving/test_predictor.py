@@ -9,7 +9,7 @@ from components.data.nifti_io import load_volume
 from components.models.bundle import Calibration, DetectorBundle
 from components.models.registry import build_detector
 from components.preprocess.spec import PreprocessSpec
-from components.preprocess.volume import to_ras
+from components.preprocess.geometry import to_ras
 from serving.predictor import VolumePredictor
 
 

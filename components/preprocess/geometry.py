@@ -1,0 +1,76 @@
+"""Geometric steps: canonical orientation, resampling, slice selection, crop and resize."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+
+def axial_axis(affine: np.ndarray) -> int:
+    """The input voxel axis closest to the world's inferior-superior direction."""
+    return int(np.flatnonzero(nib.orientations.io_orientation(affine)[:, 0] == 2)[0])
+
+
+def to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reorder voxel axes to RAS (axis 2 = inferior->superior). Returns (data, input_axial_index).
+
+    ``input_axial_index[k]`` is the input file's own index of RAS axial slice k.
+    """
+    ornt = nib.orientations.io_orientation(affine)
+    axis = axial_axis(affine)
+    index = np.arange(data.shape[axis])
+    ras = nib.orientations.apply_orientation(data, ornt)
+    return np.ascontiguousarray(ras), (index[::-1] if ornt[axis, 1] < 0 else index).copy()
+
+
+def ras_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size (mm) along the RAS axes (R, A, S) of a volume with this affine."""
+    ornt = nib.orientations.io_orientation(affine)
+    sizes = nib.affines.voxel_sizes(affine)
+    return tuple(float(sizes[int(np.flatnonzero(ornt[:, 0] == axis)[0])]) for axis in range(3))
+
+
+def resample(volume: np.ndarray, spacing: tuple[float, ...], target_mm: float, order: int) -> np.ndarray:
+    """Resample a RAS volume to isotropic ``target_mm`` voxels (order 3 = cubic, 0 = nearest)."""
+    zoom = [s / target_mm for s in spacing]
+    shape = [max(1, int(round(n * z))) for n, z in zip(volume.shape, zoom)]
+    source = volume.astype(np.float32) if volume.dtype == bool else volume
+    return ndimage.zoom(source, [n / m for n, m in zip(shape, volume.shape)], order=order, grid_mode=True, mode="nearest")
+
+
+def select_slices(brain: np.ndarray, min_fraction: float, middle: int | None = None) -> np.ndarray:
+    """Axial slices (last axis) whose brain area >= min_fraction x the largest one's, restricted
+    to the ``middle`` slices centred on the brain's axial extent when given."""
+    area = brain.sum(axis=(0, 1))
+    keep = area >= max(min_fraction * area.max(), 1)
+    if middle is not None:
+        present = np.flatnonzero(area)
+        start = int(np.floor((present[0] + present[-1] + 1 - middle) / 2))
+        window = np.zeros_like(keep)
+        window[max(start, 0) : max(start + middle, 0)] = True
+        keep &= window
+    return np.flatnonzero(keep)
+
+
+def square_box(brain: np.ndarray, spacing: tuple[float, float], side_mm: float | None = None) -> tuple[slice, slice]:
+    """An in-plane square (in millimetres, so anisotropic voxels are not stretched) centred on
+    the brain's bounding box over all slices: the box itself widened to a square, or a fixed
+    ``side_mm``. It may reach past the array (crop_resize pads)."""
+    rows, cols = np.flatnonzero(brain.any(axis=(1, 2))), np.flatnonzero(brain.any(axis=(0, 2)))
+    centre = ((rows[0] + rows[-1]) / 2, (cols[0] + cols[-1]) / 2)
+    if side_mm is None:
+        side_mm = max((rows[-1] - rows[0] + 2) * spacing[0], (cols[-1] - cols[0] + 2) * spacing[1])
+    return tuple(
+        slice(int(np.floor(c - side_mm / 2 / mm)), int(np.ceil(c + side_mm / 2 / mm)) + 1) for c, mm in zip(centre, spacing)
+    )
+
+
+def crop_resize(stack: np.ndarray, box: tuple[slice, slice], size: int, order: int, fill: float = 0.0) -> np.ndarray:
+    """Crop (X, Y, N) to ``box`` (``fill`` outside the array), resize to (N, size, size)."""
+    pads = [(max(0, -b.start), max(0, b.stop - n)) for b, n in zip(box, stack.shape[:2])]
+    padded = np.pad(stack.astype(np.float32), pads + [(0, 0)], constant_values=fill)
+    crop = padded[box[0].start + pads[0][0] : box[0].stop + pads[0][0], box[1].start + pads[1][0] : box[1].stop + pads[1][0]]
+    zoom = (size / crop.shape[0], size / crop.shape[1], 1.0)
+    resized = ndimage.zoom(crop, zoom, order=order, grid_mode=True, mode="grid-constant", cval=fill)
+    return np.moveaxis(resized[:size, :size], 2, 0)

@@ -1,0 +1,142 @@
+"""Each preprocessing step on its own: resampling, N4, normalisations, histogram matching,
+crops, slice selection, and the papers' presets."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from components.data.layouts import read_brats, read_hcp
+from components.data.nifti_io import load_volume
+from components.models.spatial_vae import SpatialVAE
+from components.preprocess.intensity import n4_bias_correct
+from components.preprocess.presets import PRESETS
+from components.preprocess.spec import PreprocessSpec
+from components.preprocess.volume import prepare_volume, preprocess_volume, reference_landmarks
+from pipelines.params import PreprocessParams
+
+
+@pytest.fixture(scope="module")
+def brats_case(phantom_roots):
+    subject = read_brats(phantom_roots[1])[0]
+    return load_volume(subject.image)[0], load_volume(subject.image)[1], load_volume(subject.segmentation)[0]
+
+
+@pytest.fixture(scope="module")
+def hcp_case(phantom_roots):
+    subject = read_hcp(phantom_roots[0])[0]
+    return load_volume(subject.image)[0], load_volume(subject.image)[1], load_volume(subject.brain_mask)[0]
+
+
+def test_resampling_to_1mm_multiplies_slices_and_keeps_file_slice_numbers(brats_case):
+    image, affine, seg = brats_case  # 3 mm phantoms
+    native = preprocess_volume(image, affine, PreprocessSpec(size=32, min_brain_fraction=0.0), segmentation=seg)
+    fine = preprocess_volume(image, affine, PreprocessSpec(size=32, min_brain_fraction=0.0, spacing_mm=1.0), segmentation=seg)
+    assert len(fine.slice_numbers) == pytest.approx(3 * len(native.slice_numbers), abs=3)
+    assert np.all(np.diff(np.sort(fine.slice_numbers)) >= 0)
+    assert set(fine.slice_numbers) <= set(range(image.shape[2])) and set(native.slice_numbers) <= set(fine.slice_numbers)
+    # Tumour voxel counts scale with the voxel area (3 mm -> 1 mm in plane: x 9).
+    assert fine.tumour_pixels.sum() / 3 == pytest.approx(9 * native.tumour_pixels.sum(), rel=0.2)
+
+
+def test_n4_removes_a_smooth_multiplicative_bias():
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, 48)] * 3, indexing="ij"))
+    brain = (grid**2).sum(0) < 0.8
+    tissue = np.where(grid[0] > 0, 1.0, 0.6) * brain  # two flat tissues
+    biased = tissue * np.exp(0.4 * grid[1]) + 0.0
+    corrected = n4_bias_correct(biased.astype(np.float32), brain, (2.0, 2.0, 2.0))
+
+    def spread(volume):  # coefficient of variation inside one tissue
+        values = volume[brain & (grid[0] > 0.2)]
+        return values.std() / values.mean()
+
+    assert spread(corrected) < 0.5 * spread(biased)
+
+
+def test_zscore_centres_the_brain(hcp_case):
+    image, affine, mask = hcp_case
+    volume = prepare_volume(image, affine, PreprocessSpec(normalisation="zscore"), brain_mask=mask)
+    values = volume.image[volume.brain]
+    assert abs(values.mean()) < 1e-3 and values.std() == pytest.approx(1.0, abs=1e-3)
+    out = preprocess_volume(image, affine, PreprocessSpec(size=32, normalisation="zscore"), brain_mask=mask)
+    assert out.images.min() < 0 < out.images.max() and np.all(out.images[~out.brain] == 0)
+
+
+def test_minus_one_to_one_range_has_a_minus_one_background(hcp_case):
+    image, affine, mask = hcp_case
+    out = preprocess_volume(image, affine, PreprocessSpec(size=32, value_range=(-1.0, 1.0)), brain_mask=mask)
+    assert out.images.min() >= -1.0 and out.images.max() <= 1.0
+    assert np.all(out.images[~out.brain] == -1.0)
+
+
+def test_histogram_matching_maps_one_scan_onto_anothers_quantiles(hcp_case, brats_case):
+    image, affine, mask = hcp_case
+    spec = PreprocessSpec(size=32)
+    landmarks = reference_landmarks(*brats_case[:2], spec)
+    other = image**1.7  # a different contrast curve
+    matched = prepare_volume(other, affine, replace(spec, histogram_landmarks=landmarks), brain_mask=mask)
+    unmatched = prepare_volume(other, affine, spec, brain_mask=mask)
+    quantiles = np.percentile(matched.image[matched.brain], [10, 25, 50, 75, 90])
+    reference = np.interp([10, 25, 50, 75, 90], np.linspace(0, 100, 101), landmarks)
+    assert np.abs(quantiles - reference).max() < 0.02
+    assert np.abs(np.percentile(unmatched.image[unmatched.brain], [10, 25, 50, 75, 90]) - reference).max() > 0.05
+
+
+def test_fixed_crop_keeps_millimetres_not_the_brain_box(hcp_case):
+    image, affine, mask = hcp_case
+    box = preprocess_volume(image, affine, PreprocessSpec(size=64), brain_mask=mask)
+    wide = preprocess_volume(image, affine, PreprocessSpec(size=64, crop="fixed", crop_mm=400.0), brain_mask=mask)
+    width = lambda out: out.brain[:, 0].any(axis=(0, 1)).sum()  # noqa: E731
+    assert width(wide) == pytest.approx(width(box) * 0.5 * 170 / 200, rel=0.25)  # brain ~170-200 mm wide
+
+
+def test_middle_mm_keeps_that_many_slices_around_the_brain_centre(hcp_case):
+    image, affine, mask = hcp_case
+    out = preprocess_volume(image, affine, PreprocessSpec(size=32, min_brain_fraction=0.0, middle_mm=30.0), brain_mask=mask)
+    assert len(out.slice_numbers) == 10  # 30 mm of 3 mm slices
+    everything = preprocess_volume(image, affine, PreprocessSpec(size=32, min_brain_fraction=0.0), brain_mask=mask)
+    centre = np.median(everything.slice_numbers)
+    assert abs(np.median(out.slice_numbers) - centre) <= 1
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_is_a_valid_recipe_and_explicit_steps_override_it(name):
+    params = PreprocessParams(preset=name)
+    spec = params.spec()
+    for key, value in PRESETS[name].items():
+        if key != "histogram_reference":
+            assert getattr(spec, key) == value
+    assert PreprocessParams(preset=name, size=32).spec().size == 32
+    assert PreprocessParams(preset=name, spacing_mm="native").spec().spacing_mm is None
+
+
+def test_presets_describe_their_papers():
+    assert PreprocessParams(preset="dual_vae_improved").spec().bias_correction
+    assert PreprocessParams(preset="dual_vae_improved").reference == "tumour"
+    assert PreprocessParams(preset="latent_constrained").spec().output_range is None
+    intro = PreprocessParams(preset="introvae").spec()
+    assert intro.spacing_mm == 1.0 and intro.size == 256 and intro.value_range == (-1.0, 1.0)
+
+
+def test_an_unknown_preset_or_step_is_named():
+    with pytest.raises(ValueError, match="unknown preprocessing preset 'baur'"):
+        PreprocessParams(preset="baur")
+    with pytest.raises(ValueError, match="unknown preprocessing steps: sharpen"):
+        PreprocessSpec.from_dict({"size": 64, "sharpen": True})
+    with pytest.raises(ValueError, match="needs crop_mm"):
+        PreprocessSpec(crop="fixed")
+
+
+def test_spec_round_trips_through_json(tmp_path):
+    spec = PreprocessSpec(size=32, spacing_mm=1.0, normalisation="zscore", histogram_landmarks=(0.0, 0.5, 1.0), crop="fixed", crop_mm=180.0)
+    spec.to_json(tmp_path / "spec.json")
+    assert PreprocessSpec.from_json(tmp_path / "spec.json") == spec
+
+
+@pytest.mark.parametrize("output_range", [(0.0, 1.0), (-1.0, 1.0)])
+def test_decoder_output_lives_in_the_preprocessing_range(output_range):
+    model = SpatialVAE(base_channels=4, latent_channels=4, downsamplings=2, output_range=output_range).eval()
+    out = model.reconstruct(torch.randn(2, 1, 16, 16) * 5)
+    assert output_range[0] <= out.min() and out.max() <= output_range[1]
+    assert SpatialVAE(base_channels=4, latent_channels=4, downsamplings=2, output_range=None).output_range is None
