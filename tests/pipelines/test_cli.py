@@ -44,16 +44,17 @@ def test_corrupt_nifti_is_named(tmp_path, phantom_roots):
     assert result.exit_code == 1 and str(broken) in result.output and broken.parents[1].name in result.output
 
 
-def test_validate_stops_on_corrupted_data_naming_the_subject(processed_project, tmp_path):
+def test_validate_stops_on_corrupted_data_naming_the_subject(processed_project, phantom_roots, tmp_path):
     shutil.copytree(processed_project / "data", tmp_path / "data")
     shard = sorted((tmp_path / "data" / "processed" / "shards" / "brats").glob("*.npz"))[0]
     arrays = dict(np.load(shard))
     arrays["images"][2, 0, 0, 0] = np.inf
     np.savez_compressed(shard, **arrays)
-    result = invoke("validate", "--params", str(write_params(tmp_path)))
+    roots = {"healthy_root": str(phantom_roots[0]), "tumour_root": str(phantom_roots[1])}
+    result = invoke("validate", "--params", str(write_params(tmp_path, data=roots)))
     assert result.exit_code == 1
     assert "data validation failed" in result.output and shard.stem in result.output
-    assert (tmp_path / "reports" / "validation.json").is_file()
+    assert (tmp_path / "reports" / "validation.json").is_file() and (tmp_path / "reports" / "validation.md").is_file()
 
 
 def test_serve_without_a_registered_model(tmp_path):
