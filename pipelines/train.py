@@ -1,6 +1,7 @@
 """Stage `train`: the detector on healthy training slices, with Ray Train's TorchTrainer (DDP).
 
-Each epoch every worker reports its losses and rank 0 a checkpoint; a rerun with the same
+Slices reach the workers as Ray Datasets (``train.get_dataset_shard``), split between workers
+each epoch, so a worker on another node needs no copy of the processed data. Each epoch every worker reports its losses and rank 0 a checkpoint; a rerun with the same
 params and data finds the run in ``artifacts/ray_results`` and resumes from its latest
 checkpoint (and appends to the same MLflow run). Set ``RAY_ADDRESS`` to train on a cluster.
 """
@@ -15,30 +16,27 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import ray.train
 import ray.train.torch
-from ray.train import Checkpoint, RunConfig, ScalingConfig
+from ray.train import Checkpoint, DataConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from components.data.slice_store import load_slices, read_index
+from components.data.augment import AugmentSpec, augment
+from components.data.slice_store import read_index
 from components.models.registry import build_detector
+from components.preprocess.spec import PreprocessSpec
 from pipelines import tracking
 from pipelines.params import Params
 from pipelines.preprocess import PROCESSED_DIR
 from pipelines.ray_cluster import ray_session
+from pipelines.slice_datasets import slice_dataset
 
 log = logging.getLogger(__name__)
 MODEL_DIR = Path("models/detector")
 RAY_RESULTS = Path("artifacts/ray_results")
 STATE_FILE = "state.pt"
-
-
-def healthy_slices(root: str, split: str) -> dict:
-    """Images (N, 1, S, S) and brain masks of the healthy subjects of one split."""
-    index = read_index(Path(root))
-    return load_slices(Path(root), index[(index["cohort"] == "healthy") & (index["split"] == split)])
+SHUFFLE_BATCHES = 8  # each worker shuffles within a buffer of this many batches (block order is random too)
 
 
 def _mean_across_workers(values: dict[str, float], count: int) -> dict[str, float]:
@@ -50,10 +48,15 @@ def _mean_across_workers(values: dict[str, float], count: int) -> dict[str, floa
 
 
 @torch.no_grad()
-def validation_l1(detector: torch.nn.Module, images: torch.Tensor, device: torch.device) -> float:
+def validation_l1(detector: torch.nn.Module, device: torch.device) -> float:
+    """Mean L1 reconstruction error over the healthy validation slices."""
     detector.eval()
-    errors = [(detector.reconstruct(x.to(device)) - x.to(device)).abs().mean().item() * len(x) for x in images.split(64)]
-    return sum(errors) / len(images)
+    total, count = 0.0, 0
+    for batch in ray.train.get_dataset_shard("val").iter_torch_batches(batch_size=64, device=device):
+        x = batch["image"]
+        total += (detector.reconstruct(x) - x).abs().mean().item() * len(x)
+        count += len(x)
+    return total / max(count, 1)
 
 
 def train_loop(config: dict) -> None:
@@ -64,7 +67,6 @@ def train_loop(config: dict) -> None:
     torch.set_num_threads(config["threads"])
     device = ray.train.torch.get_device()
 
-    train_images = torch.from_numpy(healthy_slices(config["data_root"], "train")["images"])
     detector = build_detector(config["model_name"], **config["hyperparams"])
     state = None
     if checkpoint := ray.train.get_checkpoint():
@@ -78,17 +80,18 @@ def train_loop(config: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
     start_epoch = state["epoch"] + 1 if state else 0
 
-    dataset = TensorDataset(train_images)
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=config["seed"], drop_last=True)
-    loader = DataLoader(dataset, batch_size=max(1, config["batch_size"] // world), sampler=sampler, drop_last=True)
-    loader = ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False, move_to_device=True)
-    val_images = torch.from_numpy(healthy_slices(config["data_root"], "val")["images"]) if rank == 0 else None
+    train_shard = ray.train.get_dataset_shard("train")
+    batch_size = max(1, config["batch_size"] // world)
+    augmentation = AugmentSpec(**config["augment"])
 
     for epoch in range(start_epoch, config["epochs"]):
-        sampler.set_epoch(epoch)
         model.train()
         sums, count = {}, 0
-        for (x,) in loader:
+        batches = train_shard.iter_torch_batches(
+            batch_size=batch_size, drop_last=True, device=device, local_shuffle_buffer_size=SHUFFLE_BATCHES * batch_size
+        )
+        for batch in batches:
+            x = augment(batch["image"], batch["brain"], augmentation, config["background"], config["output_range"])
             loss, parts = detector.loss(x, model(x))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -100,7 +103,7 @@ def train_loop(config: dict) -> None:
         if rank != 0:
             ray.train.report(metrics)
             continue
-        metrics["val_l1"] = validation_l1(detector, val_images, device)
+        metrics["val_l1"] = validation_l1(detector, device)
         _log_epoch(config, metrics, epoch)
         with tempfile.TemporaryDirectory() as folder:
             torch.save({"model": detector.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
@@ -118,6 +121,14 @@ def _log_epoch(config: dict, metrics: dict, epoch: int) -> None:
     )
 
 
+def flatten(prefix: str, values: dict) -> dict:
+    """{'a': {'b': 1}} -> {'prefix.a.b': 1}: nested params as flat MLflow param names."""
+    flat = {}
+    for key, value in values.items():
+        flat.update(flatten(f"{prefix}.{key}", value) if isinstance(value, dict) else {f"{prefix}.{key}": value})
+    return flat
+
+
 def data_fingerprint(root: Path) -> str:
     """A short hash of the processed data's index and spec: equal data, equal fingerprint."""
     digest = hashlib.sha256()
@@ -130,7 +141,9 @@ def run(params: Params) -> dict:
     data_root = params.path(PROCESSED_DIR)
     read_index(data_root)  # a clear message when `preprocess` has not run
     model_params, train_params = params.model, params.train
-    build_detector(model_params.name, **model_params.hyperparams())  # fail fast on a bad model param
+    spec = PreprocessSpec.from_json(data_root / "preprocess_spec.json")
+    hyperparams = {**model_params.hyperparams(), "output_range": spec.output_range}
+    build_detector(model_params.name, **hyperparams)  # fail fast on a bad model param
     fingerprint = data_fingerprint(data_root)
     config_hash = hashlib.sha256(
         json.dumps([model_params.model_dump(), train_params.model_dump(), fingerprint], sort_keys=True).encode()
@@ -139,34 +152,41 @@ def run(params: Params) -> dict:
 
     run_id = tracking.training_run(params, run_name)
     client = tracking.client(params)
-    for key, value in {**{f"model.{k}": v for k, v in model_params.model_dump().items()},
-                       **{f"train.{k}": v for k, v in train_params.model_dump().items()},
+    for key, value in {**flatten("model", model_params.model_dump()), **flatten("train", train_params.model_dump()),
                        "data.fingerprint": fingerprint}.items():
         client.log_param(run_id, key, value)
 
     config = {
-        "data_root": str(data_root), "model_name": model_params.name, "hyperparams": model_params.hyperparams(),
+        "data_root": str(data_root), "model_name": model_params.name, "hyperparams": hyperparams,
         "epochs": train_params.epochs, "batch_size": train_params.batch_size,
         "learning_rate": train_params.learning_rate, "seed": train_params.seed,
         "threads": max(1, int(train_params.cpus_per_worker)),
+        "augment": train_params.augment.model_dump(), "background": spec.background, "output_range": spec.output_range,
         "tracking_uri": tracking.tracking_uri(params), "mlflow_run_id": run_id,
     }
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=config,
-        scaling_config=ScalingConfig(
-            num_workers=train_params.num_workers, use_gpu=train_params.use_gpu,
-            resources_per_worker={"CPU": train_params.cpus_per_worker},
-        ),
-        run_config=RunConfig(name=run_name, storage_path=str(params.path(RAY_RESULTS))),
-    )
     with ray_session():
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config=config,
+            scaling_config=ScalingConfig(
+                num_workers=train_params.num_workers, use_gpu=train_params.use_gpu,
+                resources_per_worker={"CPU": train_params.cpus_per_worker},
+            ),
+            datasets={
+                "train": slice_dataset(data_root, "healthy", "train").randomize_block_order(),
+                "val": slice_dataset(data_root, "healthy", "val"),
+            },
+            dataset_config=DataConfig(datasets_to_split=["train"]),
+            run_config=RunConfig(name=run_name, storage_path=str(params.path(RAY_RESULTS))),
+        )
         result = trainer.fit()
     client.set_terminated(run_id)
-    return export_model(params, result.checkpoint, run_id, run_name, result.metrics or {})
+    return export_model(params, result.checkpoint, run_id, run_name, hyperparams, result.metrics or {})
 
 
-def export_model(params: Params, checkpoint: Checkpoint, run_id: str, run_name: str, metrics: dict) -> dict:
+def export_model(
+    params: Params, checkpoint: Checkpoint, run_id: str, run_name: str, hyperparams: dict, metrics: dict
+) -> dict:
     """Write the trained weights and what built them to models/detector (the stage's output)."""
     if checkpoint is None:
         raise RuntimeError(f"Ray Train run {run_name} produced no checkpoint")
@@ -176,7 +196,7 @@ def export_model(params: Params, checkpoint: Checkpoint, run_id: str, run_name: 
     out.mkdir(parents=True, exist_ok=True)
     torch.save(state["model"], out / "weights.pt")
     summary = {
-        "model_name": params.model.name, "hyperparams": params.model.hyperparams(),
+        "model_name": params.model.name, "hyperparams": hyperparams,
         "epochs_trained": state["epoch"] + 1, "mlflow_run_id": run_id, "ray_run_name": run_name,
         "final_metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
     }
