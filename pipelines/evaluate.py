@@ -16,7 +16,9 @@ import pandas as pd
 import torch
 
 from components.data.slice_store import load_slices, read_index
-from components.metrics.detection import dice_per_subject, pixel_metrics, roc_table, slice_labels, slice_metrics
+from components.metrics.detection import (
+    dice_per_subject, other_lesion_metrics, pixel_metrics, roc_table, slice_labels, slice_metrics,
+)
 from components.models.bundle import Calibration
 from components.models.inference import score_slices
 from components.models.registry import build_detector
@@ -68,16 +70,23 @@ def run(params: Params) -> dict:
 
     test = score_split(detector, root, index[index["split"] == "test"])
     labels = slice_labels(test["index"]["tumour_pixels"], params.evaluate.min_tumour_pixels)
+    # Other (non-tumour) lesions are neither tumour nor normal tissue: left out of the tumour
+    # metrics, and scored on their own against lesion-free, tumour-free slices.
+    other = test["index"]["lesion_pixels"].to_numpy() > 0
+    rated = labels | ~other
+    brain = test["brain"] & ~test["lesions"]
     metrics = {
-        **slice_metrics(test["scores"], labels, calibration.slice_threshold),
-        **pixel_metrics(test["maps"], test["tumour"], test["brain"]),
-        **dice_per_subject(test["maps"], test["tumour"], test["brain"], test["index"]["subject"].to_numpy(),
+        **slice_metrics(test["scores"][rated], labels[rated], calibration.slice_threshold),
+        **pixel_metrics(test["maps"], test["tumour"], brain),
+        **dice_per_subject(test["maps"], test["tumour"], brain, test["index"]["subject"].to_numpy(),
                            calibration.pixel_threshold),
+        **other_lesion_metrics(test["scores"], test["index"]["tumour_pixels"], test["index"]["lesion_pixels"],
+                               calibration.slice_threshold),
         "slice_threshold": calibration.slice_threshold,
         "pixel_threshold": calibration.pixel_threshold,
         "volume_threshold": calibration.volume_threshold,
     }
-    _write(params, metrics, roc_table(test["scores"], labels), calibration)
+    _write(params, metrics, roc_table(test["scores"][rated], labels[rated]), calibration)
     _log_to_mlflow(params, tracking.training_run(params, description["ray_run_name"]), metrics)
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
 

@@ -44,8 +44,16 @@ class PhantomParams(Section):
     deformation_mm: float = Field(3.0, ge=0.0)
     bias_strength: float = Field(0.25, ge=0.0)
     noise_std: float = Field(0.02, ge=0.0)
-    tumour_radius_mm: tuple[float, float] = (10.0, 30.0)
+    tumour_radius_mm: tuple[float, float] = (3.0, 30.0)
+    mass_effect: float = 0.4
+    foci_p: float = 0.5
+    cavity_p: float = 0.3
     workers: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _check_spec(self) -> "PhantomParams":
+        self.spec()  # PhantomSpec's own checks
+        return self
 
     def spec(self) -> PhantomSpec:
         return PhantomSpec(**self.model_dump(exclude={"hcp_root", "brats_root", "workers"}))

@@ -50,7 +50,8 @@ def process_subject(subject: Subject, spec: PreprocessSpec) -> tuple[ProcessedSl
     image, affine = load_volume(subject.image)
     mask = load_volume(subject.brain_mask)[0] if subject.brain_mask else None
     seg = load_volume(subject.segmentation)[0] if subject.segmentation else None
-    slices = preprocess_volume(image, affine, spec, brain_mask=mask, segmentation=seg)
+    lesions = load_volume(subject.lesions)[0] if subject.lesions else None
+    slices = preprocess_volume(image, affine, spec, brain_mask=mask, segmentation=seg, lesions=lesions)
     labels = sorted(int(v) for v in np.unique(seg)) if seg is not None else []
     return slices, labels
 

@@ -5,8 +5,8 @@ Layout of a processed folder::
     index.parquet            one row per slice (see INDEX_COLUMNS)
     volumes.parquet          one row per volume: subject, dataset, cohort, split, seg_labels, n_slices
     preprocess_spec.json     the PreprocessSpec that produced the slices
-    shards/<dataset>/<subject>.npz   images (N,1,S,S) float32, brain (N,1,S,S) bool,
-                                     tumour (N,1,S,S) bool, slice_numbers (N,) int
+    shards/<dataset>/<subject>.npz   images (N,1,S,S) float32, brain, tumour and lesions
+                                     (N,1,S,S) bool, slice_numbers (N,) int
 
 Shards are per volume so a stage (or a Ray worker) reads only the subjects it needs.
 """
@@ -22,7 +22,7 @@ from components.data.layouts import Subject
 from components.preprocess.volume import ProcessedSlices
 
 INDEX_COLUMNS = (
-    "subject", "dataset", "cohort", "split", "slice", "row", "shard", "tumour_pixels", "brain_pixels",
+    "subject", "dataset", "cohort", "split", "slice", "row", "shard", "tumour_pixels", "brain_pixels", "lesion_pixels",
 )
 
 
@@ -34,9 +34,11 @@ def write_shard(root: Path, subject: Subject, split: str, slices: ProcessedSlice
     """Save one volume's slices; return its rows of the slice index."""
     path = shard_path(root, subject.dataset, subject.subject_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tumour = slices.tumour if slices.tumour is not None else np.zeros_like(slices.brain)
+    empty = np.zeros_like(slices.brain)
     np.savez_compressed(
-        path, images=slices.images, brain=slices.brain, tumour=tumour, slice_numbers=slices.slice_numbers
+        path, images=slices.images, brain=slices.brain, slice_numbers=slices.slice_numbers,
+        tumour=slices.tumour if slices.tumour is not None else empty,
+        lesions=slices.lesions if slices.lesions is not None else empty,
     )
     return pd.DataFrame(
         {
@@ -49,6 +51,7 @@ def write_shard(root: Path, subject: Subject, split: str, slices: ProcessedSlice
             "shard": str(path.relative_to(root)),
             "tumour_pixels": slices.tumour_pixels,
             "brain_pixels": slices.brain_pixels,
+            "lesion_pixels": slices.lesion_pixels if slices.lesion_pixels is not None else 0,
         }
     )
 
@@ -72,10 +75,10 @@ def load_shard(root: Path, shard: str) -> dict[str, np.ndarray]:
 
 
 def load_slices(root: Path, index: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Stack the slices listed in ``index`` (in its order): images, brain, tumour arrays."""
+    """Stack the slices listed in ``index`` (in its order): images, brain, tumour, lesions arrays."""
     if index.empty:
         raise ValueError("no slices selected")
-    parts: dict[str, list[np.ndarray]] = {"images": [], "brain": [], "tumour": []}
+    parts: dict[str, list[np.ndarray]] = {"images": [], "brain": [], "tumour": [], "lesions": []}
     positions = []
     table = index.reset_index(drop=True)
     for shard, rows in table.groupby("shard", sort=False)["row"]:

@@ -4,6 +4,8 @@ Slice-wise (dual-VAE papers): a slice is abnormal when its tumour had more than
 ``min_tumour_pixels`` annotated pixels before resizing; scores rank slices.
 Pixel-wise (spatial-autoencoder paper): every pixel inside the brain is a sample; Dice compares
 the thresholded anomaly map with the tumour mask, per subject.
+Other lesions (kinds the detector was never tuned for): slices holding one and no tumour against
+slices holding neither.
 """
 
 from __future__ import annotations
@@ -34,6 +36,21 @@ def slice_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> d
         "slice_f1": float(f1_score(labels, verdicts, zero_division=0)),
         "slices_abnormal": int(labels.sum()),
         "slices_normal": int((~labels).sum()),
+    }
+
+
+def other_lesion_metrics(scores, tumour_pixels, lesion_pixels, threshold: float) -> dict[str, float]:
+    """Slice AUROC and sensitivity at ``threshold`` for slices with other lesions and no tumour,
+    against slices with neither; empty when there is no such slice."""
+    scores, tumour, lesion = np.asarray(scores), np.asarray(tumour_pixels) > 0, np.asarray(lesion_pixels) > 0
+    lesion_only, clean = lesion & ~tumour, ~lesion & ~tumour
+    if not lesion_only.any() or not clean.any():
+        return {}
+    keep = lesion_only | clean
+    return {
+        "other_lesion_slice_auroc": float(roc_auc_score(lesion_only[keep], scores[keep])),
+        "other_lesion_sensitivity": float((scores[lesion_only] > threshold).mean()),
+        "other_lesion_slices": int(lesion_only.sum()),
     }
 
 

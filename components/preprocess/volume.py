@@ -36,6 +36,7 @@ class PreparedVolume:
     image: np.ndarray
     brain: np.ndarray
     tumour: np.ndarray
+    lesions: np.ndarray  # other (non-tumour) lesions, all False when none were given
     slice_numbers: np.ndarray  # the input file's own axial index of each Z slice
     spacing: tuple[float, float, float]
 
@@ -47,9 +48,11 @@ class ProcessedSlices:
     images:        (N, 1, S, S) float32, normalised, ``spec.background`` outside the brain
     brain:         (N, 1, S, S) bool
     tumour:        (N, 1, S, S) bool, or None when no segmentation was given
+    lesions:       (N, 1, S, S) bool, other lesions, or None when none were given
     slice_numbers: (N,) int, each slice's index along the input file's own axial axis
     tumour_pixels: (N,) int, tumour pixels of each slice before the in-plane resize
     brain_pixels:  (N,) int, brain pixels of each slice before the in-plane resize
+    lesion_pixels: (N,) int, other-lesion pixels of each slice before the in-plane resize
     """
 
     images: np.ndarray
@@ -58,12 +61,14 @@ class ProcessedSlices:
     slice_numbers: np.ndarray
     tumour_pixels: np.ndarray
     brain_pixels: np.ndarray
+    lesions: np.ndarray | None = None
+    lesion_pixels: np.ndarray | None = None
 
 
-def _check_inputs(image: np.ndarray, brain_mask: np.ndarray | None, segmentation: np.ndarray | None) -> None:
-    for name, other in (("brain mask", brain_mask), ("segmentation", segmentation)):
+def _check_inputs(image: np.ndarray, **others: np.ndarray | None) -> None:
+    for name, other in others.items():
         if other is not None and other.shape != image.shape:
-            raise InvalidVolumeError(f"{name} shape {other.shape} differs from the image's {image.shape}")
+            raise InvalidVolumeError(f"{name.replace('_', ' ')} shape {other.shape} differs from the image's {image.shape}")
     if image.min() == image.max():
         raise InvalidVolumeError(f"the image is constant (every voxel is {image.min():g}): nothing to analyse")
 
@@ -87,24 +92,27 @@ def prepare_volume(
     spec: PreprocessSpec,
     brain_mask: np.ndarray | None = None,
     segmentation: np.ndarray | None = None,
+    lesions: np.ndarray | None = None,
 ) -> PreparedVolume:
     """The 3-D steps: orientation, mask, resampling and intensity normalisation."""
-    _check_inputs(image, brain_mask, segmentation)
+    _check_inputs(image, brain_mask=brain_mask, segmentation=segmentation, lesions=lesions)
     image, slice_numbers = to_ras(image, affine)
     spacing = ras_spacing(affine)
     brain = compute_mask(image, to_ras(brain_mask, affine)[0] if brain_mask is not None else None)
     tumour = to_ras(segmentation, affine)[0] > 0 if segmentation is not None else np.zeros_like(brain)
+    other = to_ras(lesions, affine)[0] > 0 if lesions is not None else np.zeros_like(brain)
     if spec.spacing_mm is not None:
         target = float(spec.spacing_mm)
         image = resample(image, spacing, target, order=3)
         brain = resample(brain, spacing, target, order=1) > 0.5
         tumour = resample(tumour, spacing, target, order=1) > 0.5
+        other = resample(other, spacing, target, order=1) > 0.5
         source = np.round((np.arange(image.shape[2]) + 0.5) * target / spacing[2] - 0.5).astype(int)
         slice_numbers = slice_numbers[np.clip(source, 0, len(slice_numbers) - 1)]
         spacing = (target, target, target)
     if brain.sum() < MIN_BRAIN_VOXELS:
         raise InvalidVolumeError(f"fewer than {MIN_BRAIN_VOXELS} brain voxels found: expected a brain MRI volume")
-    return PreparedVolume(normalise(image, brain, spec, spacing), brain, tumour, slice_numbers, spacing)
+    return PreparedVolume(normalise(image, brain, spec, spacing), brain, tumour, other, slice_numbers, spacing)
 
 
 def reference_landmarks(image: np.ndarray, affine: np.ndarray, spec: PreprocessSpec, brain_mask=None) -> tuple[float, ...]:
@@ -119,15 +127,16 @@ def preprocess_volume(
     spec: PreprocessSpec,
     brain_mask: np.ndarray | None = None,
     segmentation: np.ndarray | None = None,
+    lesions: np.ndarray | None = None,
 ) -> ProcessedSlices:
     """Turn one (X, Y, Z) volume in any orientation into model-ready axial slices."""
-    volume = prepare_volume(image, affine, spec, brain_mask, segmentation)
+    volume = prepare_volume(image, affine, spec, brain_mask, segmentation, lesions)
     middle = None if spec.middle_mm is None else max(1, int(round(spec.middle_mm / volume.spacing[2])))
     keep = select_slices(volume.brain, spec.min_brain_fraction, middle)
     box = square_box(volume.brain, volume.spacing[:2], spec.crop_mm if spec.crop == "fixed" else None)
     brain = crop_resize(volume.brain[..., keep], box, spec.size, order=1) > 0.5
     images = crop_resize(volume.image[..., keep], box, spec.size, order=1, fill=spec.background)
-    tumour = volume.tumour[..., keep]
+    tumour, other = volume.tumour[..., keep], volume.lesions[..., keep]
     return ProcessedSlices(
         images=np.where(brain, images, spec.background).astype(np.float32)[:, None],
         brain=brain[:, None],
@@ -135,4 +144,6 @@ def preprocess_volume(
         slice_numbers=volume.slice_numbers[keep],
         tumour_pixels=tumour.sum(axis=(0, 1)).astype(np.int64),
         brain_pixels=volume.brain[..., keep].sum(axis=(0, 1)).astype(np.int64),
+        lesions=(crop_resize(other, box, spec.size, order=1) > 0.5)[:, None] if lesions is not None else None,
+        lesion_pixels=other.sum(axis=(0, 1)).astype(np.int64),
     )

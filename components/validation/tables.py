@@ -26,7 +26,8 @@ def raw_table(subjects: list[Subject]) -> pd.DataFrame:
     """Header facts of every file of the given subjects (no voxel data is read)."""
     rows = []
     for subject in subjects:
-        files = {"image": subject.image, "brain_mask": subject.brain_mask, "segmentation": subject.segmentation}
+        files = {"image": subject.image, "brain_mask": subject.brain_mask, "segmentation": subject.segmentation,
+                 "lesions": subject.lesions}
         image_shape = None
         for role, path in files.items():
             if path is None:

@@ -60,3 +60,15 @@ def test_roc_table_is_thinned_and_monotone():
     table = roc_table(rng.random(1000), rng.random(1000) > 0.5, max_points=50)
     assert len(table) <= 50 and table["fpr"].is_monotonic_increasing
     assert table["fpr"].iloc[0] == 0.0 and table["tpr"].iloc[-1] == 1.0
+
+
+def test_other_lesions_are_scored_against_clean_slices_only():
+    from components.metrics.detection import other_lesion_metrics
+
+    scores = np.array([0.1, 0.2, 0.9, 0.8, 0.95, 0.15])
+    tumour = np.array([0, 0, 0, 0, 50, 0])  # slice 4 has a tumour: left out
+    lesion = np.array([0, 0, 3, 0, 4, 2])
+    found = other_lesion_metrics(scores, tumour, lesion, threshold=0.5)
+    # lesion-only slices 2 (0.9) and 5 (0.15) against clean slices 0, 1, 3 (0.1, 0.2, 0.8)
+    assert found == {"other_lesion_slice_auroc": pytest.approx(4 / 6), "other_lesion_sensitivity": 0.5, "other_lesion_slices": 2}
+    assert other_lesion_metrics(scores, tumour, np.zeros(6), 0.5) == {}

@@ -46,6 +46,46 @@ def test_files_do_not_depend_on_the_number_of_workers(tmp_path):
     for workers in (1, 2):
         generate_phantoms(tmp_path / f"w{workers}" / "hcp", tmp_path / f"w{workers}" / "brats", spec, workers=workers)
     files = sorted(p.relative_to(tmp_path / "w1") for p in (tmp_path / "w1").rglob("*.nii.gz"))
-    assert len(files) == 2 * 3 + 5
+    assert len(files) == 2 * 3 + 6
     for name in files:
         np.testing.assert_array_equal(load_volume(tmp_path / "w1" / name)[0], load_volume(tmp_path / "w2" / name)[0])
+
+
+def test_other_lesions_are_labelled_apart_from_the_tumour(tmp_path):
+    from components.data.phantoms import LESION_LABELS, PhantomSpec, generate_phantoms
+
+    spec = PhantomSpec(n_healthy=3, n_tumour=3, voxel_size_mm=3.0, seed=8, foci_p=1.0, cavity_p=1.0)
+    generate_phantoms(tmp_path / "hcp", tmp_path / "brats", spec)
+    for subject, flair_subject in zip(read_brats(tmp_path / "brats"), read_brats(tmp_path / "brats", "flair")):
+        lesions, _ = load_volume(subject.lesions)
+        seg, _ = load_volume(subject.segmentation)
+        t2, _ = load_volume(subject.image)
+        flair, _ = load_volume(flair_subject.image)
+        assert set(np.unique(lesions).astype(int)) == {0, *LESION_LABELS.values()}
+        assert not ((lesions > 0) & (seg > 0)).any()
+        cavity, brain = lesions == LESION_LABELS["cavity"], t2 > 0
+        # A resection cavity holds CSF: brighter than the brain on T2, darker on FLAIR.
+        assert t2[cavity].mean() > 1.3 * t2[brain].mean() and flair[cavity].mean() < 0.7 * flair[brain].mean()
+    assert all(s.lesions is None for s in read_hcp(tmp_path / "hcp"))
+
+
+def test_tumours_range_down_to_a_few_voxels():
+    from components.data.phantoms import PhantomSpec, load_atlas, make_subject
+
+    atlas = load_atlas(3.0)
+    spec = PhantomSpec(voxel_size_mm=3.0, tumour_radius_mm=(3.0, 3.0), foci_p=0.0, cavity_p=0.0)
+    seg = make_subject(atlas, spec, np.random.default_rng(0), with_tumour=True)["seg"]
+    assert 1 <= (seg > 0).sum() <= 20
+
+
+def test_mass_effect_pushes_tissue_away_from_the_tumour():
+    from components.data.phantoms import push_aside
+
+    ramp = np.broadcast_to(np.arange(40, dtype=np.float32)[:, None, None], (40, 40, 40)).copy()
+    centre = np.array([20, 20, 20])
+    (pushed,) = push_aside((ramp,), centre, radius_vox=5.0, strength=0.4)
+    # Beside the centre along x, each voxel now holds tissue from nearer the centre ...
+    assert pushed[24, 20, 20] < ramp[24, 20, 20] and pushed[16, 20, 20] > ramp[16, 20, 20]
+    # ... far away almost nothing moved, and outside the tumour the mapping never folds.
+    assert abs(pushed[38, 20, 20] - ramp[38, 20, 20]) < 0.1
+    assert np.all(np.diff(pushed[26:36, 20, 20]) > 0) and np.all(np.diff(pushed[5:15, 20, 20]) > 0)

@@ -20,6 +20,8 @@ class Subject:
 
     ``dataset`` is the layout it was read with (hcp, brats, brats2023, ixi, bids); ``cohort`` is
     its role in the pipeline: 'healthy' scans train the detector, 'tumour' scans evaluate it.
+    ``lesions`` labels other, non-tumour lesions where a dataset has them (the phantoms'
+    ``<case>_lesions.nii.gz``); real BraTS has none.
     """
 
     subject_id: str
@@ -28,6 +30,7 @@ class Subject:
     cohort: str = "healthy"
     brain_mask: Path | None = None
     segmentation: Path | None = None
+    lesions: Path | None = None
 
 
 def require_folder(root: Path, what: str) -> Path:

@@ -49,10 +49,12 @@ def looks_like_brats2023(root: Path) -> bool:
 
 
 def _labelled_case(case: Path, dataset: str, cohort: str, separator: str, suffix: str) -> Subject:
+    lesions = nifti(case, f"{case.name}{separator}lesions")  # optional: other lesion kinds, phantoms only
     return Subject(
         subject_id=case.name, dataset=dataset, cohort=cohort,
         image=require_file(nifti(case, f"{case.name}{separator}{suffix}")),
         segmentation=require_file(nifti(case, f"{case.name}{separator}seg")),
+        lesions=lesions if lesions.is_file() else None,
     )
 
 
