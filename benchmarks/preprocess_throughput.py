@@ -4,8 +4,10 @@
 
 Writes phantom tumour cases at 1 mm on the BraTS grid into a temporary BraTS-layout folder,
 then runs the preprocess stage's per-volume function (read, mask, normalise, select, resize)
-over them with 1 and 2 worker processes, and with twice the volumes. Reports volumes per minute
-and the peak resident memory of one worker (which must not grow with the number of volumes).
+over them: the standard recipe with 1 and 2 worker processes and with twice the volumes, then
+the same with N4 bias-field correction, and the full dual_vae_improved recipe (N4, histogram
+matching, 128 px). Reports volumes per minute and the peak resident memory of one worker
+(which must not grow with the number of volumes).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +29,10 @@ from rich.table import Table
 
 from components.data.layouts import read_dataset
 from components.data.phantoms import PhantomSpec, load_atlas, make_subject, write_brats_subject
+from components.data.nifti_io import load_volume
 from components.preprocess.spec import PreprocessSpec
+from components.preprocess.volume import reference_landmarks
+from pipelines.params import PreprocessParams
 from pipelines.preprocess import process_subject
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,16 +66,26 @@ def peak_rss_mb(_: int = 0) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(root: Path, workers: int, volumes: int) -> dict:
+def recipes(root: Path) -> dict[str, PreprocessSpec]:
+    """The recipes measured; histogram landmarks taken from the first case, as the stage would."""
+    improved = PreprocessParams(preset="dual_vae_improved").spec()
+    image, affine = load_volume(read_dataset(root, "brats", "t2", "tumour")[0].image)
+    return {
+        "standard": PreprocessSpec(),
+        "standard + N4": PreprocessSpec(bias_correction=True),
+        "dual_vae_improved": replace(improved, histogram_landmarks=reference_landmarks(image, affine, improved)),
+    }
+
+
+def measure(root: Path, recipe: str, spec: PreprocessSpec, workers: int, volumes: int) -> dict:
     subjects = read_dataset(root, "brats", "t2", "tumour")[:volumes]
-    spec = PreprocessSpec()
     with ProcessPoolExecutor(max_workers=workers) as pool:
         list(pool.map(peak_rss_mb, range(workers)))  # start the workers before timing
         start = time.perf_counter()
         slices = sum(len(s.slice_numbers) for s, _ in pool.map(process_subject, subjects, [spec] * len(subjects)))
         seconds = time.perf_counter() - start
         rss = max(pool.map(peak_rss_mb, range(workers * 4)))
-    return {"workers": workers, "volumes": len(subjects), "slices": slices, "seconds": round(seconds, 2),
+    return {"recipe": recipe, "workers": workers, "volumes": len(subjects), "slices": slices, "seconds": round(seconds, 2),
             "volumes_per_minute": round(60 * len(subjects) / seconds, 1), "peak_worker_rss_mb": round(rss)}
 
 
@@ -80,16 +96,21 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         write_cases(Path(tmp), 2 * args.volumes)
-        runs = [measure(Path(tmp), workers, count) for workers, count in ((1, args.volumes), (2, args.volumes), (2, 2 * args.volumes))]
-    record = {"benchmark": "preprocess, BraTS-sized .nii.gz volumes (240x240x155, 1 mm), no N4",
+        specs = recipes(Path(tmp))
+        plan = [("standard", 1, args.volumes), ("standard", 2, args.volumes), ("standard", 2, 2 * args.volumes),
+                ("standard + N4", 1, args.volumes // 2), ("standard + N4", 2, args.volumes),
+                ("dual_vae_improved", 2, args.volumes)]
+        runs = [measure(Path(tmp), recipe, specs[recipe], workers, count) for recipe, workers, count in plan]
+    record = {"benchmark": "preprocess, BraTS-sized .nii.gz volumes (240x240x155, 1 mm)",
               "machine": f"{os.cpu_count()}-core CPU, no GPU", "target_volumes_per_minute": 30, "runs": runs}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(record, indent=2))
     table = Table(title=record["benchmark"])
+    table.add_column("recipe")
     for column in ("workers", "volumes", "seconds", "volumes/min", "peak worker RSS (MB)"):
         table.add_column(column, justify="right")
     for r in runs:
-        table.add_row(str(r["workers"]), str(r["volumes"]), f"{r['seconds']:.1f}", f"{r['volumes_per_minute']:.1f}",
+        table.add_row(r["recipe"], str(r["workers"]), str(r["volumes"]), f"{r['seconds']:.1f}", f"{r['volumes_per_minute']:.1f}",
                       str(r["peak_worker_rss_mb"]))
     Console().print(table)
 
