@@ -69,10 +69,12 @@ def test_tumour_slices_score_higher_than_tumour_free_ones(server, pipeline_repo,
     result = response.json()
     assert result["model"]["version"] == "1" and result["threshold"] > 0
     seg, _ = load_volume(case.segmentation)
+    lesions, _ = load_volume(case.lesions)  # other lesions: neither tumour nor clean tissue
     tumour_scores, clean_scores = [], []
     for entry in result["slices"]:
         tumour = (seg[:, :, entry["index"]] > 0).sum()  # BraTS is LPS: axis 2 is the file's own axial axis
-        (tumour_scores if tumour > 20 else clean_scores if tumour == 0 else []).append(entry["score"])
+        clean = tumour == 0 and not lesions[:, :, entry["index"]].any()
+        (tumour_scores if tumour > 20 else clean_scores if clean else []).append(entry["score"])
     assert tumour_scores and clean_scores
     assert np.mean(tumour_scores) > np.mean(clean_scores)
 
