@@ -3,7 +3,7 @@
     python benchmarks/volume_verdicts.py [--output benchmarks/results/volume_verdicts.json]
 
 Runs after `make run`. For each BraTS-layout volume: mean score of its tumour slices (> 20
-tumour pixels) vs its tumour-free slices, and the volume verdict; for each HCP-layout (healthy)
+tumour pixels) vs its clean slices (no tumour, no other lesion), and the volume verdict; for each HCP-layout (healthy)
 volume: the verdict. Calls the same predictor as the HTTP endpoint, without the HTTP layer.
 Note that most healthy phantoms were training or validation subjects; the split is in the index.
 """
@@ -42,12 +42,15 @@ def tumour_rows(predictor: VolumePredictor, params, splits: dict) -> list[dict]:
     for case in read_brats(params.path(params.phantoms.brats_root), params.data.modality):
         image, affine = load_volume(case.image)
         seg, _ = load_volume(case.segmentation)
+        lesions = load_volume(case.lesions)[0] if case.lesions else np.zeros_like(seg)
         result = predictor.predict(image, affine)
         pixels = {s["index"]: int((seg[:, :, s["index"]] > 0).sum()) for s in result["slices"]}
+        other = {s["index"]: bool(lesions[:, :, s["index"]].any()) for s in result["slices"]}
         tumour = [s["score"] for s in result["slices"] if pixels[s["index"]] > 20]
-        clean = [s["score"] for s in result["slices"] if pixels[s["index"]] == 0]
+        clean = [s["score"] for s in result["slices"] if pixels[s["index"]] == 0 and not other[s["index"]]]
         rows.append({
             "subject": case.subject_id, "dataset": "brats", "split": splits.get(case.subject_id),
+            "tumour_voxels": int((seg > 0).sum()),
             "tumour_slice_mean": float(np.mean(tumour)) if tumour else None,
             "clean_slice_mean": float(np.mean(clean)) if clean else None,
             "tumour_scores_higher": bool(tumour and clean and np.mean(tumour) > np.mean(clean)),
@@ -78,6 +81,7 @@ def main() -> None:
     summary = {
         "model": f"{predictor.model_name} v{predictor.model_version}",
         "tumour_volumes": len(tumour),
+        "tumour_volumes_with_abnormal_slices": sum(r["tumour_slice_mean"] is not None for r in tumour),
         "tumour_slices_score_higher": sum(r["tumour_scores_higher"] for r in tumour),
         "tumour_volumes_flagged": sum(r["volume_verdict"] == "anomalous" for r in tumour),
         "healthy_volumes": len(healthy),
@@ -89,10 +93,12 @@ def main() -> None:
     args.output.write_text(json.dumps({"summary": summary, "volumes": tumour + healthy}, indent=2))
 
     table = Table(title=f"Volume verdicts of {summary['model']}")
-    for column in ("subject", "split", "tumour slices", "clean slices", "verdict"):
+    for column in ("subject", "split", "tumour voxels", "tumour slices", "clean slices", "verdict"):
         table.add_column(column)
+    mean = lambda value: "-" if value is None else f"{value:.4f}"  # noqa: E731
     for r in tumour:
-        table.add_row(r["subject"], r["split"], f"{r['tumour_slice_mean']:.4f}", f"{r['clean_slice_mean']:.4f}", r["volume_verdict"])
+        table.add_row(r["subject"], r["split"], str(r["tumour_voxels"]), mean(r["tumour_slice_mean"]),
+                      mean(r["clean_slice_mean"]), r["volume_verdict"])
     Console().print(table)
     Console().print(summary)
 
