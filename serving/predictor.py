@@ -32,9 +32,16 @@ class VolumePredictor:
         return cls(bundle, detector, model_name, model_version)
 
     def predict(self, data: np.ndarray, affine: np.ndarray) -> dict:
-        """Scores of one (X, Y, Z) skull-stripped volume; slice indices are the input's own."""
+        """Scores of one (X, Y, Z) skull-stripped volume; slice indices are the input's own.
+
+        When the recipe resamples along the axial axis, several model slices may come from one
+        input slice: that slice's score is the highest of theirs.
+        """
         slices = preprocess_volume(data, affine, self.bundle.preprocess)
         _, scores = score_slices(self.detector, slices.images, slices.brain)
+        per_slice: dict[int, float] = {}
+        for index, value in zip(slices.slice_numbers.tolist(), scores.tolist()):
+            per_slice[index] = max(value, per_slice.get(index, value))
         calibration = self.bundle.calibration
         score = volume_score(scores)
         return {
@@ -44,11 +51,10 @@ class VolumePredictor:
             "volume_threshold": calibration.volume_threshold,
             "volume_score": score,
             "volume_verdict": _verdict(score, calibration.volume_threshold),
-            "slices_scored": len(scores),
-            "slices_skipped": int(data.shape[axial_axis(affine)]) - len(scores),
+            "slices_scored": len(per_slice),
+            "slices_skipped": int(data.shape[axial_axis(affine)]) - len(per_slice),
             "slices": [
-                {"index": int(i), "score": float(s), "verdict": _verdict(s, calibration.slice_threshold)}
-                for i, s in sorted(zip(slices.slice_numbers, scores))
+                {"index": i, "score": s, "verdict": _verdict(s, calibration.slice_threshold)} for i, s in sorted(per_slice.items())
             ],
         }
 

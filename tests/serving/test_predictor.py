@@ -45,3 +45,29 @@ def test_same_scan_in_ras_gives_the_same_scores_per_slice(predictor, phantom_roo
     ras = {s["index"]: s["score"] for s in predictor.predict(ras_image, ras_affine)["slices"]}
     assert lps.keys() == ras.keys()
     np.testing.assert_allclose(list(lps.values()), list(ras.values()), rtol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["dual_vae_improved", "latent_constrained", "introvae"])
+def test_a_papers_recipe_is_replayed_at_serving_time(phantom_roots, tmp_path, preset):
+    """The bundle's spec, whatever the recipe, is what an uploaded scan goes through; slice
+    indices stay the file's own even after resampling."""
+    from dataclasses import replace
+
+    from components.preprocess.volume import reference_landmarks
+    from pipelines.params import PreprocessParams
+
+    image, affine = load_volume(read_brats(phantom_roots[1])[0].image)
+    spec = PreprocessParams(preset=preset, size=32).spec()
+    if PreprocessParams(preset=preset).reference != "none":
+        spec = replace(spec, histogram_landmarks=reference_landmarks(*load_volume(read_brats(phantom_roots[1])[1].image), spec))
+    hyperparams = {"base_channels": 8, "latent_channels": 8, "downsamplings": 3, "output_range": spec.output_range}
+    bundle = DetectorBundle(
+        model_name="spatial_vae", hyperparams=hyperparams, preprocess=spec,
+        calibration=Calibration(98.0, slice_threshold=0.1, volume_threshold=0.2, pixel_threshold=0.3, reference_scores=[0.1]),
+    )
+    folder = bundle.save(tmp_path / "bundle", build_detector("spatial_vae", **hyperparams).state_dict())
+    result = VolumePredictor.from_folder(folder).predict(image, affine)
+    indices = [s["index"] for s in result["slices"]]
+    assert len(indices) == len(set(indices)) == result["slices_scored"] > 0  # one entry per input slice
+    assert result["slices_scored"] + result["slices_skipped"] == image.shape[2]
+    assert set(indices) <= set(range(image.shape[2])) and result["volume_score"] == max(s["score"] for s in result["slices"])
