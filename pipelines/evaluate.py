@@ -22,7 +22,7 @@ from components.metrics.detection import (
 from components.models.bundle import Calibration
 from components.models.inference import score_slices
 from components.models.registry import build_detector
-from components.scoring.residual import volume_score
+from components.scoring.volume import volume_score
 from pipelines import tracking
 from pipelines.params import Params
 from pipelines.preprocess import PROCESSED_DIR

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from components.data.augment import AugmentSpec
 from components.data.phantoms import PhantomSpec
+from components.models.registry import DETECTORS, accepted_hyperparams
 from components.preprocess.presets import preset
 from components.preprocess.spec import PreprocessSpec
 
@@ -118,11 +119,27 @@ class ValidateParams(Section):
 
 
 class ModelParams(Section):
-    model_config = ConfigDict(extra="allow", frozen=True)  # detector hyper-parameters vary by name
+    """``name`` picks the detector; one subsection per detector holds its hyper-parameters."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
     name: str = "spatial_vae"
 
+    @model_validator(mode="after")
+    def _check(self) -> "ModelParams":
+        accepted_hyperparams(self.name)  # a clear error for an unknown detector name
+        for detector, values in {self.name: self.hyperparams(), **(self.model_extra or {})}.items():
+            if detector not in DETECTORS:
+                raise ValueError(f"model.{detector}: no detector of that name; choose one of {sorted(DETECTORS)}")
+            if not isinstance(values, dict):
+                raise ValueError(f"model.{detector} must be a mapping of hyper-parameters")
+            if unknown := set(values) - accepted_hyperparams(detector):
+                raise ValueError(f"model.{detector} has no hyper-parameter(s) {sorted(unknown)}; "
+                                 f"it takes {sorted(accepted_hyperparams(detector))}")
+        return self
+
     def hyperparams(self) -> dict:
-        return {k: v for k, v in self.model_dump().items() if k != "name"}
+        """The chosen detector's hyper-parameters (its class defaults for any not given)."""
+        return dict((self.model_extra or {}).get(self.name) or {})
 
 
 class AugmentParams(Section):

@@ -1,7 +1,9 @@
 """Stage `train`: the detector on healthy training slices, with Ray Train's TorchTrainer (DDP).
 
 Slices reach the workers as Ray Datasets (``train.get_dataset_shard``), split between workers
-each epoch, so a worker on another node needs no copy of the processed data. Each epoch every worker reports its losses and rank 0 a checkpoint; a rerun with the same
+each epoch, so a worker on another node needs no copy of the processed data. Whatever its
+networks, a detector trains through its own ``train_step``; data parallelism averages the
+gradients of every network across workers before each optimizer step. Each epoch every worker reports its losses and rank 0 a checkpoint; a rerun with the same
 params and data finds the run in ``artifacts/ray_results`` and resumes from its latest
 checkpoint (and appends to the same MLflow run). Set ``RAY_ADDRESS`` to train on a cluster.
 """
@@ -24,7 +26,7 @@ from ray.train.torch import TorchTrainer
 
 from components.data.augment import AugmentSpec, augment
 from components.data.slice_store import read_index
-from components.models.registry import build_detector
+from components.models.registry import build_detector, data_hyperparams
 from components.preprocess.spec import PreprocessSpec
 from pipelines import tracking
 from pipelines.params import Params
@@ -39,45 +41,64 @@ STATE_FILE = "state.pt"
 SHUFFLE_BATCHES = 8  # each worker shuffles within a buffer of this many batches (block order is random too)
 
 
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def _mean_across_workers(values: dict[str, float], count: int) -> dict[str, float]:
-    """Average per-sample loss sums over all DDP workers."""
+    """Average per-sample loss sums over all workers."""
     stacked = torch.tensor([*values.values(), float(count)], dtype=torch.float64)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if _distributed():
         torch.distributed.all_reduce(stacked)
     return {k: float(v / stacked[-1]) for k, v in zip(values, stacked[:-1])}
 
 
+def average_gradients(parameters) -> None:
+    """Data parallelism for any number of networks: average each gradient over the workers
+    (one flat all-reduce per call), so every worker takes the same optimizer step."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads or not _distributed():
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= torch.distributed.get_world_size()
+    for grad, chunk in zip(grads, flat.split([g.numel() for g in grads])):
+        grad.copy_(chunk.view_as(grad))
+
+
 @torch.no_grad()
-def validation_l1(detector: torch.nn.Module, device: torch.device) -> float:
-    """Mean L1 reconstruction error over the healthy validation slices."""
+def validation_losses(detector, device: torch.device) -> dict[str, float]:
+    """The detector's loss parts over the healthy validation slices, in eval mode."""
     detector.eval()
-    total, count = 0.0, 0
+    sums, count = {}, 0
     for batch in ray.train.get_dataset_shard("val").iter_torch_batches(batch_size=64, device=device):
-        x = batch["image"]
-        total += (detector.reconstruct(x) - x).abs().mean().item() * len(x)
-        count += len(x)
-    return total / max(count, 1)
+        for key, value in detector.validation_losses(batch["image"]).items():
+            sums[key] = sums.get(key, 0.0) + value * len(batch["image"])
+        count += len(batch["image"])
+    return {f"val_{k}": v / max(count, 1) for k, v in sums.items()}
 
 
 def train_loop(config: dict) -> None:
     """Runs on every Ray Train worker."""
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    torch.manual_seed(config["seed"] + rank)
     torch.set_num_threads(config["threads"])
     device = ray.train.torch.get_device()
 
+    torch.manual_seed(config["seed"])  # the same initial weights on every worker
     detector = build_detector(config["model_name"], **config["hyperparams"])
+    torch.manual_seed(config["seed"] + rank)  # different noise and augmentation per worker
     state = None
     if checkpoint := ray.train.get_checkpoint():
         with checkpoint.as_directory() as folder:
             state = torch.load(Path(folder) / STATE_FILE, map_location="cpu")
         detector.load_state_dict(state["model"])
-    model = ray.train.torch.prepare_model(detector)  # to the worker's device, wrapped in DDP
+    detector.to(device)
     # Created after the move, so a restored optimizer state lands on the parameters' device.
-    optimizer = torch.optim.Adam(detector.parameters(), lr=config["learning_rate"])
+    optimizers = detector.make_optimizers(config["learning_rate"])
     if state:
-        optimizer.load_state_dict(state["optimizer"])
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
     start_epoch = state["epoch"] + 1 if state else 0
 
     train_shard = ray.train.get_dataset_shard("train")
@@ -85,29 +106,25 @@ def train_loop(config: dict) -> None:
     augmentation = AugmentSpec(**config["augment"])
 
     for epoch in range(start_epoch, config["epochs"]):
-        model.train()
+        detector.train()
         sums, count = {}, 0
         batches = train_shard.iter_torch_batches(
             batch_size=batch_size, drop_last=True, device=device, local_shuffle_buffer_size=SHUFFLE_BATCHES * batch_size
         )
         for batch in batches:
             x = augment(batch["image"], batch["brain"], augmentation, config["background"], config["output_range"])
-            loss, parts = detector.loss(x, model(x))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            for key, value in parts.items():
+            for key, value in detector.train_step(x, optimizers, average_gradients).items():
                 sums[key] = sums.get(key, 0.0) + value * len(x)
             count += len(x)
         metrics = {f"train_{k}": v for k, v in _mean_across_workers(sums, count).items()} | {"epoch": epoch}
         if rank != 0:
             ray.train.report(metrics)
             continue
-        metrics["val_l1"] = validation_l1(detector, device)
+        metrics |= validation_losses(detector, device)
         _log_epoch(config, metrics, epoch)
         with tempfile.TemporaryDirectory() as folder:
-            torch.save({"model": detector.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
-                       Path(folder) / STATE_FILE)
+            torch.save({"model": detector.state_dict(), "epoch": epoch,
+                        "optimizers": {name: o.state_dict() for name, o in optimizers.items()}}, Path(folder) / STATE_FILE)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
 
 
@@ -142,17 +159,17 @@ def run(params: Params) -> dict:
     read_index(data_root)  # a clear message when `preprocess` has not run
     model_params, train_params = params.model, params.train
     spec = PreprocessSpec.from_json(data_root / "preprocess_spec.json")
-    hyperparams = {**model_params.hyperparams(), "output_range": spec.output_range}
+    hyperparams = {**model_params.hyperparams(), **data_hyperparams(model_params.name, spec.size, spec.output_range)}
     build_detector(model_params.name, **hyperparams)  # fail fast on a bad model param
     fingerprint = data_fingerprint(data_root)
     config_hash = hashlib.sha256(
-        json.dumps([model_params.model_dump(), train_params.model_dump(), fingerprint], sort_keys=True).encode()
+        json.dumps([model_params.name, hyperparams, train_params.model_dump(), fingerprint], sort_keys=True).encode()
     ).hexdigest()[:10]
     run_name = f"{model_params.name}-{config_hash}"
 
     run_id = tracking.training_run(params, run_name)
     client = tracking.client(params)
-    for key, value in {**flatten("model", model_params.model_dump()), **flatten("train", train_params.model_dump()),
+    for key, value in {"model.name": model_params.name, **flatten("model", hyperparams), **flatten("train", train_params.model_dump()),
                        "data.fingerprint": fingerprint}.items():
         client.log_param(run_id, key, value)
 

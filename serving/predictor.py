@@ -16,7 +16,7 @@ from components.models.bundle import DetectorBundle
 from components.models.inference import score_slices
 from components.preprocess.geometry import axial_axis
 from components.preprocess.volume import preprocess_volume
-from components.scoring.residual import volume_score
+from components.scoring.volume import volume_score
 
 
 @dataclass

@@ -4,22 +4,35 @@ from __future__ import annotations
 
 import inspect
 
-from torch import nn
+from components.models.anovaegan import AnoVAEGAN
+from components.models.autoencoders import DenseAE, DenseVAE, SpatialAE, SpatialVAE
+from components.models.detector import Detector
 
-from components.models.spatial_vae import SpatialVAE
-
-DETECTORS: dict[str, type[nn.Module]] = {
+DETECTORS: dict[str, type[Detector]] = {
+    "anovaegan": AnoVAEGAN,
+    "dense_ae": DenseAE,
+    "dense_vae": DenseVAE,
+    "spatial_ae": SpatialAE,
     "spatial_vae": SpatialVAE,
 }
 
 
-def build_detector(name: str, **hyperparams) -> nn.Module:
-    """Instantiate detector ``name``; unknown names or hyper-parameters are a clear error."""
+def accepted_hyperparams(name: str) -> set[str]:
     if name not in DETECTORS:
         raise ValueError(f"model.name {name!r} is not a detector; choose one of {sorted(DETECTORS)}")
-    cls = DETECTORS[name]
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    return set(inspect.signature(DETECTORS[name].__init__).parameters) - {"self"}
+
+
+def data_hyperparams(name: str, image_size: int, output_range) -> dict:
+    """What the data decide for a detector (slice size, intensity range), where it takes them."""
+    implied = {"image_size": image_size, "output_range": output_range}
+    return {k: v for k, v in implied.items() if k in accepted_hyperparams(name)}
+
+
+def build_detector(name: str, **hyperparams) -> Detector:
+    """Instantiate detector ``name``; unknown names or hyper-parameters are a clear error."""
+    accepted = accepted_hyperparams(name)
     unknown = set(hyperparams) - accepted
     if unknown:
         raise ValueError(f"model {name!r} has no hyper-parameter(s) {sorted(unknown)}; it takes {sorted(accepted)}")
-    return cls(**hyperparams)
+    return DETECTORS[name](**hyperparams)

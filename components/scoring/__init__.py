@@ -1,1 +1,1 @@
-"""Pure scoring: (input, reconstruction, brain mask) -> anomaly maps and scores."""
+"""Pure scoring: slice scores -> volume scores."""

@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
+import torch
 
 from components.metrics.detection import dice, dice_per_subject, pixel_metrics, roc_table, slice_labels, slice_metrics
-from components.scoring.residual import slice_scores, volume_score
+from components.models.detector import Detector
+from components.scoring.volume import volume_score
 
 
 def test_dice_hand_worked():
@@ -49,9 +51,9 @@ def test_dice_per_subject_skips_tumour_free_subjects():
 
 
 def test_slice_scores_are_means_inside_the_brain():
-    maps = np.array([[[[1.0, 3.0], [9.0, 0.0]]]])
-    brain = np.array([[[[1, 1], [0, 0]]]], bool)
-    np.testing.assert_allclose(slice_scores(maps * brain, brain), [2.0])
+    maps = torch.tensor([[[[1.0, 3.0], [9.0, 0.0]]]])
+    brain = torch.tensor([[[[1, 1], [0, 0]]]], dtype=torch.bool)
+    torch.testing.assert_close(Detector().slice_score(maps, maps * brain, brain), torch.tensor([2.0]))
     assert volume_score(np.array([0.1, 0.7, 0.2])) == 0.7
 
 

@@ -9,7 +9,7 @@ import torch
 
 from components.data.layouts import read_brats, read_hcp
 from components.data.nifti_io import load_volume
-from components.models.spatial_vae import SpatialVAE
+from components.models.autoencoders import SpatialVAE
 from components.preprocess.intensity import n4_bias_correct
 from components.preprocess.presets import PRESETS
 from components.preprocess.spec import PreprocessSpec

@@ -20,7 +20,10 @@ def test_repo_params_load():
         ("data", {"modality": "dwi"}, "data.modality"),
         ("data", {"healthy_layout": "oasis"}, "data.healthy_layout"),
         ("evaluate", {"primary_metric": "accuracy"}, "evaluate.primary_metric"),
-        ("model", {"downsamplings": 6}, "needs preprocess.size divisible by 64"),
+        ("model", {"spatial_vae": {"downsamplings": 6}}, "needs preprocess.size divisible by 64"),
+        ("model", {"name": "made_up"}, "model.name 'made_up' is not a detector"),
+        ("model", {"dense_aee": {}}, "model.dense_aee: no detector of that name"),
+        ("model", {"spatial_vae": {"latent_size": 3}}, "model.spatial_vae has no hyper-parameter"),
     ],
 )
 def test_bad_values_name_their_key(tmp_path, section, values, message):

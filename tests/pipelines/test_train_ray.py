@@ -40,3 +40,16 @@ def test_two_worker_training_checkpoints_tracks_and_resumes(project):
     assert again["mlflow_run_id"] == summary["mlflow_run_id"] and again["epochs_trained"] == 2
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
     assert json.loads((project / "models" / "detector" / "detector.json").read_text())["ray_run_name"] == summary["ray_run_name"]
+
+
+@pytest.mark.parametrize("name, hyperparams, parts", [
+    ("dense_vae", {"base_channels": 8, "latent_size": 32, "downsamplings": 3}, {"train_kl", "val_l1", "val_kl"}),
+    ("anovaegan", {"base_channels": 8, "latent_channels": 8, "downsamplings": 3}, {"train_adversarial", "train_discriminator"}),
+])
+def test_other_detectors_train_through_the_same_stage(project, name, hyperparams, parts):
+    """model.name is the only change: a dense VAE (its image size comes from the data) and a
+    two-network adversarial detector, both on 2 workers."""
+    params = load_params(write_params(project, model={"name": name, name: hyperparams}, train={"epochs": 1, "num_workers": 2}))
+    summary = train.run(params)
+    assert summary["model_name"] == name and parts <= set(summary["final_metrics"])
+    assert summary.get("hyperparams", {}).get("image_size", 32) == 32
