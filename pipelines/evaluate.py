@@ -1,5 +1,11 @@
 """Stage `evaluate`: thresholds from healthy validation slices, then the test-split metrics.
 
+Slice-wise: AUROC/AUPRC, and accuracy/F1 at the validation threshold. Pixel-wise, as the
+spatial-autoencoder paper: each subject's maps median-filtered (5x5x5) inside an eroded brain,
+AUROC/AUPRC over brain voxels, Dice per subject after thresholding at the healthy validation
+percentile and dropping 3-D components under ``evaluate.min_component_voxels``; the best Dice
+over thresholds is reported apart, as ``best_dice_oracle`` (it peeks at the test labels).
+
 Writes metrics/evaluate.json (DVC metrics), plots/roc_slice.csv (DVC plot), and
 models/calibration.json (thresholds + reference scores, read by `register`); logs the same to
 the training run in MLflow.
@@ -17,8 +23,9 @@ import torch
 
 from components.data.slice_store import load_slices, read_index
 from components.metrics.detection import (
-    dice_per_subject, other_lesion_metrics, pixel_metrics, roc_table, slice_labels, slice_metrics,
+    best_dice, dice_per_subject, other_lesion_metrics, pixel_metrics, roc_table, slice_labels, slice_metrics,
 )
+from components.metrics.postprocess import segment, smooth_subject, subject_blocks
 from components.models.bundle import Calibration
 from components.models.inference import score_slices
 from components.models.registry import build_detector
@@ -44,10 +51,24 @@ def load_trained(params: Params) -> tuple[torch.nn.Module, dict]:
 
 
 def score_split(detector, root: Path, index: pd.DataFrame) -> dict:
-    """Slices of ``index`` with their anomaly maps and scores."""
+    """Slices of ``index`` with their anomaly maps, slice scores and post-processed maps
+    (the pixel-wise protocol's per-subject median filter inside an eroded brain)."""
     arrays = load_slices(root, index)
     maps, scores = score_slices(detector, arrays["images"], arrays["brain"])
-    return {**arrays, "maps": maps, "scores": scores, "index": index.reset_index(drop=True)}
+    index = index.reset_index(drop=True)
+    blocks = subject_blocks(index["subject"].to_numpy())
+    smoothed = np.concatenate([smooth_subject(maps[rows], arrays["brain"][rows]) for rows in blocks])
+    order = np.concatenate(blocks)
+    smoothed = smoothed[np.argsort(order)]  # back to the index's row order
+    return {**arrays, "maps": maps, "smoothed": smoothed, "scores": scores, "index": index}
+
+
+def segment_subjects(split: dict, threshold: float, min_voxels: int) -> np.ndarray:
+    """Each subject's post-processed maps thresholded in 3-D, components under ``min_voxels`` dropped."""
+    prediction = np.zeros(split["smoothed"].shape, bool)
+    for rows in subject_blocks(split["index"]["subject"].to_numpy()):
+        prediction[rows] = segment(split["smoothed"][rows], threshold, min_voxels)
+    return prediction
 
 
 def calibrate(val: dict, percentile: float) -> Calibration:
@@ -56,7 +77,7 @@ def calibrate(val: dict, percentile: float) -> Calibration:
         percentile=percentile,
         slice_threshold=float(np.percentile(val["scores"], percentile)),
         volume_threshold=float(np.percentile(volumes, percentile)),
-        pixel_threshold=float(np.percentile(val["maps"][val["brain"]], percentile)),
+        pixel_threshold=float(np.percentile(val["smoothed"][val["brain"]], percentile)),
         reference_scores=[round(float(s), 6) for s in val["scores"]],
     )
 
@@ -77,9 +98,10 @@ def run(params: Params) -> dict:
     brain = test["brain"] & ~test["lesions"]
     metrics = {
         **slice_metrics(test["scores"][rated], labels[rated], calibration.slice_threshold),
-        **pixel_metrics(test["maps"], test["tumour"], brain),
-        **dice_per_subject(test["maps"], test["tumour"], brain, test["index"]["subject"].to_numpy(),
-                           calibration.pixel_threshold),
+        **pixel_metrics(test["smoothed"], test["tumour"], brain),
+        **dice_per_subject(segment_subjects(test, calibration.pixel_threshold, params.evaluate.min_component_voxels) & brain,
+                           test["tumour"], test["index"]["subject"].to_numpy()),
+        **best_dice(test["smoothed"], test["tumour"], brain),
         **other_lesion_metrics(test["scores"], test["index"]["tumour_pixels"], test["index"]["lesion_pixels"],
                                calibration.slice_threshold),
         "slice_threshold": calibration.slice_threshold,

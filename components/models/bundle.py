@@ -30,7 +30,7 @@ class Calibration:
     """Decision thresholds, all from healthy validation data at ``percentile``.
 
     slice_threshold: on slice scores; volume_threshold: on volume scores (max over slices);
-    pixel_threshold: on anomaly-map pixels inside the brain.
+    pixel_threshold: on post-processed anomaly-map voxels inside the brain (see components/metrics/postprocess.py).
     reference_scores: the healthy validation slice scores (the drift reference).
     """
 

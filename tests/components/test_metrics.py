@@ -42,10 +42,9 @@ def test_pixel_metrics_only_count_the_brain():
 
 
 def test_dice_per_subject_skips_tumour_free_subjects():
-    maps = np.array([[[[1.0, 0.0]]], [[[1.0, 1.0]]], [[[0.0, 0.0]]]])
+    prediction = np.array([[[[1, 0]]], [[[1, 1]]], [[[0, 0]]]], bool)
     tumour = np.array([[[[1, 0]]], [[[1, 0]]], [[[0, 0]]]], bool)
-    brain = np.ones_like(tumour)
-    out = dice_per_subject(maps, tumour, brain, np.array(["a", "b", "c"]), threshold=0.5)
+    out = dice_per_subject(prediction, tumour, np.array(["a", "b", "c"]))
     assert out["dice_subjects"] == 2
     assert out["dice_mean"] == pytest.approx((1.0 + 2 / 3) / 2)
 
@@ -74,3 +73,41 @@ def test_other_lesions_are_scored_against_clean_slices_only():
     # lesion-only slices 2 (0.9) and 5 (0.15) against clean slices 0, 1, 3 (0.1, 0.2, 0.8)
     assert found == {"other_lesion_slice_auroc": pytest.approx(4 / 6), "other_lesion_sensitivity": 0.5, "other_lesion_slices": 2}
     assert other_lesion_metrics(scores, tumour, np.zeros(6), 0.5) == {}
+
+
+def test_median_filter_removes_a_lone_hot_voxel_and_keeps_a_blob():
+    from components.metrics.postprocess import smooth_subject
+
+    maps = np.zeros((9, 1, 12, 12), np.float32)
+    maps[4, 0, 2, 2] = 5.0  # a single hot voxel: noise
+    maps[2:7, 0, 5:10, 5:10] = 1.0  # a 5x5x5 block: a lesion
+    brain = np.ones_like(maps, bool)
+    out = smooth_subject(maps, brain)
+    assert out[4, 0, 2, 2] == 0.0 and out[4, 0, 7, 7] == 1.0
+    assert out[:, 0, 0, :].max() == 0.0  # the eroded brain's rim is zeroed
+
+
+def test_small_components_are_dropped_in_3d():
+    from components.metrics.postprocess import segment
+
+    maps = np.zeros((5, 1, 8, 8))
+    maps[1, 0, 1, 1] = 1.0  # 1 voxel
+    maps[1:3, 0, 4:6, 4:6] = 1.0  # 8 voxels, connected across slices
+    out = segment(maps, threshold=0.5, min_voxels=6)
+    assert not out[1, 0, 1, 1] and out[1:3, 0, 4:6, 4:6].all() and out.sum() == 8
+
+
+def test_subject_blocks_keep_order():
+    from components.metrics.postprocess import subject_blocks
+
+    blocks = subject_blocks(np.array(["b", "b", "a", "a", "a", "c"]))
+    assert [list(b) for b in blocks] == [[0, 1], [2, 3, 4], [5]]
+
+
+def test_best_dice_finds_the_separating_threshold_and_says_it_is_an_oracle():
+    from components.metrics.detection import best_dice
+
+    maps = np.array([[[[0.1, 0.2, 0.8, 0.9]]]])
+    tumour = np.array([[[[0, 0, 1, 1]]]], bool)
+    found = best_dice(maps, tumour, np.ones_like(tumour), thresholds=10)
+    assert found["best_dice_oracle"] == 1.0 and 0.2 <= found["best_dice_oracle_threshold"] < 0.8

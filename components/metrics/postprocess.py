@@ -1,0 +1,37 @@
+"""The pixel-wise protocol's post-processing (anovaegan-spatial-autoencoders.txt, and the IntroVAE
+paper): per subject, the anomaly maps of its slices are stacked into a sub-volume, smoothed by a
+5x5x5 median filter and multiplied by a slightly eroded brain mask; after thresholding,
+3-D connected components smaller than a few voxels are dropped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+
+def smooth_subject(maps: np.ndarray, brain: np.ndarray, median: int = 5, erosion: int = 1) -> np.ndarray:
+    """(N, 1, S, S) maps of one subject's consecutive slices -> median-filtered, inside an eroded brain."""
+    stack = ndimage.median_filter(maps[:, 0], size=median, mode="nearest")
+    inner = ndimage.binary_erosion(brain[:, 0], iterations=erosion) if erosion else brain[:, 0]
+    return (stack * inner)[:, None].astype(np.float32)
+
+
+def drop_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
+    """Remove 3-D connected components (26-connectivity) of fewer than ``min_voxels`` voxels."""
+    labels, count = ndimage.label(mask, structure=np.ones((3,) * mask.ndim))
+    if count == 0:
+        return mask.astype(bool)
+    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1))
+    return np.isin(labels, 1 + np.flatnonzero(sizes >= min_voxels))
+
+
+def segment(maps: np.ndarray, threshold: float, min_voxels: int) -> np.ndarray:
+    """Binary lesion mask of one subject's post-processed maps: above threshold, small blobs dropped."""
+    return drop_small_components(maps > threshold, min_voxels)
+
+
+def subject_blocks(subjects: np.ndarray) -> list[np.ndarray]:
+    """Row indices of each subject, in order of first appearance (rows of a subject are contiguous)."""
+    _, first = np.unique(subjects, return_index=True)
+    return [np.flatnonzero(subjects == subjects[i]) for i in sorted(first)]
