@@ -44,10 +44,12 @@ class AugmentSpec:
 
 def _chosen(n: int, p: float, like: torch.Tensor) -> torch.Tensor:
     """(n, 1, 1, 1) bool: which samples of the batch get a transform."""
-    return (torch.rand(n, 1, 1, 1, device=like.device) < p) if p > 0 else torch.zeros(n, 1, 1, 1, dtype=torch.bool, device=like.device)
+    return torch.rand(n, 1, 1, 1, device=like.device) < p  # p = 0 chooses none
 
 
-def random_affine(x: torch.Tensor, brain: torch.Tensor, spec: AugmentSpec, background: float) -> tuple[torch.Tensor, torch.Tensor]:
+def random_affine(
+    x: torch.Tensor, brain: torch.Tensor, spec: AugmentSpec, background: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate and zoom the chosen samples about the slice centre (bilinear image, nearest mask)."""
     n = len(x)
     angle = (torch.rand(n, device=x.device) * 2 - 1) * math.radians(spec.rotation_deg)
@@ -55,7 +57,8 @@ def random_affine(x: torch.Tensor, brain: torch.Tensor, spec: AugmentSpec, backg
     keep = ~_chosen(n, spec.affine_p, x).view(n)
     angle, zoom = angle.masked_fill(keep, 0.0), zoom.masked_fill(keep, 1.0)
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    theta = torch.stack([torch.stack([cos, -sin, torch.zeros_like(cos)], 1), torch.stack([sin, cos, torch.zeros_like(cos)], 1)], 1)
+    zero = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     moved = F.grid_sample(x - background, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + background
     moved_brain = F.grid_sample(brain.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False) > 0.5

@@ -80,7 +80,7 @@ class PhantomSpec:
     def __post_init__(self) -> None:
         low, high = self.tumour_radius_mm
         if not 0 < low <= high:
-            raise ValueError(f"phantoms.tumour_radius_mm must be (low, high) with 0 < low <= high, got {list(self.tumour_radius_mm)}")
+            raise ValueError(f"phantoms.tumour_radius_mm must satisfy 0 < low <= high, got {list(self.tumour_radius_mm)}")
         if not 0.0 <= self.mass_effect <= 1.0:
             raise ValueError(f"phantoms.mass_effect must lie in [0, 1] (a fraction of the radius), got {self.mass_effect}")
         for name in ("foci_p", "cavity_p"):
@@ -188,7 +188,8 @@ def other_lesions(tissue: tuple[np.ndarray, ...], tumour: np.ndarray, voxel_mm: 
     if rng.random() < spec.cavity_p:
         radius = rng.uniform(5.0, 12.0) / voxel_mm
         centre = pick_centre(brain, wm, radius, rng, avoid=keep_clear)
-        cavity = (_distance(brain.shape, centre) / (1.0 + 0.15 * smooth_field(brain.shape, rng, coarse=8)) < radius) & brain & ~keep_clear
+        lumpy = _distance(brain.shape, centre) / (1.0 + 0.15 * smooth_field(brain.shape, rng, coarse=8))
+        cavity = (lumpy < radius) & brain & ~keep_clear
         soft = ndimage.gaussian_filter(cavity.astype(np.float32), 0.7)
         csf, gm, wm = soft * (csf + gm + wm) + (1 - soft) * csf, (1 - soft) * gm, (1 - soft) * wm
         labels[cavity] = LESION_LABELS["cavity"]

@@ -53,7 +53,9 @@ class AnoVAEGAN(SpatialVAE):
             "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=learning_rate * self.discriminator_lr_scale),
         }
 
-    def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer], sync: Sync = no_sync) -> dict[str, float]:
+    def train_step(
+        self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer], sync: Sync = no_sync
+    ) -> dict[str, float]:
         out = self(x)
         # Discriminator: real slices are 1, reconstructions 0.
         real, fake = self.discriminator(x), self.discriminator(out.reconstruction.detach())

@@ -31,7 +31,9 @@ class Detector(nn.Module):
     def make_optimizers(self, learning_rate: float) -> dict[str, torch.optim.Optimizer]:
         return {"model": torch.optim.Adam(self.parameters(), lr=learning_rate)}
 
-    def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer], sync: Sync = no_sync) -> dict[str, float]:
+    def train_step(
+        self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer], sync: Sync = no_sync
+    ) -> dict[str, float]:
         raise NotImplementedError
 
     @torch.no_grad()
@@ -57,7 +59,9 @@ class ReconstructionDetector(Detector):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer], sync: Sync = no_sync) -> dict[str, float]:
+    def train_step(
+        self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer], sync: Sync = no_sync
+    ) -> dict[str, float]:
         optimizer = optimizers["model"]
         loss, parts = self.loss(x)
         optimizer.zero_grad(set_to_none=True)

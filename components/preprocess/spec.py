@@ -61,9 +61,8 @@ class PreprocessSpec:
             yield f"preprocess.percentiles must satisfy 0 <= low < high <= 100, got {list(self.percentiles)}"
         if not self.value_range[0] < self.value_range[1]:
             yield f"preprocess.value_range must be (low, high) with low < high, got {list(self.value_range)}"
-        if self.histogram_landmarks is not None and (
-            len(self.histogram_landmarks) < 2 or any(b < a for a, b in zip(self.histogram_landmarks, self.histogram_landmarks[1:]))
-        ):
+        landmarks = self.histogram_landmarks
+        if landmarks is not None and (len(landmarks) < 2 or any(b < a for a, b in zip(landmarks, landmarks[1:]))):
             yield "preprocess.histogram_landmarks must be a non-decreasing list of at least two values"
         if not 0.0 <= self.min_brain_fraction < 1.0:
             yield f"preprocess.min_brain_fraction must be in [0, 1), got {self.min_brain_fraction}"

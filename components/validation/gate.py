@@ -69,6 +69,7 @@ def expectations(spec: GateSpec) -> dict[str, list]:
 
     e = gx.expectations
     low, high = spec.value_range
+    in_range = f"intensities in [{low:g}, {high:g}]"
     tumour = {"row_condition": 'cohort=="tumour" and n_slices>0', "condition_parser": "pandas"}
     return {
         "raw": [
@@ -87,8 +88,8 @@ def expectations(spec: GateSpec) -> dict[str, list]:
                                                  description=f"segmentation labels in {list(spec.allowed_labels)}")],
         "slices": [
             e.ExpectColumnValuesToBeInSet(column="finite", value_set=[True], description="no NaN or infinity"),
-            e.ExpectColumnValuesToBeBetween(column="min", min_value=low, max_value=high, description=f"intensities in [{low:g}, {high:g}]"),
-            e.ExpectColumnValuesToBeBetween(column="max", min_value=low, max_value=high, description=f"intensities in [{low:g}, {high:g}]"),
+            *[e.ExpectColumnValuesToBeBetween(column=c, min_value=low, max_value=high, description=in_range)
+              for c in ("min", "max")],
             e.ExpectColumnValuesToBeInSet(column="height", value_set=[spec.size], description=f"height {spec.size} px"),
             e.ExpectColumnValuesToBeInSet(column="width", value_set=[spec.size], description=f"width {spec.size} px"),
             e.ExpectColumnValuesToBeBetween(column="brain_coverage", min_value=1.0 / spec.size**2, max_value=1.0,
@@ -101,7 +102,8 @@ def expectations(spec: GateSpec) -> dict[str, list]:
                                             description=f"mean brain coverage >= {spec.min_brain_coverage:g}"),
         ],
         "splits": [
-            e.ExpectColumnValuesToBeBetween(column="n_subjects", min_value=1, description="every split of every cohort has subjects",
+            e.ExpectColumnValuesToBeBetween(column="n_subjects", min_value=1,
+                                            description="every split of every cohort has subjects",
                                             row_condition='split!="train" or cohort=="healthy"', condition_parser="pandas"),
             e.ExpectColumnValuesToBeBetween(column="abnormal_fraction", min_value=spec.abnormal_fraction[0],
                                             max_value=spec.abnormal_fraction[1], **tumour,
@@ -146,4 +148,5 @@ def run_gate(tables: dict[str, pd.DataFrame], spec: GateSpec) -> GateReport:
 
 
 def _json_safe(rows: list) -> list[dict]:
-    return [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()} for row in rows if isinstance(row, dict)]
+    plain = [row for row in rows if isinstance(row, dict)]
+    return [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()} for row in plain]
