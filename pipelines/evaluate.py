@@ -5,6 +5,8 @@ spatial-autoencoder paper: each subject's maps median-filtered (5x5x5) inside an
 AUROC/AUPRC over brain voxels, Dice per subject after thresholding at the healthy validation
 percentile and dropping 3-D components under ``evaluate.min_component_voxels``; the best Dice
 over thresholds is reported apart, as ``best_dice_oracle`` (it peeks at the test labels).
+Slice metrics are also given for each T of ``evaluate.tumour_pixel_sizes`` (``_t<T>``), and the
+inference time per slice (batches of 64, on the evaluating machine) as the paper's speed column.
 
 Writes metrics/evaluate.json (DVC metrics), plots/roc_slice.csv (DVC plot), and
 models/calibration.json (thresholds + reference scores, read by `register`); logs the same to
@@ -14,6 +16,7 @@ the training run in MLflow.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,6 +27,7 @@ import torch
 from components.data.slice_store import load_slices, read_index
 from components.metrics.detection import (
     best_dice, dice_per_subject, other_lesion_metrics, pixel_metrics, roc_table, slice_labels, slice_metrics,
+    slice_metrics_by_size,
 )
 from components.metrics.postprocess import segment, smooth_subject, subject_blocks
 from components.models.bundle import Calibration
@@ -54,13 +58,16 @@ def score_split(detector, root: Path, index: pd.DataFrame) -> dict:
     """Slices of ``index`` with their anomaly maps, slice scores and post-processed maps
     (the pixel-wise protocol's per-subject median filter inside an eroded brain)."""
     arrays = load_slices(root, index)
+    start = time.perf_counter()
     maps, scores = score_slices(detector, arrays["images"], arrays["brain"])
+    seconds = time.perf_counter() - start
     index = index.reset_index(drop=True)
     blocks = subject_blocks(index["subject"].to_numpy())
     smoothed = np.concatenate([smooth_subject(maps[rows], arrays["brain"][rows]) for rows in blocks])
     order = np.concatenate(blocks)
     smoothed = smoothed[np.argsort(order)]  # back to the index's row order
-    return {**arrays, "maps": maps, "smoothed": smoothed, "scores": scores, "index": index}
+    return {**arrays, "maps": maps, "smoothed": smoothed, "scores": scores, "index": index,
+            "ms_per_slice": 1000 * seconds / max(len(index), 1)}
 
 
 def segment_subjects(split: dict, threshold: float, min_voxels: int) -> np.ndarray:
@@ -102,8 +109,11 @@ def run(params: Params) -> dict:
         **dice_per_subject(segment_subjects(test, calibration.pixel_threshold, params.evaluate.min_component_voxels) & brain,
                            test["tumour"], test["index"]["subject"].to_numpy()),
         **best_dice(test["smoothed"], test["tumour"], brain),
+        **slice_metrics_by_size(test["scores"], test["index"]["tumour_pixels"], test["index"]["lesion_pixels"],
+                                params.evaluate.tumour_pixel_sizes, calibration.slice_threshold),
         **other_lesion_metrics(test["scores"], test["index"]["tumour_pixels"], test["index"]["lesion_pixels"],
                                calibration.slice_threshold),
+        "inference_ms_per_slice": test["ms_per_slice"],
         "slice_threshold": calibration.slice_threshold,
         "pixel_threshold": calibration.pixel_threshold,
         "volume_threshold": calibration.volume_threshold,

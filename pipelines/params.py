@@ -175,6 +175,7 @@ class EvaluateParams(Section):
     min_tumour_pixels: int = Field(20, ge=0)
     threshold_percentile: float = Field(98.0, gt=0.0, lt=100.0)
     min_component_voxels: int = Field(6, ge=1)
+    tumour_pixel_sizes: list[int] = [0, 20, 50, 150]
     primary_metric: Literal["slice_auroc", "slice_auprc", "pixel_auroc", "pixel_auprc", "dice_mean"] = "slice_auroc"
 
 

@@ -39,6 +39,25 @@ def slice_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> d
     }
 
 
+def slice_metrics_by_size(
+    scores: np.ndarray, tumour_pixels: np.ndarray, lesion_pixels: np.ndarray, sizes: list[int], threshold: float
+) -> dict[str, float]:
+    """The slice-wise protocol of dual-vae-latent-distance-improved.txt Table 1 for each T in
+    ``sizes``: a slice is abnormal when its tumour had more than T pixels before resizing; slices
+    with other lesions and no such tumour are left out. Keys end in ``_t<T>``; a T that leaves
+    one class empty is skipped."""
+    found = {}
+    other = np.asarray(lesion_pixels) > 0
+    for size in sizes:
+        labels = slice_labels(tumour_pixels, size)
+        rated = labels | ~other
+        if labels[rated].all() or not labels[rated].any():
+            continue
+        metrics = slice_metrics(np.asarray(scores)[rated], labels[rated], threshold)
+        found |= {f"{k}_t{size}": v for k, v in metrics.items() if k in ("slice_auroc", "slice_accuracy", "slice_f1")}
+    return found
+
+
 def other_lesion_metrics(scores, tumour_pixels, lesion_pixels, threshold: float) -> dict[str, float]:
     """Slice AUROC and sensitivity at ``threshold`` for slices with other lesions and no tumour,
     against slices with neither; empty when there is no such slice."""

@@ -111,3 +111,16 @@ def test_best_dice_finds_the_separating_threshold_and_says_it_is_an_oracle():
     tumour = np.array([[[[0, 0, 1, 1]]]], bool)
     found = best_dice(maps, tumour, np.ones_like(tumour), thresholds=10)
     assert found["best_dice_oracle"] == 1.0 and 0.2 <= found["best_dice_oracle_threshold"] < 0.8
+
+
+def test_slice_metrics_for_each_tumour_size_leave_out_other_lesions():
+    from components.metrics.detection import slice_metrics_by_size
+
+    scores = np.array([0.1, 0.2, 0.6, 0.9, 0.95, 0.5])
+    tumour = np.array([0, 0, 10, 60, 200, 0])
+    lesion = np.array([0, 0, 0, 0, 0, 5])  # the last slice: another lesion, never rated
+    found = slice_metrics_by_size(scores, tumour, lesion, [0, 50, 150, 500], threshold=0.55)
+    assert found["slice_auroc_t0"] == 1.0 and found["slice_auroc_t50"] == 1.0
+    # T = 50: slices 3, 4 abnormal; 0, 1, 2 normal; slice 2 (0.6) is a false positive at 0.55
+    assert found["slice_accuracy_t50"] == pytest.approx(4 / 5) and found["slice_f1_t50"] == pytest.approx(0.8)
+    assert "slice_auroc_t150" in found and not any(k.endswith("_t500") for k in found)  # no slice above 500
