@@ -15,6 +15,7 @@ never branch on the model name.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Callable, Iterable
 
 import torch
@@ -27,22 +28,20 @@ def no_sync(parameters: Iterable[nn.Parameter]) -> None:
     """The ``sync`` of a single process: gradients are already complete."""
 
 
-class Detector(nn.Module):
+class Detector(nn.Module, ABC):
     def make_optimizers(self, learning_rate: float) -> dict[str, torch.optim.Optimizer]:
         return {"model": torch.optim.Adam(self.parameters(), lr=learning_rate)}
 
+    @abstractmethod
     def train_step(
         self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer], sync: Sync = no_sync
-    ) -> dict[str, float]:
-        raise NotImplementedError
+    ) -> dict[str, float]: ...
 
-    @torch.no_grad()
-    def validation_losses(self, x: torch.Tensor) -> dict[str, float]:
-        raise NotImplementedError
+    @abstractmethod
+    def validation_losses(self, x: torch.Tensor) -> dict[str, float]: ...
 
-    @torch.no_grad()
-    def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def anomaly_map(self, x: torch.Tensor) -> torch.Tensor: ...
 
     def slice_score(self, x: torch.Tensor, maps: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
         """Mean anomaly inside the brain, (N,)."""
@@ -53,11 +52,11 @@ class Detector(nn.Module):
 class ReconstructionDetector(Detector):
     """A detector that reconstructs its input: one loss, one optimizer, |x - x_hat| as the map."""
 
-    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        raise NotImplementedError
+    @abstractmethod
+    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]: ...
 
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor: ...
 
     def train_step(
         self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer], sync: Sync = no_sync

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from components.metrics.detection import dice, dice_per_subject, pixel_metrics, roc_table, slice_labels, slice_metrics
-from components.models.detector import Detector
+from components.models.autoencoders import SpatialAE
 from components.scoring.volume import volume_score
 
 
@@ -52,7 +52,7 @@ def test_dice_per_subject_skips_tumour_free_subjects():
 def test_slice_scores_are_means_inside_the_brain():
     maps = torch.tensor([[[[1.0, 3.0], [9.0, 0.0]]]])
     brain = torch.tensor([[[[1, 1], [0, 0]]]], dtype=torch.bool)
-    torch.testing.assert_close(Detector().slice_score(maps, maps * brain, brain), torch.tensor([2.0]))
+    torch.testing.assert_close(SpatialAE().slice_score(maps, maps * brain, brain), torch.tensor([2.0]))
     assert volume_score(np.array([0.1, 0.7, 0.2])) == 0.7
 
 
