@@ -1,6 +1,6 @@
 import nibabel as nib
 import numpy as np
-from components.data.layouts import BRATS_LABELS, LayoutError, read_brats, read_hcp
+from components.data.layouts import BRATS_LABELS, read_brats, read_hcp
 from components.data.nifti_io import load_volume
 
 

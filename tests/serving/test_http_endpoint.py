@@ -1,7 +1,6 @@
 """The real endpoint: `brainomaly serve` (Ray Serve + HTTP) on the model `dvc repro` registered."""
 
 import gzip
-import io
 import os
 import signal
 import subprocess
