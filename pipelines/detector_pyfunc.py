@@ -27,7 +27,7 @@ class DetectorPyfunc(mlflow.pyfunc.PythonModel):
         images = np.asarray(model_input, dtype=np.float32)
         if images.ndim != 4 or images.shape[1] != 1:
             raise ValueError(f"expected preprocessed slices of shape (N, 1, S, S), got {images.shape}")
-        return score_slices(self.detector, images, images > 0)[1]
+        return score_slices(self.detector, images, images > 0).scores
 
 
 set_model(DetectorPyfunc())

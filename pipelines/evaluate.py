@@ -59,14 +59,14 @@ def score_split(detector, root: Path, index: pd.DataFrame) -> dict:
     (the pixel-wise protocol's per-subject median filter inside an eroded brain)."""
     arrays = load_slices(root, index)
     start = time.perf_counter()
-    maps, scores = score_slices(detector, arrays["images"], arrays["brain"])
+    maps, scores, alternatives = score_slices(detector, arrays["images"], arrays["brain"])
     seconds = time.perf_counter() - start
     index = index.reset_index(drop=True)
     blocks = subject_blocks(index["subject"].to_numpy())
     smoothed = np.concatenate([smooth_subject(maps[rows], arrays["brain"][rows]) for rows in blocks])
     order = np.concatenate(blocks)
     smoothed = smoothed[np.argsort(order)]  # back to the index's row order
-    return {**arrays, "maps": maps, "smoothed": smoothed, "scores": scores, "index": index,
+    return {**arrays, "maps": maps, "smoothed": smoothed, "scores": scores, "alternatives": alternatives, "index": index,
             "ms_per_slice": 1000 * seconds / max(len(index), 1)}
 
 

@@ -3,7 +3,9 @@
 Slices reach the workers as Ray Datasets (``train.get_dataset_shard``), split between workers
 each epoch, so a worker on another node needs no copy of the processed data. Whatever its
 networks, a detector trains through its own ``train_step``; data parallelism averages the
-gradients of every network across workers before each optimizer step. Each epoch every worker reports its losses and rank 0 a checkpoint; a rerun with the same
+gradients of every network across workers before each optimizer step. A detector that learns
+from unlabelled tumour-cohort slices too (the dual VAE) gets them from a third dataset, cycled
+alongside the healthy batches. Each epoch every worker reports its losses and rank 0 a checkpoint; a rerun with the same
 params and data finds the run in ``artifacts/ray_results`` and resumes from its latest
 checkpoint (and appends to the same MLflow run). Set ``RAY_ADDRESS`` to train on a cluster.
 """
@@ -11,8 +13,10 @@ checkpoint (and appends to the same MLflow run). Set ``RAY_ADDRESS`` to train on
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +30,8 @@ from ray.train.torch import TorchTrainer
 
 from components.data.augment import AugmentSpec, augment
 from components.data.slice_store import read_index
-from components.models.registry import build_detector, data_hyperparams
+from components.models.detector import Slices
+from components.models.registry import DETECTORS, build_detector, data_hyperparams
 from components.preprocess.spec import PreprocessSpec
 from pipelines import tracking
 from pipelines.params import Params
@@ -72,10 +77,28 @@ def validation_losses(detector, device: torch.device) -> dict[str, float]:
     detector.eval()
     sums, count = {}, 0
     for batch in ray.train.get_dataset_shard("val").iter_torch_batches(batch_size=64, device=device):
-        for key, value in detector.validation_losses(batch["image"]).items():
+        for key, value in detector.validation_losses(Slices(batch["image"], batch["brain"])).items():
             sums[key] = sums.get(key, 0.0) + value * len(batch["image"])
         count += len(batch["image"])
     return {f"val_{k}": v / max(count, 1) for k, v in sums.items()}
+
+
+def unlabelled_batches(batch_size: int, device: torch.device) -> list[Slices]:
+    """This worker's share of the unlabelled slices, read once and kept (they are few); every
+    worker reads its whole shard, so the split dataset is consumed in step."""
+    shard = ray.train.get_dataset_shard("unlabelled")
+    batches = [Slices(b["image"], b["brain"]) for b in shard.iter_torch_batches(batch_size=batch_size, drop_last=True, device=device)]
+    if not batches:
+        raise ValueError(f"a worker got fewer than one batch ({batch_size}) of unlabelled tumour-cohort training slices: "
+                         "add tumour scans or lower train.batch_size")
+    return batches
+
+
+def endless(batches: list[Slices], seed: int):
+    """The batches in a new random order on each pass, without end."""
+    rng = random.Random(seed)
+    for _ in itertools.count():
+        yield from rng.sample(batches, len(batches))
 
 
 def train_loop(config: dict) -> None:
@@ -104,6 +127,7 @@ def train_loop(config: dict) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     batch_size = max(1, config["batch_size"] // world)
     augmentation = AugmentSpec(**config["augment"])
+    unlabelled = endless(unlabelled_batches(batch_size, device), config["seed"] + rank) if detector.uses_unlabelled else None
 
     for epoch in range(start_epoch, config["epochs"]):
         detector.train()
@@ -113,7 +137,8 @@ def train_loop(config: dict) -> None:
         )
         for batch in batches:
             x = augment(batch["image"], batch["brain"], augmentation, config["background"], config["output_range"])
-            for key, value in detector.train_step(x, optimizers, average_gradients).items():
+            slices = Slices(x, batch["brain"], next(unlabelled) if unlabelled else None)
+            for key, value in detector.train_step(slices, optimizers, average_gradients).items():
                 sums[key] = sums.get(key, 0.0) + value * len(x)
             count += len(x)
         metrics = {f"train_{k}": v for k, v in _mean_across_workers(sums, count).items()} | {"epoch": epoch}
@@ -189,16 +214,25 @@ def run(params: Params) -> dict:
                 num_workers=train_params.num_workers, use_gpu=train_params.use_gpu,
                 resources_per_worker={"CPU": train_params.cpus_per_worker},
             ),
-            datasets={
-                "train": slice_dataset(data_root, "healthy", "train").randomize_block_order(),
-                "val": slice_dataset(data_root, "healthy", "val"),
-            },
-            dataset_config=DataConfig(datasets_to_split=["train"]),
+            datasets=training_datasets(data_root, model_params.name),
+            dataset_config=DataConfig(datasets_to_split=["train", "unlabelled"]),
             run_config=RunConfig(name=run_name, storage_path=str(params.path(RAY_RESULTS))),
         )
         result = trainer.fit()
     client.set_terminated(run_id)
     return export_model(params, result.checkpoint, run_id, run_name, hyperparams, result.metrics or {})
+
+
+def training_datasets(data_root: Path, model_name: str) -> dict:
+    """Healthy train and val slices, and the tumour cohort's training split for a detector that
+    learns from unlabelled scans too."""
+    datasets = {
+        "train": slice_dataset(data_root, "healthy", "train").randomize_block_order(),
+        "val": slice_dataset(data_root, "healthy", "val"),
+    }
+    if DETECTORS[model_name].uses_unlabelled:
+        datasets["unlabelled"] = slice_dataset(data_root, "tumour", "train")
+    return datasets
 
 
 def export_model(

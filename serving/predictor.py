@@ -38,7 +38,7 @@ class VolumePredictor:
         input slice: that slice's score is the highest of theirs.
         """
         slices = preprocess_volume(data, affine, self.bundle.preprocess)
-        _, scores = score_slices(self.detector, slices.images, slices.brain)
+        scores = score_slices(self.detector, slices.images, slices.brain).scores
         per_slice: dict[int, float] = {}
         for index, value in zip(slices.slice_numbers.tolist(), scores.tolist()):
             per_slice[index] = max(value, per_slice.get(index, value))

@@ -17,19 +17,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from components.models.autoencoders import SpatialVAE
-from components.models.detector import Sync, no_sync
-
-
-def discriminator(base_channels: int, downsamplings: int) -> nn.Sequential:
-    """Strided 4x4 convolutions (no batch norm on the input layer), pooled to one logit."""
-    widths = [base_channels * 2**i for i in range(downsamplings)]
-    layers: list[nn.Module] = []
-    for i, (c_in, c_out) in enumerate(zip([1] + widths[:-1], widths)):
-        layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1, bias=i == 0)]
-        layers += [nn.BatchNorm2d(c_out)] if i else []
-        layers += [nn.LeakyReLU(0.2)]
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(widths[-1], 1))
+from components.models.adversarial import critic_loss, discriminator, fooling_loss, split_parameters
+from components.models.autoencoders import SpatialVAE, kl_per_pixel
+from components.models.detector import Slices, Sync, no_sync, step
 
 
 class AnoVAEGAN(SpatialVAE):
@@ -44,8 +34,7 @@ class AnoVAEGAN(SpatialVAE):
         self.discriminator = discriminator(base_channels, downsamplings)
 
     def generator_parameters(self) -> list[nn.Parameter]:
-        critic = {id(p) for p in self.discriminator.parameters()}
-        return [p for p in self.parameters() if id(p) not in critic]
+        return split_parameters(self, self.discriminator)
 
     def make_optimizers(self, learning_rate: float) -> dict[str, torch.optim.Optimizer]:
         return {
@@ -54,27 +43,20 @@ class AnoVAEGAN(SpatialVAE):
         }
 
     def train_step(
-        self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer], sync: Sync = no_sync
+        self, batch: Slices, optimizers: dict[str, torch.optim.Optimizer], sync: Sync = no_sync
     ) -> dict[str, float]:
+        x = batch.image
         out = self(x)
         # Discriminator: real slices are 1, reconstructions 0.
         real, fake = self.discriminator(x), self.discriminator(out.reconstruction.detach())
-        critic_loss = F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) + F.binary_cross_entropy_with_logits(
-            fake, torch.zeros_like(fake)
-        )
-        optimizers["discriminator"].zero_grad(set_to_none=True)
-        critic_loss.backward()
-        sync(self.discriminator.parameters())
-        optimizers["discriminator"].step()
+        critic = critic_loss(real, fake)
+        step(optimizers["discriminator"], critic, list(self.discriminator.parameters()), sync)
         # VAE: reconstruct, stay near the prior, and fool the discriminator (-log Dis(x_hat)).
         rec = F.l1_loss(out.reconstruction, x)
-        kl = -0.5 * torch.sum(1 + out.logvar - out.mu.pow(2) - out.logvar.exp()) / x.numel()
+        kl = kl_per_pixel(out.mu, out.logvar, x)
         judged = self.discriminator(out.reconstruction)
-        adversarial = F.binary_cross_entropy_with_logits(judged, torch.ones_like(judged))
+        adversarial = fooling_loss(judged)
         loss = rec + self.kl_weight * kl + self.adversarial_weight * adversarial
-        optimizers["model"].zero_grad(set_to_none=True)
-        loss.backward()
-        sync(self.generator_parameters())
-        optimizers["model"].step()
+        step(optimizers["model"], loss, self.generator_parameters(), sync)
         return {"loss": loss.item(), "l1": rec.item(), "kl": kl.item(), "adversarial": adversarial.item(),
-                "discriminator": critic_loss.item()}
+                "discriminator": critic.item()}

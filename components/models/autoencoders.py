@@ -16,7 +16,8 @@ preprocessing's ``output_range`` ((0, 1) or (-1, 1)), or is linear for z-scored 
 Example::
 
     model = SpatialVAE(downsamplings=4)          # 64 x 64 input -> z of 64 x 4 x 4
-    loss, parts = model.loss(torch.rand(8, 1, 64, 64))
+    x = torch.rand(8, 1, 64, 64)
+    loss, parts = model.loss(Slices(x, x > 0))
 """
 
 from __future__ import annotations
@@ -27,13 +28,18 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from components.models.detector import ReconstructionDetector
+from components.models.detector import ReconstructionDetector, Slices
 
 
 class AEOutput(NamedTuple):
     reconstruction: torch.Tensor  # (N, 1, H, W) in output_range
     mu: torch.Tensor  # the latent code (its mean for a VAE)
     logvar: torch.Tensor | None  # None for a plain autoencoder
+
+
+def kl_per_pixel(mu: torch.Tensor, logvar: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) summed over the batch's latents, per input pixel."""
+    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / x.numel()
 
 
 def _down(c_in: int, c_out: int) -> nn.Sequential:
@@ -87,14 +93,15 @@ class ConvAutoencoder(ReconstructionDetector):
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training and logvar is not None else mu
         return AEOutput(self.decode(z), mu, logvar)
 
-    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: Slices) -> tuple[torch.Tensor, dict[str, float]]:
         """L1 per pixel (+ kl_weight x KL for a VAE, the KL summed over latent elements and
         divided by the pixel count so both terms are per-pixel quantities)."""
+        x = batch.image
         out = self(x)
         total = rec = F.l1_loss(out.reconstruction, x)
         parts = {"l1": rec.item()}
         if out.logvar is not None:
-            kl = -0.5 * torch.sum(1 + out.logvar - out.mu.pow(2) - out.logvar.exp()) / x.numel()
+            kl = kl_per_pixel(out.mu, out.logvar, x)
             total = rec + self.kl_weight * kl
             parts["kl"] = kl.item()
         return total, {"loss": total.item(), **parts}

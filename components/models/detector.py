@@ -3,20 +3,23 @@ never branch on the model name.
 
 - ``make_optimizers(lr)``: the optimizers its networks need, by name (one for an autoencoder;
   generator and discriminator for adversarial detectors).
-- ``train_step(x, optimizers, sync)``: one update on a batch of healthy slices, however many
-  networks and alternating steps that takes; ``sync(parameters)`` must be called on each
-  group's gradients before its optimizer steps (it averages them across data-parallel workers,
-  and does nothing on one worker). Returns the loss parts as floats.
-- ``validation_losses(x)``: the same loss parts without an update (the caller sets eval mode).
-- ``anomaly_map(x)``: per-pixel anomaly, (N, 1, H, W); ``slice_score(x, maps, brain)``: per
-  slice, (N,), by default the mean of the map inside the brain.
+- ``train_step(batch, optimizers, sync)``: one update on a ``Slices`` batch of healthy slices,
+  however many networks and alternating steps that takes; ``sync(parameters)`` must be called
+  on each group's gradients before its optimizer steps (it averages them across data-parallel
+  workers, and does nothing on one worker). Returns the loss parts as floats. A detector with
+  ``uses_unlabelled = True`` (the dual VAE) also gets ``batch.unlabelled``: slices of the
+  tumour cohort's training split, their labels never read.
+- ``validation_losses(batch)``: the same loss parts without an update (the caller sets eval mode).
+- ``anomaly_map(x, brain)``: per-pixel anomaly, (N, 1, H, W); ``slice_score(x, maps, brain)``:
+  per slice, (N,), by default the mean of the map inside the brain; ``alternative_scores``:
+  other slice scores the detector's paper compares against (reported, never thresholded).
 - Saving and loading is ``state_dict``: every network is a submodule.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -24,55 +27,76 @@ from torch import nn
 Sync = Callable[[Iterable[nn.Parameter]], None]
 
 
+class Slices(NamedTuple):
+    image: torch.Tensor  # (N, 1, H, W) preprocessed slices
+    brain: torch.Tensor  # (N, 1, H, W) bool brain mask
+    unlabelled: Optional["Slices"] = None  # tumour-cohort slices, for detectors that use them
+
+
 def no_sync(parameters: Iterable[nn.Parameter]) -> None:
     """The ``sync`` of a single process: gradients are already complete."""
 
 
+def mean_in_brain(maps: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
+    """Mean of each map inside its brain mask, (N,)."""
+    area = brain.flatten(1).sum(1).clamp(min=1)
+    return (maps * brain).flatten(1).sum(1) / area
+
+
 class Detector(nn.Module, ABC):
+    uses_unlabelled = False
+
     def make_optimizers(self, learning_rate: float) -> dict[str, torch.optim.Optimizer]:
         return {"model": torch.optim.Adam(self.parameters(), lr=learning_rate)}
 
     @abstractmethod
     def train_step(
-        self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer], sync: Sync = no_sync
+        self, batch: Slices, optimizers: dict[str, torch.optim.Optimizer], sync: Sync = no_sync
     ) -> dict[str, float]: ...
 
     @abstractmethod
-    def validation_losses(self, x: torch.Tensor) -> dict[str, float]: ...
+    def validation_losses(self, batch: Slices) -> dict[str, float]: ...
 
     @abstractmethod
-    def anomaly_map(self, x: torch.Tensor) -> torch.Tensor: ...
+    def anomaly_map(self, x: torch.Tensor, brain: torch.Tensor) -> torch.Tensor: ...
 
     def slice_score(self, x: torch.Tensor, maps: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
         """Mean anomaly inside the brain, (N,)."""
-        area = brain.flatten(1).sum(1).clamp(min=1)
-        return (maps * brain).flatten(1).sum(1) / area
+        return mean_in_brain(maps, brain)
+
+    def alternative_scores(self, x: torch.Tensor, maps: torch.Tensor, brain: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named (N,) slice scores to compare with ``slice_score`` (e.g. x - x' against z - z')."""
+        return {}
+
+
+def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, parameters: list[nn.Parameter], sync: Sync) -> None:
+    """One optimizer step on ``loss`` with its gradients synced across workers first."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    sync(parameters)
+    optimizer.step()
 
 
 class ReconstructionDetector(Detector):
     """A detector that reconstructs its input: one loss, one optimizer, |x - x_hat| as the map."""
 
     @abstractmethod
-    def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def loss(self, batch: Slices) -> tuple[torch.Tensor, dict[str, float]]: ...
 
     @abstractmethod
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor: ...
 
     def train_step(
-        self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer], sync: Sync = no_sync
+        self, batch: Slices, optimizers: dict[str, torch.optim.Optimizer], sync: Sync = no_sync
     ) -> dict[str, float]:
-        optimizer = optimizers["model"]
-        loss, parts = self.loss(x)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        sync(self.parameters())
-        optimizer.step()
+        loss, parts = self.loss(batch)
+        step(optimizers["model"], loss, list(self.parameters()), sync)
         return parts
 
     @torch.no_grad()
-    def validation_losses(self, x: torch.Tensor) -> dict[str, float]:
-        return self.loss(x)[1]
+    def validation_losses(self, batch: Slices) -> dict[str, float]:
+        return self.loss(batch)[1]
 
     @torch.no_grad()
-    def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
+    def anomaly_map(self, x: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
         return (x - self.reconstruct(x)).abs()

@@ -2,26 +2,35 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
 from components.models.detector import Detector
 
 
-@torch.no_grad()
-def score_slices(
-    detector: Detector, images: np.ndarray, brain: np.ndarray, batch_size: int = 64
-) -> tuple[np.ndarray, np.ndarray]:
-    """(anomaly maps (N, 1, S, S), zero outside the brain; slice scores (N,)) for preprocessed slices."""
+class Scored(NamedTuple):
+    maps: np.ndarray  # (N, 1, S, S) anomaly maps, zero outside the brain
+    scores: np.ndarray  # (N,) slice scores
+    alternatives: dict[str, np.ndarray]  # the detector's other slice scores, by name
+
+
+def score_slices(detector: Detector, images: np.ndarray, brain: np.ndarray, batch_size: int = 64) -> Scored:
+    """Maps and scores of preprocessed slices, in batches on the detector's device. Not under
+    ``no_grad`` as a whole: a detector may optimise at inference (a latent search)."""
     detector.eval()
     device = next(detector.parameters()).device
-    maps, scores = [], []
+    maps, scores, alternatives = [], [], {}
     for start in range(0, len(images), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)
         m = torch.from_numpy(np.ascontiguousarray(brain[start : start + batch_size])).to(device)
-        batch_maps = detector.anomaly_map(x) * m
-        maps.append(batch_maps.float().cpu().numpy())
-        scores.append(detector.slice_score(x, batch_maps, m).float().cpu().numpy())
+        batch_maps = (detector.anomaly_map(x, m) * m).detach()
+        with torch.no_grad():
+            maps.append(batch_maps.float().cpu().numpy())
+            scores.append(detector.slice_score(x, batch_maps, m).float().cpu().numpy())
+            for name, values in detector.alternative_scores(x, batch_maps, m).items():
+                alternatives.setdefault(name, []).append(values.float().cpu().numpy())
     if not maps:
-        return np.zeros_like(images), np.zeros(0, np.float32)
-    return np.concatenate(maps), np.concatenate(scores)
+        return Scored(np.zeros_like(images), np.zeros(0, np.float32), {})
+    return Scored(np.concatenate(maps), np.concatenate(scores), {k: np.concatenate(v) for k, v in alternatives.items()})

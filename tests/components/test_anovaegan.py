@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from components.models.anovaegan import AnoVAEGAN
+from components.models.detector import Slices
 
 TINY = {"base_channels": 4, "latent_channels": 4, "downsamplings": 2}
 
@@ -12,7 +13,7 @@ def test_shapes_and_a_discriminator_logit_per_slice():
     model = AnoVAEGAN(**TINY).eval()
     x = torch.rand(3, 1, 16, 16)
     assert model.reconstruct(x).shape == x.shape and model.discriminator(x).shape == (3, 1)
-    torch.testing.assert_close(model.anomaly_map(x), (x - model.reconstruct(x)).abs())
+    torch.testing.assert_close(model.anomaly_map(x, x > 0), (x - model.reconstruct(x)).abs())
 
 
 def test_two_optimizers_over_disjoint_parameters_at_the_papers_ratio():
@@ -31,7 +32,7 @@ def test_a_step_updates_both_networks_and_syncs_each_group():
     before = {name: [p.detach().clone() for p in part.parameters()] for name, part in
               (("critic", model.discriminator), ("decoder", model.decoder))}
     synced = []
-    parts = model.train_step(x, model.make_optimizers(1e-2), lambda params: synced.append(len(list(params))))
+    parts = model.train_step(Slices(x, x > 0), model.make_optimizers(1e-2), lambda params: synced.append(len(list(params))))
     assert set(parts) == {"loss", "l1", "kl", "adversarial", "discriminator"}
     assert parts["loss"] == pytest.approx(parts["l1"] + 0.01 * parts["kl"] + 0.1 * parts["adversarial"], rel=1e-5)
     assert synced == [len(list(model.discriminator.parameters())), len(model.generator_parameters())]
@@ -44,7 +45,7 @@ def test_training_lowers_the_reconstruction_error():
     model = AnoVAEGAN(**TINY)
     x = torch.rand(8, 1, 16, 16)
     optimizers = model.make_optimizers(1e-2)
-    first = model.train_step(x, optimizers)
+    first = model.train_step(Slices(x, x > 0), optimizers)
     for _ in range(40):
-        last = model.train_step(x, optimizers)
+        last = model.train_step(Slices(x, x > 0), optimizers)
     assert last["l1"] < first["l1"]

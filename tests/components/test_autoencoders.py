@@ -6,6 +6,7 @@ import torch
 
 from components.models.autoencoders import DenseAE, DenseVAE, SpatialAE, SpatialVAE
 from components.models.registry import build_detector, data_hyperparams
+from components.models.detector import Slices
 
 TINY = {"base_channels": 4, "downsamplings": 2}
 AUTOENCODERS = ["dense_ae", "dense_vae", "spatial_ae", "spatial_vae"]
@@ -38,7 +39,7 @@ def test_loss_parts_and_training_through_the_interface(name):
     torch.manual_seed(0)
     model = tiny(name)
     x = torch.rand(8, 1, 16, 16)
-    _, parts = model.loss(x)
+    _, parts = model.loss(Slices(x, x > 0))
     variational = name.endswith("vae")
     assert set(parts) == ({"loss", "l1", "kl"} if variational else {"loss", "l1"})
     if variational:
@@ -47,9 +48,9 @@ def test_loss_parts_and_training_through_the_interface(name):
         assert parts["loss"] == parts["l1"]
     optimizers = model.make_optimizers(1e-2)
     synced = []
-    first = model.train_step(x, optimizers, lambda params: synced.append(len(list(params))))
+    first = model.train_step(Slices(x, x > 0), optimizers, lambda params: synced.append(len(list(params))))
     for _ in range(30):
-        last = model.train_step(x, optimizers)
+        last = model.train_step(Slices(x, x > 0), optimizers)
     assert synced == [len(list(model.parameters()))]  # every parameter's gradient offered for averaging
     assert last["l1"] < first["l1"]
 
@@ -58,10 +59,10 @@ def test_loss_parts_and_training_through_the_interface(name):
 def test_inference_is_deterministic_and_maps_are_residuals(name):
     model = tiny(name).eval()
     x = torch.rand(3, 1, 16, 16)
-    torch.testing.assert_close(model.anomaly_map(x), model.anomaly_map(x))
-    torch.testing.assert_close(model.anomaly_map(x), (x - model.reconstruct(x)).abs())
+    torch.testing.assert_close(model.anomaly_map(x, x > 0), model.anomaly_map(x, x > 0))
+    torch.testing.assert_close(model.anomaly_map(x, x > 0), (x - model.reconstruct(x)).abs())
     brain = torch.ones_like(x, dtype=torch.bool)
-    assert model.slice_score(x, model.anomaly_map(x), brain).shape == (3,)
+    assert model.slice_score(x, model.anomaly_map(x, x > 0), brain).shape == (3,)
 
 
 def test_plain_autoencoders_take_no_kl_weight_and_errors_name_the_problem():
