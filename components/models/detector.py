@@ -13,6 +13,8 @@ never branch on the model name.
 - ``anomaly_map(x, brain)``: per-pixel anomaly, (N, 1, H, W); ``slice_score(x, maps, brain)``:
   per slice, (N,), by default the mean of the map inside the brain; ``alternative_scores``:
   other slice scores the detector's paper compares against (reported, never thresholded).
+  ``inspect(x, brain)`` returns all three (masked to the brain); a detector whose scores share
+  costly work (a latent search) overrides it to do that work once.
 - Saving and loading is ``state_dict``: every network is a submodule.
 """
 
@@ -25,6 +27,12 @@ import torch
 from torch import nn
 
 Sync = Callable[[Iterable[nn.Parameter]], None]
+
+
+class Inspection(NamedTuple):
+    maps: torch.Tensor  # (N, 1, H, W), zero outside the brain
+    scores: torch.Tensor  # (N,)
+    alternatives: dict[str, torch.Tensor]  # named (N,) scores
 
 
 class Slices(NamedTuple):
@@ -67,6 +75,11 @@ class Detector(nn.Module, ABC):
     def alternative_scores(self, x: torch.Tensor, maps: torch.Tensor, brain: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named (N,) slice scores to compare with ``slice_score`` (e.g. x - x' against z - z')."""
         return {}
+
+    def inspect(self, x: torch.Tensor, brain: torch.Tensor) -> Inspection:
+        maps = (self.anomaly_map(x, brain) * brain).detach()
+        with torch.no_grad():
+            return Inspection(maps, self.slice_score(x, maps, brain), self.alternative_scores(x, maps, brain))
 
 
 def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, parameters: list[nn.Parameter], sync: Sync) -> None:

@@ -25,12 +25,11 @@ def score_slices(detector: Detector, images: np.ndarray, brain: np.ndarray, batc
     for start in range(0, len(images), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)
         m = torch.from_numpy(np.ascontiguousarray(brain[start : start + batch_size])).to(device)
-        batch_maps = (detector.anomaly_map(x, m) * m).detach()
-        with torch.no_grad():
-            maps.append(batch_maps.float().cpu().numpy())
-            scores.append(detector.slice_score(x, batch_maps, m).float().cpu().numpy())
-            for name, values in detector.alternative_scores(x, batch_maps, m).items():
-                alternatives.setdefault(name, []).append(values.float().cpu().numpy())
+        inspection = detector.inspect(x, m)
+        maps.append(inspection.maps.float().cpu().numpy())
+        scores.append(inspection.scores.float().cpu().numpy())
+        for name, values in inspection.alternatives.items():
+            alternatives.setdefault(name, []).append(values.float().cpu().numpy())
     if not maps:
         return Scored(np.zeros_like(images), np.zeros(0, np.float32), {})
     return Scored(np.concatenate(maps), np.concatenate(scores), {k: np.concatenate(v) for k, v in alternatives.items()})

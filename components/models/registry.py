@@ -7,13 +7,23 @@ import inspect
 from components.models.anovaegan import AnoVAEGAN
 from components.models.autoencoders import DenseAE, DenseVAE, SpatialAE, SpatialVAE
 from components.models.detector import Detector
+from components.models.diffusion import PatchedDDPM
+from components.models.dual_vae import CEDVAE, DualVAE, VAEWithContextRegulariser
+from components.models.introvae import IntroVAEPatchMetric
+from components.models.latent_constrained import LatentConstrainedDetector
 
 DETECTORS: dict[str, type[Detector]] = {
     "anovaegan": AnoVAEGAN,
+    "ce_dvae": CEDVAE,
     "dense_ae": DenseAE,
     "dense_vae": DenseVAE,
+    "diffusion": PatchedDDPM,
+    "dual_vae": DualVAE,
+    "introvae": IntroVAEPatchMetric,
+    "latent_constrained": LatentConstrainedDetector,
     "spatial_ae": SpatialAE,
     "spatial_vae": SpatialVAE,
+    "vae_ce": VAEWithContextRegulariser,
 }
 
 

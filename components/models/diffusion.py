@@ -1,0 +1,156 @@
+"""A patched denoising-diffusion detector, beyond the papers (in the style of pDDPM, Behrendt et
+al. 2023, and AnoDDPM, Wyatt et al. 2022, which lead the recent healthy-trained BraTS results).
+
+A small U-Net eps(x_t, t) learns to predict the noise of healthy slices under the DDPM forward
+process (``timesteps`` 1000, linear betas 1e-4 to 0.02). To detect, a slice is noised only
+part-way, to step ``noise_level``, so its coarse anatomy survives and a tumour's detail is
+drowned; ``sampling_steps`` deterministic DDIM steps then denoise it back towards a healthy
+slice, and the residual |x - x_hat| is the anomaly map. Patched: the slice is cut into a grid of
+square patches (side ``patch_fraction`` of the slice; 1 noises it whole) and each is noised and
+denoised in turn with the rest of the slice clean around it as context; training noises a random
+patch the same way and counts the loss inside it. Inference noise comes from a fixed seed, the same for every
+slice, so a slice always gets the same map whatever batch it is in.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from components.models.detector import ReconstructionDetector, Slices
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of integer steps, (N, dim)."""
+    half = dim // 2
+    frequencies = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
+    angles = t.float()[:, None] * frequencies[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+class TimeBlock(nn.Module):
+    """Residual block (group norm, SiLU) with the step's embedding added in between."""
+
+    def __init__(self, c_in: int, c_out: int, time_dim: int) -> None:
+        super().__init__()
+        self.first = nn.Sequential(nn.GroupNorm(min(8, c_in), c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1))
+        self.time = nn.Linear(time_dim, c_out)
+        self.second = nn.Sequential(nn.GroupNorm(min(8, c_out), c_out), nn.SiLU(), nn.Conv2d(c_out, c_out, 3, padding=1))
+        self.skip = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.first(x) + self.time(emb)[:, :, None, None]
+        return self.second(h) + self.skip(x)
+
+
+class UNet(nn.Module):
+    def __init__(self, base_channels: int, levels: int) -> None:
+        super().__init__()
+        self.time_dim = 4 * base_channels
+        self.embed = nn.Sequential(nn.Linear(base_channels, self.time_dim), nn.SiLU(), nn.Linear(self.time_dim, self.time_dim))
+        widths = [base_channels * 2**i for i in range(levels + 1)]
+        self.stem = nn.Conv2d(1, base_channels, 3, padding=1)
+        self.down = nn.ModuleList(TimeBlock(a, b, self.time_dim) for a, b in zip(widths, widths[1:]))
+        self.middle = TimeBlock(widths[-1], widths[-1], self.time_dim)
+        self.up = nn.ModuleList(TimeBlock(2 * b, a, self.time_dim) for a, b in zip(reversed(widths[:-1]), reversed(widths[1:])))
+        self.out = nn.Sequential(nn.GroupNorm(min(8, base_channels), base_channels), nn.SiLU(), nn.Conv2d(base_channels, 1, 3, padding=1))
+        self.base_channels = base_channels
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        emb = self.embed(timestep_embedding(t, self.base_channels))
+        h, skips = self.stem(x), []
+        for block in self.down:
+            h = block(h, emb)
+            skips.append(h)
+            h = F.avg_pool2d(h, 2)
+        h = self.middle(h, emb)
+        for block in self.up:
+            h = F.interpolate(h, scale_factor=2, mode="nearest")
+            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+        return self.out(h)
+
+
+def patch_masks(size: int, fraction: float, device) -> list[torch.Tensor]:
+    """(1, 1, size, size) boolean masks of the square patches that tile the slice."""
+    side = max(1, round(fraction * size))
+    starts = list(range(0, size - side + 1, side))
+    if starts[-1] + side < size:
+        starts.append(size - side)  # the last patch flush with the edge
+    masks = []
+    for r in starts:
+        for c in starts:
+            mask = torch.zeros(1, 1, size, size, dtype=torch.bool, device=device)
+            mask[..., r : r + side, c : c + side] = True
+            masks.append(mask)
+    return masks
+
+
+class PatchedDDPM(ReconstructionDetector):
+    def __init__(self, base_channels: int = 32, levels: int = 3, timesteps: int = 1000, noise_level: int = 250,
+                 sampling_steps: int = 10, patch_fraction: float = 0.5, seed: int = 0,
+                 output_range: tuple[float, float] | None = (0.0, 1.0)) -> None:
+        super().__init__()
+        if not 0 < noise_level <= timesteps or sampling_steps < 1 or not 0 < patch_fraction <= 1 or levels < 1:
+            raise ValueError("need 0 < noise_level <= timesteps, sampling_steps >= 1, levels >= 1 and patch_fraction in (0, 1]")
+        self.unet = UNet(base_channels, levels)
+        betas = torch.linspace(1e-4, 0.02, timesteps, dtype=torch.float64)
+        self.register_buffer("alpha_bar", torch.cumprod(1 - betas, 0).float(), persistent=False)
+        self.timesteps, self.noise_level, self.sampling_steps = timesteps, noise_level, sampling_steps
+        self.patch_fraction, self.seed = patch_fraction, seed
+        # Diffusion works on [-1, 1]: the data's range is mapped there and back.
+        self.low, self.high = output_range if output_range is not None else (-1.0, 1.0)
+
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * (x - self.low) / (self.high - self.low) - 1
+
+    def from_unit(self, x: torch.Tensor) -> torch.Tensor:
+        return self.low + (x + 1) * (self.high - self.low) / 2
+
+    def noised(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        a = self.alpha_bar[t].view(-1, 1, 1, 1)
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+    def loss(self, batch: Slices) -> tuple[torch.Tensor, dict[str, float]]:
+        """Noise prediction error inside one random patch per slice, the rest left clean."""
+        x0 = self.to_unit(batch.image)
+        n, _, h, w = x0.shape
+        t = torch.randint(0, self.timesteps, (n,), device=x0.device)
+        noise = torch.randn_like(x0)
+        masks = patch_masks(h, self.patch_fraction, x0.device)
+        region = torch.cat([masks[i] for i in torch.randint(0, len(masks), (n,)).tolist()])
+        x_t = torch.where(region, self.noised(x0, t, noise), x0)
+        error = ((self.unet(x_t, t) - noise).pow(2) * region).sum() / region.sum()
+        return error, {"loss": error.item(), "noise_mse": error.item()}
+
+    @torch.no_grad()
+    def denoise(self, x0: torch.Tensor, region: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Noise ``region`` of x0 to step noise_level, then DDIM back to step 0, the rest kept clean."""
+        steps = torch.linspace(self.noise_level - 1, 0, self.sampling_steps + 1).round().long().unique_consecutive().tolist()
+        noise = torch.randn((1, *x0.shape[1:]), generator=generator).to(x0.device).expand_as(x0)  # same for every slice
+        t0 = torch.full((len(x0),), steps[0], device=x0.device, dtype=torch.long)
+        x = torch.where(region, self.noised(x0, t0, noise), x0)
+        for current, following in zip(steps, steps[1:] + [-1]):
+            t = torch.full((len(x0),), current, device=x0.device, dtype=torch.long)
+            eps = self.unet(x, t)
+            a = self.alpha_bar[current]
+            estimate = ((x - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)
+            if following < 0:
+                x = estimate
+            else:
+                a_next = self.alpha_bar[following]
+                x = a_next.sqrt() * estimate + (1 - a_next).sqrt() * eps
+            x = torch.where(region, x, x0)
+        return x
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Each patch denoised with the rest of the slice as context, the patches stitched."""
+        x0 = self.to_unit(x)
+        generator = torch.Generator().manual_seed(self.seed)
+        result = x0.clone()
+        for mask in patch_masks(x.shape[-1], self.patch_fraction, x.device):
+            result = torch.where(mask, self.denoise(x0, mask.expand_as(x0), generator), result)
+        return self.from_unit(result)

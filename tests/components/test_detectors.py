@@ -1,0 +1,162 @@
+"""Every registered detector through the one interface on tiny inputs, and the losses and
+scores of the dual-VAE, latent-constrained, IntroVAE and diffusion detectors by hand."""
+
+import pytest
+import torch
+
+from components.models.detector import Slices
+from components.models.dual_vae import grey_squares, input_l2, masked_elbo, overlay
+from components.models.introvae import patch_grid, ssim_map, triplet_patches, zscore_in_brain
+from components.models.latent_constrained import low_rank_penalty
+from components.models.diffusion import patch_masks
+from components.models.registry import DETECTORS, build_detector, data_hyperparams
+
+SIZE = 16
+VAE = {"base_channels": 4, "latent_size": 8, "downsamplings": 2}
+TINY = {
+    "anovaegan": {"base_channels": 4, "latent_channels": 4, "downsamplings": 2},
+    "ce_dvae": VAE, "vae_ce": VAE, "dual_vae": VAE,
+    "dense_ae": {"base_channels": 4, "latent_size": 8, "downsamplings": 2},
+    "dense_vae": {"base_channels": 4, "latent_size": 8, "downsamplings": 2},
+    "spatial_ae": {"base_channels": 4, "latent_channels": 4, "downsamplings": 2},
+    "spatial_vae": {"base_channels": 4, "latent_channels": 4, "downsamplings": 2},
+    "latent_constrained": {"base_channels": 4, "latent_size": 8, "downsamplings": 2},
+    "introvae": {"base_channels": 4, "downsamplings": 2, "latent_channels": 4, "margin": 10.0, "search_steps": 3,
+                 "patch_size": 8, "patch_channels": [4, 8], "patch_hidden": 16, "patch_embedding": 8, "patch_stride": 2},
+    "diffusion": {"base_channels": 8, "levels": 2, "timesteps": 100, "noise_level": 30, "sampling_steps": 3},
+}
+
+
+def tiny(name: str):
+    return build_detector(name, **TINY[name], **data_hyperparams(name, SIZE, (0.0, 1.0)))
+
+
+def batch(n: int = 6) -> Slices:
+    x = torch.rand(n, 1, SIZE, SIZE)
+    brain = torch.zeros_like(x, dtype=torch.bool)
+    brain[..., 3:13, 3:13] = True
+    x = torch.where(brain, x, torch.zeros_like(x))
+    return Slices(x, brain, Slices(x.flip(-1), brain.flip(-1)))
+
+
+def test_every_detector_has_tiny_settings():
+    assert set(TINY) == set(DETECTORS)
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_trains_scores_and_reloads_through_the_interface(name):
+    torch.manual_seed(0)
+    detector, slices = tiny(name), batch()
+    optimizers = detector.make_optimizers(1e-3)
+    synced = []
+    parts = detector.train_step(slices, optimizers, lambda params: synced.append(len(list(params))))
+    assert parts and all(isinstance(v, float) and v == v for v in parts.values())
+    # every parameter's gradient is offered for averaging, once per optimizer step
+    assert sum(synced) == sum(p.numel() > 0 for p in detector.parameters())
+    assert len(synced) == len(optimizers)
+    assert set(detector.eval().validation_losses(slices)) <= set(parts)
+    maps, scores, alternatives = detector.inspect(slices.image, slices.brain)
+    assert maps.shape == slices.image.shape and scores.shape == (len(slices.image),)
+    assert not maps[~slices.brain].any(), "maps are zero outside the brain"
+    assert all(v.shape == scores.shape for v in alternatives.values())
+    again = tiny(name)
+    again.load_state_dict(detector.state_dict())
+    torch.testing.assert_close(again.eval().inspect(slices.image, slices.brain).scores, scores)
+
+
+def test_dual_vae_needs_its_unlabelled_slices_and_scores_by_latent_distance():
+    detector, slices = tiny("dual_vae"), batch()
+    with pytest.raises(ValueError, match="unlabelled"):
+        detector.train_step(slices._replace(unlabelled=None), detector.make_optimizers(1e-3))
+    detector.eval()
+    x, brain = slices.image, slices.brain
+    healthy = overlay(detector.healthy.reconstruct(x), brain, 0.0)
+    expected = (detector.mixed.encode(x)[0] - detector.mixed.encode(healthy)[0]).norm(dim=1)
+    torch.testing.assert_close(detector.inspect(x, brain).scores, expected)
+    torch.testing.assert_close(detector.inspect(x, brain).alternatives["input_l2"], input_l2(x, healthy, brain))
+
+
+def test_masked_likelihood_ignores_pixels_outside_the_brain():
+    torch.manual_seed(0)
+    vae = build_detector("dense_vae", **TINY["dense_vae"], image_size=SIZE).eval()
+    x, brain = batch().image, batch().brain
+    noisy_background = torch.where(brain, x, torch.rand_like(x))
+    torch.manual_seed(1)
+    a = masked_elbo(vae, x, x, brain, samples=1, kl_weight=0.0)[1]
+    torch.manual_seed(1)
+    b = masked_elbo(vae, x, noisy_background, brain, samples=1, kl_weight=0.0)[1]
+    torch.testing.assert_close(a, b)
+
+
+def test_hand_worked_l2_and_grey_squares():
+    x, y = torch.zeros(1, 1, 2, 2), torch.tensor([[[[3.0, 4.0], [5.0, 0.0]]]])
+    brain = torch.tensor([[[[True, True], [False, True]]]])
+    assert input_l2(x, y, brain).item() == pytest.approx(5.0)  # sqrt(9 + 16)
+    masked = grey_squares(torch.zeros(4, 1, 8, 8), torch.ones(4, 1, 8, 8, dtype=torch.bool), 0.5, (0.0, 1.0))
+    for image in masked:
+        changed = image != 0
+        assert changed.sum() in (0, 16) and (changed.sum() == 0 or image[changed].unique().numel() == 1)
+
+
+def test_low_rank_penalty_is_the_tail_of_the_singular_values():
+    z = torch.diag(torch.tensor([3.0, 2.0, 1.0]))  # singular values 3, 2, 1; batch of 3
+    assert low_rank_penalty(z, 0).item() == pytest.approx(6 / 3)
+    assert low_rank_penalty(z, 2).item() == pytest.approx(1 / 3)
+    assert low_rank_penalty(torch.ones(4, 5), 1).item() == pytest.approx(0.0, abs=1e-5)  # rank one
+
+
+def test_latent_constrained_loss_is_the_weighted_sum_and_scores_compare_latents():
+    torch.manual_seed(0)
+    detector = tiny("latent_constrained")
+    loss, _, parts = detector.generator_loss(batch().image)
+    assert parts["loss"] == pytest.approx(parts["l1"] + 5 * parts["adversarial"] + parts["latent"] + 0.05 * parts["rank"], rel=1e-5)
+    detector.eval()
+    x, brain = batch().image, batch().brain
+    z, _, z_prime = detector(x)
+    torch.testing.assert_close(detector.inspect(x, brain).scores, (z - z_prime).flatten(1).norm(dim=1))
+    assert "image_residual" in detector.inspect(x, brain).alternatives
+
+
+def test_ssim_of_an_image_with_itself_is_one_and_drops_with_noise():
+    x = torch.rand(2, 1, 16, 16)
+    torch.testing.assert_close(ssim_map(x, x), torch.ones_like(x))
+    assert ssim_map(x, x + 0.3 * torch.randn_like(x)).mean() < 0.9
+
+
+def test_triplets_and_patch_grid():
+    x = torch.rand(5, 1, 16, 16)
+    anchor, positive, negative = triplet_patches(x, size=8, shift=0, intensity=0.0)
+    torch.testing.assert_close(anchor, positive)  # no shift, no intensity change: the same patch
+    assert anchor.shape == negative.shape == (5, 1, 8, 8)
+    patches, rows, cols = patch_grid(x, size=8, stride=4)
+    assert (rows, cols) == (4, 4) and patches.shape == (5 * 16, 1, 8, 8)
+    torch.testing.assert_close(patches[5], x[0, :, 2:10, 2:10])  # the patch centred on (6, 6)
+
+
+def test_zscored_maps_have_zero_mean_unit_std_in_the_brain():
+    maps, brain = torch.rand(3, 1, 8, 8) * 5 + 2, batch(3).brain[..., :8, :8]
+    brain[..., :4, :4] = True
+    z = zscore_in_brain(maps, brain)
+    for image, mask in zip(z, brain):
+        assert image[mask].mean().item() == pytest.approx(0.0, abs=1e-5)
+        assert image[mask].std().item() == pytest.approx(1.0, rel=1e-4)
+
+
+def test_latent_search_lowers_the_reconstruction_error():
+    torch.manual_seed(0)
+    detector = tiny("introvae").eval()
+    x = batch().image
+    detector.search_steps = 0
+    before = detector.reconstruction_loss(x, detector.reconstruct(x)).sum()
+    detector.search_steps, detector.search_lr = 30, 0.05
+    assert detector.reconstruction_loss(x, detector.reconstruct(x)).sum() < before
+
+
+def test_diffusion_patches_tile_the_slice_and_a_small_noise_level_keeps_the_slice():
+    masks = patch_masks(16, 0.5, "cpu")
+    assert len(masks) == 4 and torch.stack(masks).sum(0).eq(1).all()
+    assert len(patch_masks(16, 1.0, "cpu")) == 1
+    detector = tiny("diffusion").eval()
+    detector.noise_level = 1  # alpha_bar ~ 1: almost no noise, so the estimate is the input
+    x = batch().image
+    assert (detector.reconstruct(x) - x).abs().max() < 0.05
