@@ -7,10 +7,14 @@ percentile and dropping 3-D components under ``evaluate.min_component_voxels``; 
 over thresholds is reported apart, as ``best_dice_oracle`` (it peeks at the test labels).
 Slice metrics are also given for each T of ``evaluate.tumour_pixel_sizes`` (``_t<T>``), and the
 inference time per slice (batches of 64, on the evaluating machine) as the paper's speed column.
+The dual-VAE paper's cross-validated protocol (``cv_*_t<T>``: the F1-best percentile chosen on
+one fifth of the tumour cohort's val + test slices, metrics on the rest, mean and std over 5
+folds) is computed for the detector's score and for each alternative score its paper compares
+against (``alternative_scores``).
 
-Writes metrics/evaluate.json (DVC metrics), plots/roc_slice.csv (DVC plot), and
-models/calibration.json (thresholds + reference scores, read by `register`); logs the same to
-the training run in MLflow.
+Writes metrics/evaluate.json (DVC metrics), plots/roc_slice.csv and three figures (curves,
+score histograms, example slices; DVC plots), and models/calibration.json (thresholds +
+reference scores, read by `register`); logs the same to the training run in MLflow.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ import torch
 
 from components.data.slice_store import load_slices, read_index
 from components.metrics.detection import (
-    best_dice, dice_per_subject, other_lesion_metrics, pixel_metrics, roc_table, slice_labels, slice_metrics,
-    slice_metrics_by_size,
+    best_dice, dice_per_subject, fold_metrics_by_size, other_lesion_metrics, pixel_metrics, roc_table, slice_labels,
+    slice_metrics, slice_metrics_by_size,
 )
+from components.reports import figures
 from components.metrics.postprocess import segment, smooth_subject, subject_blocks
 from components.models.bundle import Calibration
 from components.models.inference import score_slices
@@ -41,6 +46,8 @@ from pipelines.train import MODEL_DIR
 
 METRICS = Path("metrics/evaluate.json")
 ROC_PLOT = Path("plots/roc_slice.csv")
+FIGURES = {name: Path(f"plots/{name}.png") for name in ("curves", "score_histogram", "examples")}
+EXAMPLE_SLICES = 4
 CALIBRATION = Path("models/calibration.json")
 
 
@@ -93,24 +100,28 @@ def run(params: Params) -> dict:
     detector, description = load_trained(params)
     root = params.path(PROCESSED_DIR)
     index = read_index(root)
-    healthy_val = index[(index["cohort"] == "healthy") & (index["split"] == "val")]
-    calibration = calibrate(score_split(detector, root, healthy_val), params.evaluate.threshold_percentile)
+    settings = params.evaluate
+    healthy_val = score_split(detector, root, index[(index["cohort"] == "healthy") & (index["split"] == "val")])
+    calibration = calibrate(healthy_val, settings.threshold_percentile)
 
     test = score_split(detector, root, index[index["split"] == "test"])
-    labels = slice_labels(test["index"]["tumour_pixels"], params.evaluate.min_tumour_pixels)
+    labels = slice_labels(test["index"]["tumour_pixels"], settings.min_tumour_pixels)
     # Other (non-tumour) lesions are neither tumour nor normal tissue: left out of the tumour
     # metrics, and scored on their own against lesion-free, tumour-free slices.
     other = test["index"]["lesion_pixels"].to_numpy() > 0
     rated = labels | ~other
     brain = test["brain"] & ~test["lesions"]
+    tumour_val = score_split(detector, root, index[(index["cohort"] == "tumour") & (index["split"] == "val")])
+    tumour_cohort = pooled(tumour_val, test, test["index"]["cohort"].to_numpy() == "tumour")
     metrics = {
         **slice_metrics(test["scores"][rated], labels[rated], calibration.slice_threshold),
         **pixel_metrics(test["smoothed"], test["tumour"], brain),
-        **dice_per_subject(segment_subjects(test, calibration.pixel_threshold, params.evaluate.min_component_voxels) & brain,
+        **dice_per_subject(segment_subjects(test, calibration.pixel_threshold, settings.min_component_voxels) & brain,
                            test["tumour"], test["index"]["subject"].to_numpy()),
         **best_dice(test["smoothed"], test["tumour"], brain),
         **slice_metrics_by_size(test["scores"], test["index"]["tumour_pixels"], test["index"]["lesion_pixels"],
-                                params.evaluate.tumour_pixel_sizes, calibration.slice_threshold),
+                                settings.tumour_pixel_sizes, calibration.slice_threshold),
+        **cross_validated(tumour_cohort, tumour_cohort["scores"], healthy_val["scores"], settings.tumour_pixel_sizes),
         **other_lesion_metrics(test["scores"], test["index"]["tumour_pixels"], test["index"]["lesion_pixels"],
                                calibration.slice_threshold),
         "inference_ms_per_slice": test["ms_per_slice"],
@@ -118,9 +129,47 @@ def run(params: Params) -> dict:
         "pixel_threshold": calibration.pixel_threshold,
         "volume_threshold": calibration.volume_threshold,
     }
+    alternatives = {
+        name: {"slice_auroc": slice_metrics(values[rated], labels[rated], np.inf)["slice_auroc"],
+               **cross_validated(tumour_cohort, tumour_cohort["alternatives"][name], healthy_val["alternatives"][name],
+                                 settings.tumour_pixel_sizes)}
+        for name, values in test["alternatives"].items()
+    }
+    if alternatives:
+        metrics["alternative_scores"] = alternatives
     _write(params, metrics, roc_table(test["scores"][rated], labels[rated]), calibration)
+    _draw(params, detector, test, labels, rated, calibration)
     _log_to_mlflow(params, tracking.training_run(params, description["ray_run_name"]), metrics)
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+
+
+def pooled(first: dict, second: dict, rows: np.ndarray) -> dict:
+    """Index, scores and alternative scores of ``first`` followed by ``second``'s ``rows``."""
+    return {
+        "index": pd.concat([first["index"], second["index"][rows]], ignore_index=True),
+        "scores": np.concatenate([first["scores"], second["scores"][rows]]),
+        "alternatives": {k: np.concatenate([v, second["alternatives"][k][rows]]) for k, v in first["alternatives"].items()},
+    }
+
+
+def cross_validated(split: dict, scores: np.ndarray, healthy_scores: np.ndarray, sizes: list[int]) -> dict:
+    rows = split["index"]
+    return fold_metrics_by_size(scores, rows["tumour_pixels"], rows["lesion_pixels"], healthy_scores, sizes)
+
+
+def _draw(params: Params, detector, test: dict, labels: np.ndarray, rated: np.ndarray, calibration: Calibration) -> None:
+    """The papers' figures: curves of every score, score histograms, and example slices."""
+    scores = {"score": test["scores"][rated]} | {name: v[rated] for name, v in test["alternatives"].items()}
+    figures.curves(scores, labels[rated], params.path(FIGURES["curves"]))
+    figures.histograms(test["scores"][rated & ~labels], test["scores"][labels], calibration.slice_threshold,
+                       params.path(FIGURES["score_histogram"]))
+    # Each subject's slice with the most tumour, for the subjects with the most (then tumour-free ones).
+    largest = test["index"].reset_index().sort_values("tumour_pixels", ascending=False, kind="stable")
+    largest = largest.drop_duplicates("subject")["index"].to_numpy()[:EXAMPLE_SLICES]
+    x = torch.from_numpy(np.ascontiguousarray(test["images"][largest]))
+    reconstructions = detector.reconstruct(x).detach().numpy()
+    figures.example_grid(test["images"][largest], reconstructions, test["smoothed"][largest], test["tumour"][largest],
+                         params.path(FIGURES["examples"]))
 
 
 def _write(params: Params, metrics: dict, roc: pd.DataFrame, calibration: Calibration) -> None:
@@ -133,7 +182,16 @@ def _write(params: Params, metrics: dict, roc: pd.DataFrame, calibration: Calibr
 
 def _log_to_mlflow(params: Params, run_id: str, metrics: dict) -> None:
     client = tracking.client(params)
-    for key, value in metrics.items():
+    for key, value in flatten_metrics(metrics).items():
         client.log_metric(run_id, f"test_{key}", float(value))
-    client.log_artifact(run_id, str(params.path(ROC_PLOT)), artifact_path="evaluation")
-    client.log_artifact(run_id, str(params.path(METRICS)), artifact_path="evaluation")
+    for path in (ROC_PLOT, METRICS, *FIGURES.values()):
+        client.log_artifact(run_id, str(params.path(path)), artifact_path="evaluation")
+
+
+def flatten_metrics(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """{'alternative_scores': {'input_l2': {'slice_auroc': 0.9}}} -> {'alternative_scores.input_l2.slice_auroc': 0.9}."""
+    flat = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        flat |= flatten_metrics(value, f"{name}.") if isinstance(value, dict) else {name: value}
+    return flat

@@ -114,3 +114,42 @@ def best_dice(maps: np.ndarray, tumour: np.ndarray, brain: np.ndarray, threshold
     scores = [dice(inside > t, truth) for t in candidates]
     best = int(np.argmax(scores))
     return {"best_dice_oracle": float(scores[best]), "best_dice_oracle_threshold": float(candidates[best])}
+
+
+def fold_metrics(scores: np.ndarray, labels: np.ndarray, healthy_scores: np.ndarray, folds: int = 5, seed: int = 0,
+                 percentiles: np.ndarray | None = None) -> dict[str, float]:
+    """The cross-validated slice protocol of dual-vae-latent-distance-improved.txt Table 1.
+
+    The tumour-cohort slices are split into ``folds`` stratified folds; in turn, one fold (1/5 of
+    the data) chooses the percentile of the healthy validation scores whose threshold maximises
+    F1 on it, and the other folds are scored at that threshold: ROC-AUC, accuracy and F1, as mean
+    and std over the folds. Empty when a class has fewer slices than folds."""
+    from sklearn.model_selection import StratifiedKFold
+
+    scores, labels = np.asarray(scores), np.asarray(labels, bool)
+    if min(labels.sum(), (~labels).sum()) < folds:
+        return {}
+    thresholds = np.percentile(healthy_scores, np.arange(50.0, 100.0, 0.5) if percentiles is None else percentiles)
+    results = []
+    for rest, chosen in StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(scores, labels):
+        f1s = [f1_score(labels[chosen], scores[chosen] > t, zero_division=0) for t in thresholds]
+        verdicts = scores[rest] > thresholds[int(np.argmax(f1s))]
+        results.append((roc_auc_score(labels[rest], scores[rest]), accuracy_score(labels[rest], verdicts),
+                        f1_score(labels[rest], verdicts, zero_division=0)))
+    values = np.array(results)
+    return {f"{name}_{stat}": float(f(values[:, i])) for i, name in enumerate(("auroc", "accuracy", "f1"))
+            for stat, f in (("mean", np.mean), ("std", np.std))}
+
+
+def fold_metrics_by_size(scores, tumour_pixels, lesion_pixels, healthy_scores, sizes: list[int], folds: int = 5,
+                         seed: int = 0) -> dict[str, float]:
+    """``fold_metrics`` for each T of ``sizes`` (keys ``cv_<metric>_t<T>``); slices with other
+    lesions and no tumour above T are left out, as in ``slice_metrics_by_size``."""
+    found = {}
+    other = np.asarray(lesion_pixels) > 0
+    for size in sizes:
+        labels = slice_labels(tumour_pixels, size)
+        rated = labels | ~other
+        metrics = fold_metrics(np.asarray(scores)[rated], labels[rated], healthy_scores, folds, seed)
+        found |= {f"cv_{k}_t{size}": v for k, v in metrics.items()}
+    return found

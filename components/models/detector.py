@@ -14,7 +14,8 @@ never branch on the model name.
   per slice, (N,), by default the mean of the map inside the brain; ``alternative_scores``:
   other slice scores the detector's paper compares against (reported, never thresholded).
   ``inspect(x, brain)`` returns all three (masked to the brain); a detector whose scores share
-  costly work (a latent search) overrides it to do that work once.
+  costly work (a latent search) overrides it to do that work once. ``reconstruct(x)``: the
+  normal-looking slice the detector compares x with (figures show it beside the map).
 - Saving and loading is ``state_dict``: every network is a submodule.
 """
 
@@ -68,6 +69,9 @@ class Detector(nn.Module, ABC):
     @abstractmethod
     def anomaly_map(self, x: torch.Tensor, brain: torch.Tensor) -> torch.Tensor: ...
 
+    @abstractmethod
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor: ...
+
     def slice_score(self, x: torch.Tensor, maps: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
         """Mean anomaly inside the brain, (N,)."""
         return mean_in_brain(maps, brain)
@@ -95,9 +99,6 @@ class ReconstructionDetector(Detector):
 
     @abstractmethod
     def loss(self, batch: Slices) -> tuple[torch.Tensor, dict[str, float]]: ...
-
-    @abstractmethod
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor: ...
 
     def train_step(
         self, batch: Slices, optimizers: dict[str, torch.optim.Optimizer], sync: Sync = no_sync

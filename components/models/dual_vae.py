@@ -75,8 +75,13 @@ class _VAEs(Detector):
         return masked_elbo(vae, x, target, brain, self.latent_samples, self.kl_weight)
 
     @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """VAE-H's reconstruction (the healthy-looking version of x)."""
+        return self.healthy.reconstruct(x)
+
+    @torch.no_grad()
     def healthy_reconstruction(self, x: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
-        return overlay(self.healthy.reconstruct(x), brain, self.background)
+        return overlay(self.reconstruct(x), brain, self.background)
 
     @torch.no_grad()
     def anomaly_map(self, x: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
@@ -172,10 +177,6 @@ class ContextVAE(_VAEs, ReconstructionDetector):
         context = ((self.healthy.decode(self.healthy.encode(masked)[0]) - x).pow(2) * brain).sum() / brain.sum().clamp(min=1)
         total = loss + self.context_weight * context
         return total, {"loss": total.item(), "l2": error.item(), "kl": kl.item(), "context": context.item()}
-
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        return self.healthy.reconstruct(x)
 
     @torch.no_grad()
     def slice_score(self, x: torch.Tensor, maps: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:

@@ -117,8 +117,12 @@ class LatentConstrainedDetector(Detector):
         return self.generator_loss(batch.image)[2]
 
     @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x)[1]
+
+    @torch.no_grad()
     def anomaly_map(self, x: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
-        return (x - self(x)[1]).abs()
+        return (x - self.reconstruct(x)).abs()
 
     @torch.no_grad()
     def slice_score(self, x: torch.Tensor, maps: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:

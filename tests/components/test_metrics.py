@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from components.metrics.detection import dice, dice_per_subject, pixel_metrics, roc_table, slice_labels, slice_metrics
+from components.metrics.detection import (
+    dice, dice_per_subject, fold_metrics, fold_metrics_by_size, pixel_metrics, roc_table, slice_labels, slice_metrics,
+)
 from components.models.autoencoders import SpatialAE
 from components.scoring.volume import volume_score
 
@@ -124,3 +126,25 @@ def test_slice_metrics_for_each_tumour_size_leave_out_other_lesions():
     # T = 50: slices 3, 4 abnormal; 0, 1, 2 normal; slice 2 (0.6) is a false positive at 0.55
     assert found["slice_accuracy_t50"] == pytest.approx(4 / 5) and found["slice_f1_t50"] == pytest.approx(0.8)
     assert "slice_auroc_t150" in found and not any(k.endswith("_t500") for k in found)  # no slice above 500
+
+
+def test_cross_validated_protocol_on_separable_and_on_random_scores():
+    labels = np.r_[np.ones(10), np.zeros(20)].astype(bool)
+    healthy = np.linspace(0.0, 1.0, 101)  # percentile p of these is p / 100
+    separable = np.where(labels, 2.0, 0.2)  # any percentile from 20 to 99.5 separates the classes
+    perfect = fold_metrics(separable, labels, healthy)
+    assert perfect == {"auroc_mean": 1.0, "auroc_std": 0.0, "accuracy_mean": 1.0, "accuracy_std": 0.0,
+                       "f1_mean": 1.0, "f1_std": 0.0}
+    # Everything above every threshold: F1 is 2 * 8 / (2 * 8 + 16) on each 4/5 split, accuracy 1/3.
+    flat = fold_metrics(np.full(30, 5.0), labels, healthy)
+    assert flat["auroc_mean"] == 0.5 and flat["accuracy_mean"] == pytest.approx(1 / 3)
+    assert flat["f1_mean"] == pytest.approx(0.5)
+    assert fold_metrics(separable[:24], labels[:24], healthy, folds=5) != {}
+    assert fold_metrics(separable[6:], labels[6:], healthy, folds=5) == {}  # 4 abnormal slices < 5 folds
+
+
+def test_cross_validated_protocol_by_tumour_size_names_each_t():
+    pixels = np.r_[np.full(10, 100), np.full(10, 30), np.zeros(20)]
+    found = fold_metrics_by_size(np.r_[np.full(20, 2.0), np.full(20, 0.2)], pixels, np.zeros(40), np.linspace(0, 1, 101), [0, 50])
+    assert found["cv_auroc_mean_t0"] == 1.0
+    assert found["cv_auroc_mean_t50"] < 1.0  # the 30-pixel slices count as normal at T = 50
