@@ -69,6 +69,12 @@ def register(params: Path = PARAMS_OPTION) -> None:
 
 
 @app.command()
+def compare(params: Path = PARAMS_OPTION) -> None:
+    """Train and evaluate every detector of compare.detectors; write the comparison tables."""
+    _run_stage("compare", params)
+
+
+@app.command()
 def serve(
     params: Path = PARAMS_OPTION,
     port: int = typer.Option(None, help="HTTP port (default: serve.port of params)"),
@@ -94,3 +100,7 @@ def serve(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

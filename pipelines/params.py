@@ -179,6 +179,27 @@ class EvaluateParams(Section):
     primary_metric: Literal["slice_auroc", "slice_auprc", "pixel_auroc", "pixel_auprc", "dice_mean"] = "slice_auroc"
 
 
+class CompareParams(Section):
+    """`brainomaly compare`: the detectors to train and evaluate in turn, and per detector the
+    ``model``/``train`` settings that differ from the rest of params.yaml (e.g. a CPU budget)."""
+
+    detectors: list[str] = Field(default_factory=lambda: sorted(DETECTORS), min_length=1)
+    overrides: dict[str, dict[str, dict]] = {}
+
+    @model_validator(mode="after")
+    def _check(self) -> "CompareParams":
+        for name in [*self.detectors, *self.overrides]:
+            accepted_hyperparams(name)  # a clear error for an unknown detector
+        for name, sections in self.overrides.items():
+            if unknown := set(sections) - {"model", "train"}:
+                raise ValueError(f"compare.overrides.{name} may set model and train only, not {sorted(unknown)}")
+            if bad := set(sections.get("model", {})) - accepted_hyperparams(name):
+                raise ValueError(f"compare.overrides.{name}.model: {name} has no hyper-parameter(s) {sorted(bad)}")
+            if bad := set(sections.get("train", {})) - set(TrainParams.model_fields):
+                raise ValueError(f"compare.overrides.{name}.train: no train setting(s) {sorted(bad)}")
+        return self
+
+
 class RegisterParams(Section):
     model_name: str = Field("brainomaly-detector", min_length=1)
     alias: str = Field("champion", min_length=1)
@@ -195,6 +216,7 @@ class Params(Section):
     """All of params.yaml. Relative paths are resolved against the file's folder (``root``)."""
 
     root: Path
+    source: str = "params.yaml"  # the params file's name, in root
     data: DataParams
     phantoms: PhantomParams = PhantomParams()
     preprocess: PreprocessParams = PreprocessParams()
@@ -203,6 +225,7 @@ class Params(Section):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     registry: RegisterParams = Field(RegisterParams(), alias="register")
+    compare: CompareParams = CompareParams()
     serve: ServeParams = ServeParams()
 
     @model_validator(mode="after")
@@ -230,7 +253,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at the top level")
     try:
-        return Params(root=path.resolve().parent, **raw)
+        return Params(root=path.resolve().parent, source=path.name, **raw)
     except (ValidationError, ValueError) as err:
         raise ParamsError(f"{path}: {_describe(err)}") from err
 

@@ -135,6 +135,7 @@ def train_loop(config: dict) -> None:
         batches = train_shard.iter_torch_batches(
             batch_size=batch_size, drop_last=True, device=device, local_shuffle_buffer_size=SHUFFLE_BATCHES * batch_size
         )
+        started = time.perf_counter()
         for batch in batches:
             x = augment(batch["image"], batch["brain"], augmentation, config["background"], config["output_range"])
             slices = Slices(x, batch["brain"], next(unlabelled) if unlabelled else None)
@@ -142,6 +143,7 @@ def train_loop(config: dict) -> None:
                 sums[key] = sums.get(key, 0.0) + value * len(x)
             count += len(x)
         metrics = {f"train_{k}": v for k, v in _mean_across_workers(sums, count).items()} | {"epoch": epoch}
+        metrics["train_slices_per_s"] = count * world / (time.perf_counter() - started)
         if rank != 0:
             ray.train.report(metrics)
             continue

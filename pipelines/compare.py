@@ -1,0 +1,108 @@
+"""`brainomaly compare`: train and evaluate several detectors on the same processed data and
+write one comparison table, shaped like the papers' tables.
+
+Each detector of ``compare.detectors`` runs the ordinary `train` and `evaluate` stages (Ray
+Train, MLflow, the full protocol) in its own workspace, artifacts/compare/<name>/, whose
+params.yaml is this one with ``model.name`` set and ``compare.overrides.<name>`` merged in (the
+processed data are linked, not copied). Results: reports/comparison.json (DVC metrics: every
+detector's metrics) and reports/comparison.md, and an MLflow run "comparison" holding both, with
+every detector's training run nested under it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from components.reports.tables import markdown
+from pipelines import tracking
+from pipelines.evaluate import METRICS
+from pipelines.params import Params
+from pipelines.preprocess import PROCESSED_DIR
+from pipelines.train import MODEL_DIR
+
+WORKSPACES = Path("artifacts/compare")
+REPORT_JSON = Path("reports/comparison.json")
+REPORT_MD = Path("reports/comparison.md")
+
+
+def merged(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` merged in, nested mappings key by key."""
+    result = copy.deepcopy(base)
+    for key, value in changes.items():
+        result[key] = merged(result.get(key) or {}, value) if isinstance(value, dict) else value
+    return result
+
+
+def workspace(params: Params, name: str) -> Path:
+    """artifacts/compare/<name>/ with its params.yaml and a link to the processed data."""
+    folder = params.path(WORKSPACES / name)
+    (folder / PROCESSED_DIR).parent.mkdir(parents=True, exist_ok=True)
+    raw = yaml.safe_load(params.path(params.source).read_text())
+    overrides = params.compare.overrides.get(name, {})
+    variant = merged(raw, {"model": {"name": name, name: overrides.get("model", {})}, "train": overrides.get("train", {})})
+    for key in ("healthy_root", "tumour_root"):  # absolute, so they resolve from the workspace too
+        variant["data"][key] = str(params.path(variant["data"][key]))
+    (folder / "params.yaml").write_text(yaml.safe_dump(variant, sort_keys=False))
+    link = folder / PROCESSED_DIR
+    if not link.exists():
+        link.symlink_to(params.path(PROCESSED_DIR), target_is_directory=True)
+    return folder
+
+
+def run_stage(stage: str, folder: Path, params: Params) -> float:
+    """Run one stage in a workspace, in a fresh process, against this project's MLflow store."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(params)}
+    command = [sys.executable, "-m", "pipelines.cli", stage, "--params", str(folder / "params.yaml")]
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=params.root, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{stage} of {folder.name} failed:\n{(result.stdout + result.stderr)[-3000:]}")
+    return time.perf_counter() - start
+
+
+def run(params: Params) -> dict:
+    if not params.path(PROCESSED_DIR / "index.parquet").is_file():
+        raise FileNotFoundError("no processed data: run `brainomaly preprocess` (or `dvc repro validate`) first")
+    results = {}
+    for name in params.compare.detectors:
+        folder = workspace(params, name)
+        train_seconds = run_stage("train", folder, params)
+        run_stage("evaluate", folder, params)
+        trained = json.loads((folder / MODEL_DIR / "detector.json").read_text())
+        results[name] = {
+            **json.loads((folder / METRICS).read_text()),
+            "train_seconds": train_seconds,
+            "train_slices_per_s": trained["final_metrics"].get("train_slices_per_s"),
+            "epochs": trained["epochs_trained"],
+            "mlflow_run_id": trained["mlflow_run_id"],
+        }
+    table = markdown(results, params.evaluate.tumour_pixel_sizes)
+    for path, text in ((REPORT_JSON, json.dumps(results, indent=2)), (REPORT_MD, table)):
+        params.path(path).parent.mkdir(parents=True, exist_ok=True)
+        params.path(path).write_text(text)
+    _log_to_mlflow(params, results)
+    return {name: {k: round(m[k], 4) for k in ("slice_auroc", "cv_auroc_mean_t20", "dice_mean") if k in m}
+            for name, m in results.items()}
+
+
+def _log_to_mlflow(params: Params, results: dict) -> None:
+    client = tracking.client(params)
+    parent = client.create_run(tracking.experiment_id(params), run_name="comparison", tags={"brainomaly.comparison": "1"})
+    run_id = parent.info.run_id
+    client.log_param(run_id, "detectors", ",".join(results))
+    for name, metrics in results.items():
+        client.set_tag(metrics["mlflow_run_id"], "mlflow.parentRunId", run_id)  # nests the run in the UI
+        for key in ("slice_auroc", "pixel_auroc", "dice_mean", "cv_auroc_mean_t20", "inference_ms_per_slice"):
+            if key in metrics:
+                client.log_metric(run_id, f"{name}.{key}", float(metrics[key]))
+    for path in (REPORT_JSON, REPORT_MD):
+        client.log_artifact(run_id, str(params.path(path)))
+    client.set_terminated(run_id)
