@@ -18,13 +18,13 @@ console = Console(stderr=True, soft_wrap=True)
 PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", "-p", help="params file (paths inside are relative to it)")
 
 
-def _run_stage(module: str, params_path: Path) -> None:
+def _run_stage(module: str, params_path: Path, **options) -> None:
     """Load params, run ``pipelines.<module>.run`` and print what it did; user errors exit 1 with one line."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
     try:
         params = load_params(params_path)
-        summary = importlib.import_module(f"pipelines.{module}").run(params)
+        summary = importlib.import_module(f"pipelines.{module}").run(params, **options)
     except (ParamsError, FileNotFoundError, ValueError) as err:
         console.print(f"[bold red]brainomaly {module}: {err}")
         raise typer.Exit(1) from None
@@ -72,6 +72,15 @@ def register(params: Path = PARAMS_OPTION) -> None:
 def compare(params: Path = PARAMS_OPTION) -> None:
     """Train and evaluate every detector of compare.detectors; write the comparison tables."""
     _run_stage("compare", params)
+
+
+@app.command()
+def oneclass(
+    params: Path = PARAMS_OPTION,
+    data: Path = typer.Option(None, help=".npz with images (N, H, W) and labels (N,); default: scikit-learn's digits"),
+) -> None:
+    """One-class novelty: per class, train on it alone and score every test image (AUROC)."""
+    _run_stage("oneclass", params, data=data)
 
 
 @app.command()

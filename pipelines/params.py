@@ -200,6 +200,29 @@ class CompareParams(Section):
         return self
 
 
+class OneClassParams(Section):
+    """`brainomaly oneclass`: the one-class novelty protocol on a small image set."""
+
+    data: str | None = None  # .npz with images (N, H, W) and labels (N,); None: scikit-learn's digits
+    size: int = Field(16, ge=8)
+    detectors: list[str] = Field(default_factory=lambda: ["latent_constrained"], min_length=1)
+    hyperparams: dict[str, dict] = {}
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=2)
+    learning_rate: float = Field(1e-3, gt=0.0)
+    test_fraction: float = Field(0.3, gt=0.0, lt=1.0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "OneClassParams":
+        for name in [*self.detectors, *self.hyperparams]:
+            accepted_hyperparams(name)
+        for name, values in self.hyperparams.items():
+            if bad := set(values) - accepted_hyperparams(name):
+                raise ValueError(f"oneclass.hyperparams.{name}: {name} has no hyper-parameter(s) {sorted(bad)}")
+        return self
+
+
 class RegisterParams(Section):
     model_name: str = Field("brainomaly-detector", min_length=1)
     alias: str = Field("champion", min_length=1)
@@ -226,6 +249,7 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
     registry: RegisterParams = Field(RegisterParams(), alias="register")
     compare: CompareParams = CompareParams()
+    oneclass: OneClassParams = OneClassParams()
     serve: ServeParams = ServeParams()
 
     @model_validator(mode="after")

@@ -6,7 +6,9 @@ discriminator D tells x from x'. The generator's loss (the paper's eq. 1):
 
     L = w_i |x - x'|_1 + w_a (-log D(x')) + w_z ||z - z'||_2 + w_r L_rank(Z)
 
-where L_rank constrains the batch's latent matrix Z (N x d) to low rank: the sum of its
+with the norms taken per image (the L1 norm sums over pixels, so the image term dominates as
+the paper's weights intend) and averaged over the batch, and where L_rank constrains the
+batch's latent matrix Z (N x d) to low rank: the sum of its
 singular values beyond the first ``rank`` (0: the whole nuclear norm), per slice. D is trained
 alternately with -log D(x) - log(1 - D(x')). The paper's weights w_i=1, w_a=5, w_z=1, w_r=0.05
 and Adam learning rate 0.002 are the defaults (its batch of 64 is train.batch_size).
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from components.models.adversarial import critic_loss, discriminator, fooling_loss, split_parameters
 from components.models.detector import Detector, Slices, Sync, mean_in_brain, no_sync, step
@@ -94,7 +95,7 @@ class LatentConstrainedDetector(Detector):
     def generator_loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         z, reconstruction, z_prime = self(x)
         parts = {
-            "l1": F.l1_loss(reconstruction, x),
+            "l1": (x - reconstruction).abs().flatten(1).sum(1).mean(),  # ||x - x'||_1 of eq. 2: a norm per image
             "adversarial": fooling_loss(self.discriminator(reconstruction)),
             "latent": (z - z_prime).flatten(1).norm(dim=1).mean(),
             "rank": low_rank_penalty(z, self.rank),

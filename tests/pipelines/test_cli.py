@@ -66,3 +66,9 @@ def test_serve_without_a_registered_model(tmp_path):
 def test_every_stage_has_help(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0 and "--params" in result.output
+
+
+def test_oneclass_names_a_bad_npz(tmp_path):
+    np.savez(tmp_path / "one_class.npz", images=np.zeros((5, 8, 8)), labels=np.zeros(5))
+    result = invoke("oneclass", "--params", str(write_params(tmp_path)), "--data", str(tmp_path / "one_class.npz"))
+    assert result.exit_code == 1 and "at least two classes" in result.output

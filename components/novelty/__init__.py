@@ -1,0 +1,1 @@
+"""One-class novelty detection on small image sets: a check of the detectors outside brain MRI."""
