@@ -30,8 +30,8 @@ import torch
 
 from components.data.slice_store import load_slices, read_index
 from components.metrics.detection import (
-    best_dice, dice_per_subject, fold_metrics_by_size, other_lesion_metrics, pixel_metrics, roc_table, slice_labels,
-    slice_metrics, slice_metrics_by_size,
+    best_dice, dice_per_subject, fold_metrics_by_size, lesion_kind_metrics, other_lesion_metrics, pixel_metrics,
+    roc_table, slice_labels, slice_metrics, slice_metrics_by_size,
 )
 from components.reports import figures
 from components.metrics.postprocess import segment, smooth_subject, subject_blocks
@@ -124,6 +124,7 @@ def run(params: Params) -> dict:
         **cross_validated(tumour_cohort, tumour_cohort["scores"], healthy_val["scores"], settings.tumour_pixel_sizes),
         **other_lesion_metrics(test["scores"], test["index"]["tumour_pixels"], test["index"]["lesion_pixels"],
                                calibration.slice_threshold),
+        **lesion_kind_metrics(test["scores"], test["index"], calibration.slice_threshold, settings.lesion_kinds),
         "inference_ms_per_slice": test["ms_per_slice"],
         "slice_threshold": calibration.slice_threshold,
         "pixel_threshold": calibration.pixel_threshold,

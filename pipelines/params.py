@@ -176,6 +176,7 @@ class EvaluateParams(Section):
     threshold_percentile: float = Field(98.0, gt=0.0, lt=100.0)
     min_component_voxels: int = Field(6, ge=1)
     tumour_pixel_sizes: list[int] = [0, 20, 50, 150]
+    lesion_kinds: dict[int, str] = {1: "focus", 2: "cavity"}
     primary_metric: Literal["slice_auroc", "slice_auprc", "pixel_auroc", "pixel_auprc", "dice_mean"] = "slice_auroc"
 
 

@@ -2,7 +2,8 @@
 
 Layout of a processed folder::
 
-    index.parquet            one row per slice (see INDEX_COLUMNS)
+    index.parquet            one row per slice (see INDEX_COLUMNS), plus lesion_pixels_<kind>
+                             for each kind of other lesion found (label value of the lesions file)
     volumes.parquet          one row per volume: subject, dataset, cohort, split, seg_labels, n_slices
     preprocess_spec.json     the PreprocessSpec that produced the slices
     shards/<dataset>/<subject>.npz   images (N,1,S,S) float32, brain, tumour and lesions
@@ -52,6 +53,7 @@ def write_shard(root: Path, subject: Subject, split: str, slices: ProcessedSlice
             "tumour_pixels": slices.tumour_pixels,
             "brain_pixels": slices.brain_pixels,
             "lesion_pixels": slices.lesion_pixels if slices.lesion_pixels is not None else 0,
+            **{f"lesion_pixels_{kind}": pixels for kind, pixels in (slices.lesion_kind_pixels or {}).items()},
         }
     )
 
@@ -65,7 +67,10 @@ def read_index(root: Path) -> pd.DataFrame:
 
 def write_index(root: Path, index: pd.DataFrame) -> Path:
     path = Path(root) / "index.parquet"
-    index.loc[:, list(INDEX_COLUMNS)].to_parquet(path, index=False)
+    kinds = sorted((c for c in index.columns if c.startswith("lesion_pixels_")), key=lambda c: int(c.rsplit("_", 1)[1]))
+    columns = index.loc[:, [*INDEX_COLUMNS, *kinds]]
+    columns[kinds] = columns[kinds].fillna(0).astype(np.int64)  # a subject without a kind has none of it
+    columns.to_parquet(path, index=False)
     return path
 
 

@@ -58,19 +58,34 @@ def slice_metrics_by_size(
     return found
 
 
-def other_lesion_metrics(scores, tumour_pixels, lesion_pixels, threshold: float) -> dict[str, float]:
-    """Slice AUROC and sensitivity at ``threshold`` for slices with other lesions and no tumour,
-    against slices with neither; empty when there is no such slice."""
+def other_lesion_metrics(scores, tumour_pixels, lesion_pixels, threshold: float, kind_pixels=None,
+                         prefix: str = "other_lesion") -> dict[str, float]:
+    """Slice AUROC and sensitivity at ``threshold`` for slices with other lesions (of one kind
+    when ``kind_pixels`` is given) and no tumour, against slices with no lesion and no tumour;
+    empty when there is no such slice."""
     scores, tumour, lesion = np.asarray(scores), np.asarray(tumour_pixels) > 0, np.asarray(lesion_pixels) > 0
-    lesion_only, clean = lesion & ~tumour, ~lesion & ~tumour
+    lesion_only = (lesion if kind_pixels is None else np.asarray(kind_pixels) > 0) & ~tumour
+    clean = ~lesion & ~tumour
     if not lesion_only.any() or not clean.any():
         return {}
     keep = lesion_only | clean
     return {
-        "other_lesion_slice_auroc": float(roc_auc_score(lesion_only[keep], scores[keep])),
-        "other_lesion_sensitivity": float((scores[lesion_only] > threshold).mean()),
-        "other_lesion_slices": int(lesion_only.sum()),
+        f"{prefix}_slice_auroc": float(roc_auc_score(lesion_only[keep], scores[keep])),
+        f"{prefix}_sensitivity": float((scores[lesion_only] > threshold).mean()),
+        f"{prefix}_slices": int(lesion_only.sum()),
     }
+
+
+def lesion_kind_metrics(scores, index, threshold: float, kinds: dict[int, str]) -> dict[str, float]:
+    """``other_lesion_metrics`` for each kind named in ``kinds`` that has a column
+    ``lesion_pixels_<kind>`` in the slice ``index`` (keys ``other_lesion_<name>_*``)."""
+    found = {}
+    for kind, name in kinds.items():
+        column = f"lesion_pixels_{kind}"
+        if column in index:
+            found |= other_lesion_metrics(scores, index["tumour_pixels"], index["lesion_pixels"], threshold,
+                                          index[column], prefix=f"other_lesion_{name}")
+    return found
 
 
 def roc_table(scores: np.ndarray, labels: np.ndarray, max_points: int = 200) -> pd.DataFrame:

@@ -36,7 +36,7 @@ class PreparedVolume:
     image: np.ndarray
     brain: np.ndarray
     tumour: np.ndarray
-    lesions: np.ndarray  # other (non-tumour) lesions, all False when none were given
+    lesions: np.ndarray  # other (non-tumour) lesions as integer kinds, 0 where none (all 0 when none were given)
     slice_numbers: np.ndarray  # the input file's own axial index of each Z slice
     spacing: tuple[float, float, float]
 
@@ -53,6 +53,8 @@ class ProcessedSlices:
     tumour_pixels: (N,) int, tumour pixels of each slice before the in-plane resize
     brain_pixels:  (N,) int, brain pixels of each slice before the in-plane resize
     lesion_pixels: (N,) int, other-lesion pixels of each slice before the in-plane resize
+    lesion_kind_pixels: {kind: (N,) int}, the same per lesion kind (the label value in the
+                   lesions file), for the kinds present in this volume
     """
 
     images: np.ndarray
@@ -63,6 +65,7 @@ class ProcessedSlices:
     brain_pixels: np.ndarray
     lesions: np.ndarray | None = None
     lesion_pixels: np.ndarray | None = None
+    lesion_kind_pixels: dict[int, np.ndarray] | None = None
 
 
 def _check_inputs(image: np.ndarray, **others: np.ndarray | None) -> None:
@@ -100,13 +103,13 @@ def prepare_volume(
     spacing = ras_spacing(affine)
     brain = compute_mask(image, to_ras(brain_mask, affine)[0] if brain_mask is not None else None)
     tumour = to_ras(segmentation, affine)[0] > 0 if segmentation is not None else np.zeros_like(brain)
-    other = to_ras(lesions, affine)[0] > 0 if lesions is not None else np.zeros_like(brain)
+    other = np.rint(to_ras(lesions, affine)[0]).astype(np.int16) if lesions is not None else np.zeros(brain.shape, np.int16)
     if spec.spacing_mm is not None:
         target = float(spec.spacing_mm)
         image = resample(image, spacing, target, order=3)
         brain = resample(brain, spacing, target, order=1) > 0.5
         tumour = resample(tumour, spacing, target, order=1) > 0.5
-        other = resample(other, spacing, target, order=1) > 0.5
+        other = resample(other, spacing, target, order=0)  # nearest: kinds are labels
         source = np.round((np.arange(image.shape[2]) + 0.5) * target / spacing[2] - 0.5).astype(int)
         slice_numbers = slice_numbers[np.clip(source, 0, len(slice_numbers) - 1)]
         spacing = (target, target, target)
@@ -144,6 +147,7 @@ def preprocess_volume(
         slice_numbers=volume.slice_numbers[keep],
         tumour_pixels=tumour.sum(axis=(0, 1)).astype(np.int64),
         brain_pixels=volume.brain[..., keep].sum(axis=(0, 1)).astype(np.int64),
-        lesions=(crop_resize(other, box, spec.size, order=1) > 0.5)[:, None] if lesions is not None else None,
-        lesion_pixels=other.sum(axis=(0, 1)).astype(np.int64),
+        lesions=(crop_resize(other > 0, box, spec.size, order=1) > 0.5)[:, None] if lesions is not None else None,
+        lesion_pixels=(other > 0).sum(axis=(0, 1)).astype(np.int64),
+        lesion_kind_pixels={int(k): (other == k).sum(axis=(0, 1)).astype(np.int64) for k in np.unique(other) if k > 0},
     )

@@ -77,6 +77,22 @@ def test_other_lesions_are_scored_against_clean_slices_only():
     assert other_lesion_metrics(scores, tumour, np.zeros(6), 0.5) == {}
 
 
+def test_each_lesion_kind_is_scored_on_its_own():
+    import pandas as pd
+
+    from components.metrics.detection import lesion_kind_metrics
+
+    scores = np.array([0.1, 0.2, 0.9, 0.8, 0.95, 0.15])
+    index = pd.DataFrame({"tumour_pixels": [0, 0, 0, 0, 50, 0], "lesion_pixels": [0, 0, 3, 0, 4, 2],
+                          "lesion_pixels_1": [0, 0, 3, 0, 4, 0], "lesion_pixels_2": [0, 0, 0, 0, 0, 2]})
+    found = lesion_kind_metrics(scores, index, 0.5, {1: "focus", 2: "cavity", 3: "absent"})
+    # focus: slice 2 (0.9) beats all three clean slices; cavity: slice 5 (0.15) beats one of them
+    assert found["other_lesion_focus_slice_auroc"] == 1.0 and found["other_lesion_focus_slices"] == 1
+    assert found["other_lesion_cavity_slice_auroc"] == pytest.approx(1 / 3)
+    assert found["other_lesion_cavity_sensitivity"] == 0.0
+    assert not any("absent" in key for key in found)
+
+
 def test_median_filter_removes_a_lone_hot_voxel_and_keeps_a_blob():
     from components.metrics.postprocess import smooth_subject
 

@@ -117,3 +117,16 @@ def test_anisotropic_voxels_are_not_stretched(brats_case):
     brain_overlap = (fine.brain[a] & squashed.brain[b]).sum() / np.maximum(fine.brain[a], squashed.brain[b]).sum()
     assert brain_overlap > 0.85
     assert np.corrcoef(fine.images[a].ravel(), squashed.images[b].ravel())[0, 1] > 0.9
+
+
+def test_lesion_kinds_are_counted_apart_and_survive_resampling(brats_case):
+    image, affine, seg = brats_case
+    lesions = np.zeros(image.shape, np.uint8)
+    lesions[20:24, 20:24, :] = 1  # a column of focus
+    lesions[40:46, 40:46, :] = 2  # and one of cavity
+    out = preprocess_volume(image, affine, PreprocessSpec(size=32), segmentation=seg, lesions=lesions)
+    assert set(out.lesion_kind_pixels) == {1, 2}
+    np.testing.assert_array_equal(out.lesion_kind_pixels[1] + out.lesion_kind_pixels[2], out.lesion_pixels)
+    assert (out.lesion_kind_pixels[1] == 16).all() and (out.lesion_kind_pixels[2] == 36).all()
+    resampled = preprocess_volume(image, affine, PreprocessSpec(size=32, spacing_mm=2.0), segmentation=seg, lesions=lesions)
+    assert set(resampled.lesion_kind_pixels) == {1, 2}  # nearest-neighbour: no kind blends into another
