@@ -167,6 +167,8 @@ class TrainParams(Section):
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0.0)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
     seed: int = 0
     augment: AugmentParams = AugmentParams()
 

@@ -101,6 +101,15 @@ def endless(batches: list[Slices], seed: int):
         yield from rng.sample(batches, len(batches))
 
 
+def layout(config: dict) -> torch.memory_format:
+    return torch.channels_last if config["channels_last"] else torch.contiguous_format
+
+
+def autocast(config: dict, device: torch.device):
+    """bf16 mixed precision when train.precision asks for it (a no-op context otherwise)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config["precision"] == "bf16")
+
+
 def train_loop(config: dict) -> None:
     """Runs on every Ray Train worker."""
     context = ray.train.get_context()
@@ -116,7 +125,7 @@ def train_loop(config: dict) -> None:
         with checkpoint.as_directory() as folder:
             state = torch.load(Path(folder) / STATE_FILE, map_location="cpu")
         detector.load_state_dict(state["model"])
-    detector.to(device)
+    detector.to(device, memory_format=layout(config))
     # Created after the move, so a restored optimizer state lands on the parameters' device.
     optimizers = detector.make_optimizers(config["learning_rate"])
     if state:
@@ -138,8 +147,11 @@ def train_loop(config: dict) -> None:
         started = time.perf_counter()
         for batch in batches:
             x = augment(batch["image"], batch["brain"], augmentation, config["background"], config["output_range"])
+            x = x.contiguous(memory_format=layout(config))
             slices = Slices(x, batch["brain"], next(unlabelled) if unlabelled else None)
-            for key, value in detector.train_step(slices, optimizers, average_gradients).items():
+            with autocast(config, device):
+                parts = detector.train_step(slices, optimizers, average_gradients)
+            for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + value * len(x)
             count += len(x)
         metrics = {f"train_{k}": v for k, v in _mean_across_workers(sums, count).items()} | {"epoch": epoch}
@@ -147,7 +159,8 @@ def train_loop(config: dict) -> None:
         if rank != 0:
             ray.train.report(metrics)
             continue
-        metrics |= validation_losses(detector, device)
+        with autocast(config, device):
+            metrics |= validation_losses(detector, device)
         _log_epoch(config, metrics, epoch)
         with tempfile.TemporaryDirectory() as folder:
             torch.save({"model": detector.state_dict(), "epoch": epoch,
@@ -205,6 +218,7 @@ def run(params: Params) -> dict:
         "epochs": train_params.epochs, "batch_size": train_params.batch_size,
         "learning_rate": train_params.learning_rate, "seed": train_params.seed,
         "threads": max(1, int(train_params.cpus_per_worker)),
+        "precision": train_params.precision, "channels_last": train_params.channels_last,
         "augment": train_params.augment.model_dump(), "background": spec.background, "output_range": spec.output_range,
         "tracking_uri": tracking.tracking_uri(params), "mlflow_run_id": run_id,
     }

@@ -1,6 +1,7 @@
 """Every registered detector through the one interface on tiny inputs, and the losses and
 scores of the dual-VAE, latent-constrained, IntroVAE and diffusion detectors by hand."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,6 +63,18 @@ def test_trains_scores_and_reloads_through_the_interface(name):
     again = tiny(name)
     again.load_state_dict(detector.state_dict())
     torch.testing.assert_close(again.eval().inspect(slices.image, slices.brain).scores, scores)
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_trains_in_bf16_autocast_with_channels_last(name):
+    """The GPU recipe (bf16 autocast, NHWC) runs on CPU too: same code, finite losses."""
+    torch.manual_seed(0)
+    detector, slices = tiny(name).to(memory_format=torch.channels_last), batch()
+    slices = slices._replace(image=slices.image.contiguous(memory_format=torch.channels_last))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        parts = detector.train_step(slices, detector.make_optimizers(1e-3))
+        scores = detector.eval().inspect(slices.image, slices.brain).scores
+    assert all(np.isfinite(v) for v in parts.values()) and torch.isfinite(scores.float()).all()
 
 
 def test_dual_vae_needs_its_unlabelled_slices_and_scores_by_latent_distance():

@@ -42,14 +42,20 @@ def test_two_worker_training_checkpoints_tracks_and_resumes(project):
     assert json.loads((project / "models" / "detector" / "detector.json").read_text())["ray_run_name"] == summary["ray_run_name"]
 
 
-@pytest.mark.parametrize("name, hyperparams, parts", [
-    ("dense_vae", {"base_channels": 8, "latent_size": 32, "downsamplings": 3}, {"train_kl", "val_l1", "val_kl"}),
-    ("anovaegan", {"base_channels": 8, "latent_channels": 8, "downsamplings": 3}, {"train_adversarial", "train_discriminator"}),
+@pytest.mark.parametrize("name, hyperparams, parts, extra", [
+    ("dense_vae", {"base_channels": 8, "latent_size": 32, "downsamplings": 3}, {"train_kl", "val_l1", "val_kl"}, {}),
+    ("anovaegan", {"base_channels": 8, "latent_channels": 8, "downsamplings": 3},
+     {"train_adversarial", "train_discriminator"}, {}),
+    ("dual_vae", {"base_channels": 8, "latent_size": 16, "downsamplings": 3, "latent_samples": 1},
+     {"train_mixed_loss", "val_l2"}, {"precision": "bf16", "channels_last": True}),
 ])
-def test_other_detectors_train_through_the_same_stage(project, name, hyperparams, parts):
-    """model.name is the only change: a dense VAE (its image size comes from the data) and a
-    two-network adversarial detector, both on 2 workers."""
-    params = load_params(write_params(project, model={"name": name, name: hyperparams}, train={"epochs": 1, "num_workers": 2}))
+def test_other_detectors_train_through_the_same_stage(project, name, hyperparams, parts, extra):
+    """model.name is the only change: a dense VAE (its image size comes from the data), a
+    two-network adversarial detector, and the dual VAE, whose second VAE learns from the
+    unlabelled tumour-cohort slices of a third dataset (in bf16 mixed precision, channels-last),
+    all on 2 workers."""
+    train_params = {"epochs": 1, "num_workers": 2, **extra}
+    params = load_params(write_params(project, model={"name": name, name: hyperparams}, train=train_params))
     summary = train.run(params)
     assert summary["model_name"] == name and parts <= set(summary["final_metrics"])
     assert summary.get("hyperparams", {}).get("image_size", 32) == 32
