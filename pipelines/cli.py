@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from pipelines.errors import StageError
 from pipelines.params import ParamsError, load_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -25,7 +26,7 @@ def _run_stage(module: str, params_path: Path, **options) -> None:
     try:
         params = load_params(params_path)
         summary = importlib.import_module(f"pipelines.{module}").run(params, **options)
-    except (ParamsError, FileNotFoundError, ValueError) as err:
+    except (ParamsError, StageError, FileNotFoundError, ValueError) as err:
         console.print(f"[bold red]brainomaly {module}: {err}")
         raise typer.Exit(1) from None
     console.print(f"[bold green]{module}[/] done in {time.perf_counter() - start:.1f} s")

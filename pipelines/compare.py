@@ -23,6 +23,7 @@ import yaml
 
 from components.reports.tables import markdown
 from pipelines import tracking
+from pipelines.errors import StageError
 from pipelines.evaluate import METRICS
 from pipelines.params import Params
 from pipelines.preprocess import PROCESSED_DIR
@@ -64,33 +65,45 @@ def run_stage(stage: str, folder: Path, params: Params) -> float:
     start = time.perf_counter()
     result = subprocess.run(command, cwd=params.root, env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"{stage} of {folder.name} failed:\n{(result.stdout + result.stderr)[-3000:]}")
+        said = [line for line in result.stderr.splitlines() if line.startswith(f"brainomaly {stage}:")]
+        raise StageError(f"{stage} of {folder.name} failed: {' '.join(said) or result.stderr[-3000:]}")
     return time.perf_counter() - start
 
 
 def run(params: Params) -> dict:
     if not params.path(PROCESSED_DIR / "index.parquet").is_file():
         raise FileNotFoundError("no processed data: run `brainomaly preprocess` (or `dvc repro validate`) first")
-    results = {}
+    results, failures = {}, {}
     for name in params.compare.detectors:
-        folder = workspace(params, name)
-        train_seconds = run_stage("train", folder, params)
-        run_stage("evaluate", folder, params)
-        trained = json.loads((folder / MODEL_DIR / "detector.json").read_text())
-        results[name] = {
-            **json.loads((folder / METRICS).read_text()),
-            "train_seconds": train_seconds,
-            "train_slices_per_s": trained["final_metrics"].get("train_slices_per_s"),
-            "epochs": trained["epochs_trained"],
-            "mlflow_run_id": trained["mlflow_run_id"],
-        }
-    table = markdown(results, params.evaluate.tumour_pixel_sizes)
-    for path, text in ((REPORT_JSON, json.dumps(results, indent=2)), (REPORT_MD, table)):
-        params.path(path).parent.mkdir(parents=True, exist_ok=True)
-        params.path(path).write_text(text)
-    _log_to_mlflow(params, results)
+        try:
+            results[name] = train_and_evaluate(params, name)
+        except StageError as err:  # one detector's failure must not cost the others' results
+            failures[name] = str(err)
+    if results:
+        table = markdown(results, params.evaluate.tumour_pixel_sizes)
+        for path, text in ((REPORT_JSON, json.dumps(results, indent=2)), (REPORT_MD, table)):
+            params.path(path).parent.mkdir(parents=True, exist_ok=True)
+            params.path(path).write_text(text)
+        _log_to_mlflow(params, results)
+    if failures:
+        raise StageError("; ".join(f"{name}: {error}" for name, error in failures.items()))
     return {name: {k: round(m[k], 4) for k in ("slice_auroc", "cv_auroc_mean_t20", "dice_mean") if k in m}
             for name, m in results.items()}
+
+
+def train_and_evaluate(params: Params, name: str) -> dict:
+    """One detector's evaluation metrics, training time and throughput, from its workspace."""
+    folder = workspace(params, name)
+    train_seconds = run_stage("train", folder, params)
+    run_stage("evaluate", folder, params)
+    trained = json.loads((folder / MODEL_DIR / "detector.json").read_text())
+    return {
+        **json.loads((folder / METRICS).read_text()),
+        "train_seconds": train_seconds,
+        "train_slices_per_s": trained["final_metrics"].get("train_slices_per_s"),
+        "epochs": trained["epochs_trained"],
+        "mlflow_run_id": trained["mlflow_run_id"],
+    }
 
 
 def _log_to_mlflow(params: Params, results: dict) -> None:

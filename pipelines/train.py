@@ -25,7 +25,7 @@ import torch
 
 import ray.train
 import ray.train.torch
-from ray.train import Checkpoint, DataConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, DataConfig, RunConfig, ScalingConfig, WorkerGroupError
 from ray.train.torch import TorchTrainer
 
 from components.data.augment import AugmentSpec, augment
@@ -234,9 +234,22 @@ def run(params: Params) -> dict:
             dataset_config=DataConfig(datasets_to_split=["train", "unlabelled"]),
             run_config=RunConfig(name=run_name, storage_path=str(params.path(RAY_RESULTS))),
         )
-        result = trainer.fit()
+        result = fit(trainer)
     client.set_terminated(run_id)
     return export_model(params, result.checkpoint, run_id, run_name, hyperparams, result.metrics or {})
+
+
+def fit(trainer: TorchTrainer):
+    """``trainer.fit()``, with a worker's ValueError (a problem with the params or the data that
+    only shows on the workers) raised as itself, its message on one line, not a worker traceback."""
+    try:
+        return trainer.fit()
+    except WorkerGroupError as err:
+        for failure in err.worker_failures.values():
+            cause = getattr(failure, "cause", None) or failure  # Ray wraps the worker's exception
+            if isinstance(cause, ValueError):
+                raise ValueError(str(cause.args[0]) if cause.args else str(cause)) from None
+        raise
 
 
 def training_datasets(data_root: Path, model_name: str) -> dict:

@@ -7,10 +7,11 @@ import torch
 from components.data.layouts import read_brats
 from components.data.nifti_io import load_volume
 from components.models.bundle import Calibration, DetectorBundle
-from components.models.registry import build_detector
+from components.models.registry import DETECTORS, build_detector, data_hyperparams
 from components.preprocess.spec import PreprocessSpec
 from components.preprocess.geometry import to_ras
 from serving.predictor import VolumePredictor
+from tests.components.test_detectors import TINY
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +72,18 @@ def test_a_papers_recipe_is_replayed_at_serving_time(phantom_roots, tmp_path, pr
     assert len(indices) == len(set(indices)) == result["slices_scored"] > 0  # one entry per input slice
     assert result["slices_scored"] + result["slices_skipped"] == image.shape[2]
     assert set(indices) <= set(range(image.shape[2])) and result["volume_score"] == max(s["score"] for s in result["slices"])
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_every_detector_serves_from_its_bundle(name, phantom_roots, tmp_path):
+    """What `register` logs and the endpoint loads: any detector, rebuilt from its bundle alone."""
+    hyperparams = {**TINY[name], **data_hyperparams(name, 16, (0.0, 1.0))}
+    bundle = DetectorBundle(
+        model_name=name, hyperparams=hyperparams, preprocess=PreprocessSpec(size=16),
+        calibration=Calibration(98.0, slice_threshold=0.1, volume_threshold=0.2, pixel_threshold=0.3, reference_scores=[0.1]),
+    )
+    folder = bundle.save(tmp_path, build_detector(name, **hyperparams).state_dict())
+    image, affine = load_volume(read_brats(phantom_roots[1])[0].image)
+    result = VolumePredictor.from_folder(folder).predict(image, affine)
+    assert result["model"]["detector"] == name and result["slices_scored"] > 0
+    assert all(np.isfinite(s["score"]) for s in result["slices"])

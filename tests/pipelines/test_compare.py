@@ -1,0 +1,46 @@
+"""`brainomaly compare` end to end on tiny data: real Ray Train runs, the real evaluate stage, a
+real MLflow store; a failing detector is reported without losing the others' results."""
+
+import json
+import shutil
+
+import pytest
+
+from pipelines import compare, tracking
+from pipelines.errors import StageError
+from pipelines.params import load_params
+from tests.conftest import write_params
+
+pytestmark = pytest.mark.slow
+
+
+def test_comparison_report_and_nested_runs(processed_project, tmp_path):
+    shutil.copytree(processed_project / "data", tmp_path / "data")
+    tiny = {"base_channels": 8, "downsamplings": 3}
+    settings = {
+        "detectors": ["spatial_ae", "latent_constrained", "dual_vae"],
+        "overrides": {
+            "spatial_ae": {"model": {**tiny, "latent_channels": 8}, "train": {"epochs": 2}},
+            "latent_constrained": {"model": {**tiny, "latent_size": 16}, "train": {"epochs": 2}},
+            # more unlabelled slices per batch than a worker holds: this one must fail, alone
+            "dual_vae": {"model": {**tiny, "latent_size": 16}, "train": {"epochs": 1, "batch_size": 4096}},
+        },
+    }
+    params = load_params(write_params(tmp_path, compare=settings))
+    with pytest.raises(StageError, match=r"(?s)dual_vae.*a worker got fewer than one batch \(2048\) of unlabelled"):
+        compare.run(params)
+
+    results = json.loads((tmp_path / "reports" / "comparison.json").read_text())
+    assert set(results) == {"spatial_ae", "latent_constrained"}
+    assert "image_residual" in results["latent_constrained"]["alternative_scores"]
+    assert results["spatial_ae"]["epochs"] == 2 and results["spatial_ae"]["train_slices_per_s"] > 0
+    table = (tmp_path / "reports" / "comparison.md").read_text()
+    assert "latent_constrained (image_residual)" in table
+    assert "Dice" in table and "ROC-AUC" in table
+
+    client = tracking.client(params)
+    parent = client.search_runs([tracking.experiment_id(params)], filter_string="tags.`brainomaly.comparison` = '1'")[0]
+    for name in ("spatial_ae", "latent_constrained"):
+        child = client.get_run(results[name]["mlflow_run_id"])
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.data.params["model.name"] == name
