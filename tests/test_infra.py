@@ -1,0 +1,61 @@
+"""The cluster configurations cannot be launched here; these checks keep them valid: the Ray
+cluster launcher's own schema, and the shape and versions of the KubeRay manifests."""
+
+import re
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+INFRA = Path(__file__).resolve().parents[1] / "infra"
+
+
+def load_all(path: Path) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def test_cluster_launcher_config_passes_rays_schema():
+    config = yaml.safe_load((INFRA / "ray" / "cluster.yaml").read_text())
+    validate_config(prepare_config(config))
+    assert config["available_node_types"]["gpu_worker"]["resources"]["GPU"] >= 1
+    assert any("torch==2.13.0" in c for c in config["setup_commands"])  # torch first, as `make install`
+
+
+def test_a_broken_cluster_config_is_rejected():
+    config = yaml.safe_load((INFRA / "ray" / "cluster.yaml").read_text())
+    config["available_node_types"]["head"]["node_confg"] = config["available_node_types"]["head"].pop("node_config")
+    with pytest.raises(Exception, match="node_config"):
+        validate_config(prepare_config(config))
+
+
+def ray_clusters() -> list[tuple[str, dict]]:
+    """(file, RayCluster spec) of every manifest: the RayCluster and the RayJob's cluster."""
+    specs = []
+    for path in sorted((INFRA / "kuberay").glob("*.yaml")):
+        for doc in load_all(path):
+            assert doc["apiVersion"] in ("ray.io/v1", "v1"), f"{path.name}: {doc['apiVersion']}"
+            if doc["kind"] == "RayCluster":
+                specs.append((path.name, doc["spec"]))
+            elif doc["kind"] == "RayJob":
+                assert "brainomaly tune" in doc["spec"]["entrypoint"]
+                specs.append((path.name, doc["spec"]["rayClusterSpec"]))
+    return specs
+
+
+@pytest.mark.parametrize("name, spec", ray_clusters())
+def test_kuberay_clusters_match_the_installed_ray_and_request_gpus(name, spec):
+    assert spec["rayVersion"] == ray.__version__, f"{name}: rayVersion {spec['rayVersion']} vs ray {ray.__version__}"
+    head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+    workers = [g["template"]["spec"]["containers"][0] for g in spec["workerGroupSpecs"]]
+    assert all(w["image"] == head["image"] for w in workers), f"{name}: one image for head and workers"
+    for group, container in zip(spec["workerGroupSpecs"], workers):
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+
+
+def test_the_image_is_built_on_the_installed_ray():
+    dockerfile = (INFRA / "docker" / "Dockerfile").read_text()
+    assert re.search(rf"FROM rayproject/ray:{re.escape(ray.__version__)}-py311", dockerfile)
+    assert "torch==2.13.0" in dockerfile
