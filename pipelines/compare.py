@@ -2,24 +2,17 @@
 write one comparison table, shaped like the papers' tables.
 
 Each detector of ``compare.detectors`` runs the ordinary `train` and `evaluate` stages (Ray
-Train, MLflow, the full protocol) in its own workspace, artifacts/compare/<name>/, whose
-params.yaml is this one with ``model.name`` set and ``compare.overrides.<name>`` merged in (the
-processed data are linked, not copied). Results: reports/comparison.json (DVC metrics: every
+Train, MLflow, the full protocol) in its own workspace (pipelines/workspace.py),
+artifacts/compare/<name>/, whose params.yaml is this one with ``model.name`` set and
+``compare.overrides.<name>`` merged in (the processed data are linked, not copied). Results: reports/comparison.json (DVC metrics: every
 detector's metrics) and reports/comparison.md, and an MLflow run "comparison" holding both, with
 every detector's training run nested under it.
 """
 
 from __future__ import annotations
 
-import copy
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
-
-import yaml
 
 from components.reports.tables import markdown
 from pipelines import tracking
@@ -28,46 +21,18 @@ from pipelines.evaluate import METRICS
 from pipelines.params import Params
 from pipelines.preprocess import PROCESSED_DIR
 from pipelines.train import MODEL_DIR
+from pipelines.workspace import create, run_stage
 
 WORKSPACES = Path("artifacts/compare")
 REPORT_JSON = Path("reports/comparison.json")
 REPORT_MD = Path("reports/comparison.md")
 
 
-def merged(base: dict, changes: dict) -> dict:
-    """``base`` with ``changes`` merged in, nested mappings key by key."""
-    result = copy.deepcopy(base)
-    for key, value in changes.items():
-        result[key] = merged(result.get(key) or {}, value) if isinstance(value, dict) else value
-    return result
-
-
 def workspace(params: Params, name: str) -> Path:
-    """artifacts/compare/<name>/ with its params.yaml and a link to the processed data."""
-    folder = params.path(WORKSPACES / name)
-    (folder / PROCESSED_DIR).parent.mkdir(parents=True, exist_ok=True)
-    raw = yaml.safe_load(params.path(params.source).read_text())
+    """artifacts/compare/<name>/: this project with model.name set and the overrides merged in."""
     overrides = params.compare.overrides.get(name, {})
-    variant = merged(raw, {"model": {"name": name, name: overrides.get("model", {})}, "train": overrides.get("train", {})})
-    for key in ("healthy_root", "tumour_root"):  # absolute, so they resolve from the workspace too
-        variant["data"][key] = str(params.path(variant["data"][key]))
-    (folder / "params.yaml").write_text(yaml.safe_dump(variant, sort_keys=False))
-    link = folder / PROCESSED_DIR
-    if not link.exists():
-        link.symlink_to(params.path(PROCESSED_DIR), target_is_directory=True)
-    return folder
-
-
-def run_stage(stage: str, folder: Path, params: Params) -> float:
-    """Run one stage in a workspace, in a fresh process, against this project's MLflow store."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(params)}
-    command = [sys.executable, "-m", "pipelines.cli", stage, "--params", str(folder / "params.yaml")]
-    start = time.perf_counter()
-    result = subprocess.run(command, cwd=params.root, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        said = [line for line in result.stderr.splitlines() if line.startswith(f"brainomaly {stage}:")]
-        raise StageError(f"{stage} of {folder.name} failed: {' '.join(said) or result.stderr[-3000:]}")
-    return time.perf_counter() - start
+    changes = {"model": {"name": name, name: overrides.get("model", {})}, "train": overrides.get("train", {})}
+    return create(params, WORKSPACES / name, changes)
 
 
 def run(params: Params) -> dict:
