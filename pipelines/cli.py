@@ -17,14 +17,15 @@ from pipelines.params import ParamsError, load_params
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(stderr=True, soft_wrap=True)
 PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", "-p", help="params file (paths inside are relative to it)")
+SET_OPTION = typer.Option([], "--set", "-S", help="change a param for this run: section.key=value (repeatable)")
 
 
-def _run_stage(module: str, params_path: Path, **options) -> None:
+def _run_stage(module: str, params_path: Path, overrides: list[str] = (), **options) -> None:
     """Load params, run ``pipelines.<module>.run`` and print what it did; user errors exit 1 with one line."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
     try:
-        params = load_params(params_path)
+        params = load_params(params_path, overrides)
         summary = importlib.import_module(f"pipelines.{module}").run(params, **options)
     except (ParamsError, StageError, FileNotFoundError, ValueError) as err:
         console.print(f"[bold red]brainomaly {module}: {err}")
@@ -52,9 +53,9 @@ def validate(params: Path = PARAMS_OPTION) -> None:
 
 
 @app.command()
-def train(params: Path = PARAMS_OPTION) -> None:
+def train(params: Path = PARAMS_OPTION, overrides: list[str] = SET_OPTION) -> None:
     """Train the detector on healthy slices with Ray Train (DDP), tracked in MLflow."""
-    _run_stage("train", params)
+    _run_stage("train", params, overrides)
 
 
 @app.command()
@@ -70,9 +71,15 @@ def register(params: Path = PARAMS_OPTION) -> None:
 
 
 @app.command()
-def compare(params: Path = PARAMS_OPTION) -> None:
+def compare(params: Path = PARAMS_OPTION, overrides: list[str] = SET_OPTION) -> None:
     """Train and evaluate every detector of compare.detectors; write the comparison tables."""
-    _run_stage("compare", params)
+    _run_stage("compare", params, overrides)
+
+
+@app.command()
+def tune(params: Path = PARAMS_OPTION, overrides: list[str] = SET_OPTION) -> None:
+    """Ray Tune sweep over the detector's loss weights and latent sizes; registers the best if it wins."""
+    _run_stage("tune", params, overrides)
 
 
 @app.command()

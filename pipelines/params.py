@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Literal
 
@@ -169,6 +170,9 @@ class TrainParams(Section):
     cpus_per_worker: float = Field(1.0, gt=0.0)
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
+    storage_path: str = "artifacts/ray_results"  # checkpoints: a folder, or s3://, gs://, an NFS mount
+    max_failures: int = Field(2, ge=0)  # a run survives this many worker failures (resumes from its checkpoint)
+    validation_auroc: bool = False  # also score the tumour cohort's val slices each epoch (val_slice_auroc)
     seed: int = 0
     augment: AugmentParams = AugmentParams()
 
@@ -226,6 +230,50 @@ class OneClassParams(Section):
         return self
 
 
+SAMPLERS = ("loguniform", "uniform", "choice", "randint")
+TRAIN_KEYS = ("learning_rate", "batch_size")  # searchable settings of train, beside the model's
+
+
+class TuneParams(Section):
+    """`brainomaly tune`: a Ray Tune sweep over the chosen detector's loss weights and latent
+    sizes (``space.<detector>``), each trial a Ray Train run of the ordinary training loop."""
+
+    metric: str = "val_slice_auroc"
+    mode: Literal["min", "max"] = "max"
+    num_samples: int = Field(4, ge=1)
+    max_concurrent_trials: int = Field(2, ge=1)  # further bounded by the cluster's CPUs/GPUs
+    workers_per_trial: int = Field(1, ge=1)
+    epochs: int = Field(6, ge=1)  # per trial; ASHA's max_t
+    grace_period: int = Field(2, ge=1)  # ASHA: epochs before a trial may be stopped
+    reduction_factor: int = Field(2, ge=2)
+    scheduler: Literal["asha", "none"] = "asha"
+    search: Literal["optuna", "random"] = "optuna"
+    seed: int = 0
+    storage_path: str = "artifacts/tune"  # a folder, or s3://, gs://, an NFS mount: shared by all nodes
+    max_failures: int = Field(1, ge=0)  # retries of a failed trial
+    space: dict[str, dict[str, dict[str, list]]] = {}
+
+    @model_validator(mode="after")
+    def _check(self) -> "TuneParams":
+        if self.grace_period > self.epochs:
+            raise ValueError(f"tune.grace_period ({self.grace_period}) must be <= tune.epochs ({self.epochs})")
+        for detector, space in self.space.items():
+            allowed = accepted_hyperparams(detector) | set(TRAIN_KEYS)
+            for key, sampler in space.items():
+                if key not in allowed:
+                    raise ValueError(f"tune.space.{detector}.{key}: not a hyper-parameter of {detector} nor one of "
+                                     f"train's {list(TRAIN_KEYS)}")
+                if len(sampler) != 1 or next(iter(sampler)) not in SAMPLERS:
+                    raise ValueError(f"tune.space.{detector}.{key}: one of {list(SAMPLERS)} with its values, "
+                                     f"e.g. {{loguniform: [0.001, 0.1]}}")
+                kind, values = next(iter(sampler.items()))
+                if kind != "choice" and (len(values) != 2 or not values[0] < values[1]):
+                    raise ValueError(f"tune.space.{detector}.{key}: {kind} needs [low, high] with low < high")
+                if kind == "loguniform" and values[0] <= 0:
+                    raise ValueError(f"tune.space.{detector}.{key}: loguniform needs a positive low bound")
+        return self
+
+
 class RegisterParams(Section):
     model_name: str = Field("brainomaly-detector", min_length=1)
     alias: str = Field("champion", min_length=1)
@@ -243,6 +291,7 @@ class Params(Section):
 
     root: Path
     source: str = "params.yaml"  # the params file's name, in root
+    overrides: tuple[str, ...] = ()  # --set section.key=value changes applied over the file
     data: DataParams
     phantoms: PhantomParams = PhantomParams()
     preprocess: PreprocessParams = PreprocessParams()
@@ -253,6 +302,7 @@ class Params(Section):
     registry: RegisterParams = Field(RegisterParams(), alias="register")
     compare: CompareParams = CompareParams()
     oneclass: OneClassParams = OneClassParams()
+    tune: TuneParams = TuneParams()
     serve: ServeParams = ServeParams()
 
     @model_validator(mode="after")
@@ -268,8 +318,33 @@ class Params(Section):
         """A path of the project, absolute, resolved against the params file's folder."""
         return (self.root / relative).resolve()
 
+    def storage(self, location: str) -> str:
+        """A storage location: a URI (s3://, gs://, ...) as given, a folder resolved like a path."""
+        return location if "://" in location else str(self.path(location))
 
-def load_params(path: str | Path = "params.yaml") -> Params:
+
+def with_overrides(raw: dict, overrides: tuple[str, ...] | list[str]) -> dict:
+    """``raw`` with each ``section.key=value`` applied (the value read as YAML), like
+    `dvc exp run -S`: a one-off change without editing the file."""
+    raw = copy.deepcopy(raw)
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or not key.strip():
+            raise ParamsError(f"--set {override!r}: expected section.key=value")
+        *parents, leaf = key.strip().split(".")
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ParamsError(f"--set {override!r}: {part} is not a section")
+        try:
+            node[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ParamsError(f"--set {override!r}: the value is not valid YAML ({err})") from None
+    return raw
+
+
+def load_params(path: str | Path = "params.yaml", overrides: tuple[str, ...] | list[str] = ()) -> Params:
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"params file not found: {path.resolve()}")
@@ -280,7 +355,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at the top level")
     try:
-        return Params(root=path.resolve().parent, source=path.name, **raw)
+        return Params(root=path.resolve().parent, source=path.name, overrides=tuple(overrides),
+                      **with_overrides(raw, overrides))
     except (ValidationError, ValueError) as err:
         raise ParamsError(f"{path}: {_describe(err)}") from err
 

@@ -18,14 +18,15 @@ from components.data.slice_store import read_index
 
 
 def decode_shards(batch: dict) -> dict:
-    """Rows of shard files (``bytes``) -> rows of slices: ``image`` (1, S, S) float32 and
-    ``brain`` (1, S, S) bool."""
-    images, brains = [], []
+    """Rows of shard files (``bytes``) -> rows of slices: ``image`` (1, S, S) float32,
+    ``brain`` (1, S, S) bool and ``abnormal`` (whether the slice shows tumour)."""
+    images, brains, abnormal = [], [], []
     for payload in batch["bytes"]:
         with np.load(io.BytesIO(payload)) as archive:
             images.append(archive["images"])
             brains.append(archive["brain"])
-    return {"image": np.concatenate(images), "brain": np.concatenate(brains)}
+            abnormal.append(archive["tumour"].reshape(len(archive["tumour"]), -1).any(axis=1))
+    return {"image": np.concatenate(images), "brain": np.concatenate(brains), "abnormal": np.concatenate(abnormal)}
 
 
 def slice_dataset(root: Path, cohort: str, split: str) -> ray.data.Dataset:

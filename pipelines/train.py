@@ -5,9 +5,13 @@ each epoch, so a worker on another node needs no copy of the processed data. Wha
 networks, a detector trains through its own ``train_step``; data parallelism averages the
 gradients of every network across workers before each optimizer step. A detector that learns
 from unlabelled tumour-cohort slices too (the dual VAE) gets them from a third dataset, cycled
-alongside the healthy batches. Each epoch every worker reports its losses and rank 0 a checkpoint; a rerun with the same
-params and data finds the run in ``artifacts/ray_results`` and resumes from its latest
-checkpoint (and appends to the same MLflow run). Set ``RAY_ADDRESS`` to train on a cluster.
+alongside the healthy batches.
+
+Each epoch every worker reports its losses and rank 0 a checkpoint; a rerun with the same
+params and data finds the run in ``train.storage_path`` (artifacts/ray_results, or S3/GCS/NFS
+on a cluster) and resumes from its latest checkpoint (and appends to the same MLflow run); a
+killed worker costs a restart from the latest checkpoint, up to ``train.max_failures`` times.
+Set ``RAY_ADDRESS`` to train on a cluster. `tune` runs the same loop through ``make_trainer``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import torch
 
 import ray.train
 import ray.train.torch
-from ray.train import Checkpoint, DataConfig, RunConfig, ScalingConfig, WorkerGroupError
+from ray.train import Checkpoint, DataConfig, FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
 from ray.train.torch import TorchTrainer
 
 from components.data.augment import AugmentSpec, augment
@@ -41,7 +45,6 @@ from pipelines.slice_datasets import slice_dataset
 
 log = logging.getLogger(__name__)
 MODEL_DIR = Path("models/detector")
-RAY_RESULTS = Path("artifacts/ray_results")
 STATE_FILE = "state.pt"
 SHUFFLE_BATCHES = 8  # each worker shuffles within a buffer of this many batches (block order is random too)
 
@@ -81,6 +84,23 @@ def validation_losses(detector, device: torch.device) -> dict[str, float]:
             sums[key] = sums.get(key, 0.0) + value * len(batch["image"])
         count += len(batch["image"])
     return {f"val_{k}": v / max(count, 1) for k, v in sums.items()}
+
+
+@torch.no_grad()
+def validation_auroc(detector, device: torch.device) -> dict[str, float]:
+    """Slice AUROC over the tumour cohort's val slices (abnormal: tumour in the slice), the
+    comparable signal a sweep selects on; empty when one class is missing."""
+    from sklearn.metrics import roc_auc_score
+
+    detector.eval()
+    scores, labels = [], []
+    for batch in ray.train.get_dataset_shard("tumour_val").iter_torch_batches(batch_size=64, device=device):
+        scores.append(detector.inspect(batch["image"], batch["brain"]).scores.float().cpu())
+        labels.append(batch["abnormal"].cpu())
+    labels = torch.cat(labels).numpy() if labels else []
+    if len(set(labels)) < 2:
+        return {}
+    return {"val_slice_auroc": float(roc_auc_score(labels, torch.cat(scores).numpy()))}
 
 
 def unlabelled_batches(batch_size: int, device: torch.device) -> list[Slices]:
@@ -161,6 +181,8 @@ def train_loop(config: dict) -> None:
             continue
         with autocast(config, device):
             metrics |= validation_losses(detector, device)
+            if config["validation_auroc"]:
+                metrics |= validation_auroc(detector, device)
         _log_epoch(config, metrics, epoch)
         with tempfile.TemporaryDirectory() as folder:
             torch.save({"model": detector.state_dict(), "epoch": epoch,
@@ -169,6 +191,9 @@ def train_loop(config: dict) -> None:
 
 
 def _log_epoch(config: dict, metrics: dict, epoch: int) -> None:
+    """The epoch's metrics on the run's MLflow run (none for an untracked run, e.g. a benchmark)."""
+    if config.get("mlflow_run_id") is None:
+        return
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
@@ -194,49 +219,67 @@ def data_fingerprint(root: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def run(params: Params) -> dict:
+def training_config(params: Params, model_changes: dict | None = None, train_changes: dict | None = None) -> dict:
+    """What a training run of ``params`` (with changes to the detector's hyper-parameters or to
+    train's settings) needs: the loop's config, without tracking. Fails fast on a bad param."""
     data_root = params.path(PROCESSED_DIR)
     read_index(data_root)  # a clear message when `preprocess` has not run
-    model_params, train_params = params.model, params.train
+    name, settings = params.model.name, params.train.model_copy(update=train_changes or {})
     spec = PreprocessSpec.from_json(data_root / "preprocess_spec.json")
-    hyperparams = {**model_params.hyperparams(), **data_hyperparams(model_params.name, spec.size, spec.output_range)}
-    build_detector(model_params.name, **hyperparams)  # fail fast on a bad model param
-    fingerprint = data_fingerprint(data_root)
-    config_hash = hashlib.sha256(
-        json.dumps([model_params.name, hyperparams, train_params.model_dump(), fingerprint], sort_keys=True).encode()
-    ).hexdigest()[:10]
-    run_name = f"{model_params.name}-{config_hash}"
+    hyperparams = {**params.model.hyperparams(), **(model_changes or {}),
+                   **data_hyperparams(name, spec.size, spec.output_range)}
+    build_detector(name, **hyperparams)
+    return {
+        "data_root": str(data_root), "model_name": name, "hyperparams": hyperparams, "train": settings.model_dump(),
+        "fingerprint": data_fingerprint(data_root),
+        "epochs": settings.epochs, "batch_size": settings.batch_size, "learning_rate": settings.learning_rate,
+        "seed": settings.seed, "threads": max(1, int(settings.cpus_per_worker)),
+        "precision": settings.precision, "channels_last": settings.channels_last,
+        "validation_auroc": settings.validation_auroc,
+        "augment": settings.augment.model_dump(), "background": spec.background, "output_range": spec.output_range,
+    }
 
-    run_id = tracking.training_run(params, run_name)
-    client = tracking.client(params)
-    for key, value in {"model.name": model_params.name, **flatten("model", hyperparams), **flatten("train", train_params.model_dump()),
-                       "data.fingerprint": fingerprint}.items():
+
+def run_name(config: dict) -> str:
+    """<detector>-<hash of detector, hyper-parameters, train settings and data>: equal inputs, equal name."""
+    key = [config["model_name"], config["hyperparams"], config["train"], config["fingerprint"]]
+    return f"{config['model_name']}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]}"
+
+
+def log_params(client, run_id: str, config: dict) -> None:
+    values = {"model.name": config["model_name"], **flatten("model", config["hyperparams"]),
+              **flatten("train", config["train"]), "data.fingerprint": config["fingerprint"]}
+    for key, value in values.items():
         client.log_param(run_id, key, value)
 
-    config = {
-        "data_root": str(data_root), "model_name": model_params.name, "hyperparams": hyperparams,
-        "epochs": train_params.epochs, "batch_size": train_params.batch_size,
-        "learning_rate": train_params.learning_rate, "seed": train_params.seed,
-        "threads": max(1, int(train_params.cpus_per_worker)),
-        "precision": train_params.precision, "channels_last": train_params.channels_last,
-        "augment": train_params.augment.model_dump(), "background": spec.background, "output_range": spec.output_range,
-        "tracking_uri": tracking.tracking_uri(params), "mlflow_run_id": run_id,
-    }
+
+def make_trainer(config: dict, name: str, storage_path: str, datasets: dict | None = None, callbacks=()) -> TorchTrainer:
+    """The Ray Train run of ``config``: workers as train's settings say, checkpoints in
+    ``storage_path``/``name``, surviving train.max_failures worker failures."""
+    settings = config["train"]
+    return TorchTrainer(
+        train_loop,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=settings["num_workers"], use_gpu=settings["use_gpu"],
+                                     resources_per_worker={"CPU": settings["cpus_per_worker"]}),
+        datasets=datasets or training_datasets(Path(config["data_root"]), config["model_name"], config["validation_auroc"]),
+        dataset_config=DataConfig(datasets_to_split=["train", "unlabelled"]),
+        run_config=RunConfig(name=name, storage_path=storage_path, callbacks=list(callbacks),
+                             failure_config=FailureConfig(max_failures=settings["max_failures"])),
+    )
+
+
+def run(params: Params) -> dict:
+    config = training_config(params)
+    name = run_name(config)
+    run_id = tracking.training_run(params, name)
+    client = tracking.client(params)
+    log_params(client, run_id, config)
+    config |= {"tracking_uri": tracking.tracking_uri(params), "mlflow_run_id": run_id}
     with ray_session():
-        trainer = TorchTrainer(
-            train_loop,
-            train_loop_config=config,
-            scaling_config=ScalingConfig(
-                num_workers=train_params.num_workers, use_gpu=train_params.use_gpu,
-                resources_per_worker={"CPU": train_params.cpus_per_worker},
-            ),
-            datasets=training_datasets(data_root, model_params.name),
-            dataset_config=DataConfig(datasets_to_split=["train", "unlabelled"]),
-            run_config=RunConfig(name=run_name, storage_path=str(params.path(RAY_RESULTS))),
-        )
-        result = fit(trainer)
+        result = fit(make_trainer(config, name, params.storage(params.train.storage_path)))
     client.set_terminated(run_id)
-    return export_model(params, result.checkpoint, run_id, run_name, hyperparams, result.metrics or {})
+    return export_model(params, result.checkpoint, run_id, name, config["hyperparams"], result.metrics or {})
 
 
 def fit(trainer: TorchTrainer):
@@ -252,15 +295,17 @@ def fit(trainer: TorchTrainer):
         raise
 
 
-def training_datasets(data_root: Path, model_name: str) -> dict:
-    """Healthy train and val slices, and the tumour cohort's training split for a detector that
-    learns from unlabelled scans too."""
+def training_datasets(data_root: Path, model_name: str, validation_auroc: bool = False) -> dict:
+    """Healthy train and val slices; the tumour cohort's training split for a detector that
+    learns from unlabelled scans too, and its val split when the AUROC is tracked."""
     datasets = {
         "train": slice_dataset(data_root, "healthy", "train").randomize_block_order(),
         "val": slice_dataset(data_root, "healthy", "val"),
     }
     if DETECTORS[model_name].uses_unlabelled:
         datasets["unlabelled"] = slice_dataset(data_root, "tumour", "train")
+    if validation_auroc:
+        datasets["tumour_val"] = slice_dataset(data_root, "tumour", "val")
     return datasets
 
 

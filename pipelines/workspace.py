@@ -17,7 +17,7 @@ import yaml
 
 from pipelines import tracking
 from pipelines.errors import StageError
-from pipelines.params import Params
+from pipelines.params import Params, with_overrides
 from pipelines.preprocess import PROCESSED_DIR
 
 LINKED = (PROCESSED_DIR, Path("dvc.lock"))  # dvc.lock: the data version `register` records
@@ -35,7 +35,8 @@ def create(params: Params, folder: Path, changes: dict) -> Path:
     """``folder`` with a params.yaml (the project's with ``changes`` merged in) and the links."""
     folder = params.path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    variant = merged(yaml.safe_load(params.path(params.source).read_text()), changes)
+    project = with_overrides(yaml.safe_load(params.path(params.source).read_text()), params.overrides)
+    variant = merged(project, changes)
     for key in ("healthy_root", "tumour_root"):  # absolute, so they resolve from the workspace too
         variant["data"][key] = str(params.path(variant["data"][key]))
     (folder / "params.yaml").write_text(yaml.safe_dump(variant, sort_keys=False))

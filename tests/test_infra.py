@@ -59,3 +59,12 @@ def test_the_image_is_built_on_the_installed_ray():
     dockerfile = (INFRA / "docker" / "Dockerfile").read_text()
     assert re.search(rf"FROM rayproject/ray:{re.escape(ray.__version__)}-py311", dockerfile)
     assert "torch==2.13.0" in dockerfile
+
+
+def test_the_rayjob_overrides_are_valid_params():
+    from pipelines.params import load_params
+
+    [job] = [d for d in load_all(INFRA / "kuberay" / "rayjob.yaml") if d["kind"] == "RayJob"]
+    overrides = re.findall(r"--set (\S+)", job["spec"]["entrypoint"])
+    params = load_params(INFRA.parent / "params.yaml", overrides)
+    assert overrides and params.train.use_gpu and params.tune.storage_path.startswith("s3://")
