@@ -71,9 +71,13 @@ def register(params: Path = PARAMS_OPTION) -> None:
 
 
 @app.command()
-def compare(params: Path = PARAMS_OPTION, overrides: list[str] = SET_OPTION) -> None:
+def compare(
+    params: Path = PARAMS_OPTION,
+    overrides: list[str] = SET_OPTION,
+    only: list[str] = typer.Option([], "--only", help="rerun this detector alone, keeping the others' rows (repeatable)"),
+) -> None:
     """Train and evaluate every detector of compare.detectors; write the comparison tables."""
-    _run_stage("compare", params, overrides)
+    _run_stage("compare", params, overrides, only=only or None)
 
 
 @app.command()

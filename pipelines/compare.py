@@ -6,7 +6,8 @@ Train, MLflow, the full protocol) in its own workspace (pipelines/workspace.py),
 artifacts/compare/<name>/, whose params.yaml is this one with ``model.name`` set and
 ``compare.overrides.<name>`` merged in (the processed data are linked, not copied). Results: reports/comparison.json (DVC metrics: every
 detector's metrics) and reports/comparison.md, and an MLflow run "comparison" holding both, with
-every detector's training run nested under it.
+every detector's training run nested under it. ``only`` reruns some detectors and keeps the
+other rows of the existing reports/comparison.json.
 """
 
 from __future__ import annotations
@@ -35,16 +36,20 @@ def workspace(params: Params, name: str) -> Path:
     return create(params, WORKSPACES / name, changes)
 
 
-def run(params: Params) -> dict:
+def run(params: Params, only: list[str] | None = None) -> dict:
     if not params.path(PROCESSED_DIR / "index.parquet").is_file():
         raise FileNotFoundError("no processed data: run `brainomaly preprocess` (or `dvc repro validate`) first")
-    results, failures = {}, {}
-    for name in params.compare.detectors:
+    unknown = sorted(set(only or ()) - set(params.compare.detectors))
+    if unknown:
+        raise ValueError(f"--only {', '.join(unknown)}: not in compare.detectors {params.compare.detectors}")
+    results, failures = kept_results(params, only), {}
+    for name in only or params.compare.detectors:
         try:
             results[name] = train_and_evaluate(params, name)
         except StageError as err:  # one detector's failure must not cost the others' results
             failures[name] = str(err)
     if results:
+        results = {name: results[name] for name in params.compare.detectors if name in results}
         table = markdown(results, params.evaluate.tumour_pixel_sizes)
         for path, text in ((REPORT_JSON, json.dumps(results, indent=2)), (REPORT_MD, table)):
             params.path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -54,6 +59,13 @@ def run(params: Params) -> dict:
         raise StageError("; ".join(f"{name}: {error}" for name, error in failures.items()))
     return {name: {k: round(m[k], 4) for k in ("slice_auroc", "cv_auroc_mean_t20", "dice_mean") if k in m}
             for name, m in results.items()}
+
+
+def kept_results(params: Params, only: list[str] | None) -> dict:
+    """The existing report's rows of the detectors not rerun, in compare.detectors' order."""
+    report = params.path(REPORT_JSON)
+    previous = json.loads(report.read_text()) if only and report.is_file() else {}
+    return {name: previous[name] for name in params.compare.detectors if name in previous and name not in only}
 
 
 def train_and_evaluate(params: Params, name: str) -> dict:

@@ -9,7 +9,7 @@ from components.models.detector import Slices
 from components.models.dual_vae import grey_squares, input_l2, masked_elbo, overlay
 from components.models.introvae import patch_grid, ssim_map, triplet_patches, zscore_in_brain
 from components.models.latent_constrained import low_rank_penalty
-from components.models.diffusion import patch_masks
+from components.models.diffusion import multiscale_noise, patch_masks
 from components.models.registry import DETECTORS, build_detector, data_hyperparams
 
 SIZE = 16
@@ -173,3 +173,14 @@ def test_diffusion_patches_tile_the_slice_and_a_small_noise_level_keeps_the_slic
     detector.noise_level = 1  # alpha_bar ~ 1: almost no noise, so the estimate is the input
     x = batch().image
     assert (detector.reconstruct(x) - x).abs().max() < 0.05
+
+
+def test_multiscale_noise_has_unit_variance_and_more_coarse_energy_than_white_noise():
+    generator = torch.Generator().manual_seed(0)
+    noise = multiscale_noise((64, 1, 32, 32), generator)
+    assert noise.flatten(1).std(1).sub(1).abs().max() < 1e-4
+    white = torch.randn(64, 1, 32, 32, generator=generator)
+    coarse_energy = [torch.nn.functional.avg_pool2d(n, 8).var().item() for n in (noise, white)]  # left at 1/8 resolution
+    assert coarse_energy[0] > 5 * coarse_energy[1]
+    with pytest.raises(ValueError, match="noise must be"):
+        build_detector("diffusion", noise="pink")
