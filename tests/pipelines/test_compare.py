@@ -44,3 +44,12 @@ def test_comparison_report_and_nested_runs(processed_project, tmp_path):
         child = client.get_run(results[name]["mlflow_run_id"])
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.data.params["model.name"] == name
+
+    # --only: one detector rerun, the other row kept as it was, the order of compare.detectors
+    with pytest.raises(ValueError, match="--only nope: not in compare.detectors"):
+        compare.run(params, only=["nope"])
+    compare.run(params, only=["spatial_ae"])
+    rerun = json.loads((tmp_path / "reports" / "comparison.json").read_text())
+    assert list(rerun) == ["spatial_ae", "latent_constrained"]
+    assert rerun["latent_constrained"] == results["latent_constrained"]
+    assert rerun["spatial_ae"]["mlflow_run_id"] != results["spatial_ae"]["mlflow_run_id"]
