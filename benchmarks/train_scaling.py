@@ -4,8 +4,9 @@
 
 The same detector (params.yaml's model), data (data/processed: run `make run` first) and epochs,
 side by side in one run: a plain PyTorch loop in this process (batches from the processed slices,
-the same augmentation and train_step), then the `train` stage's Ray Train run with 1 worker and
-with 2. Reported: training throughput in slices per second over the epochs after the first
+the same augmentation and train_step, every core's threads), then the `train` stage's Ray Train
+run with 1 worker and with 2, the cores split between the workers (a worker's torch threads are
+its CPUs), so each run has the whole machine and the overhead is Ray's alone. Reported: training throughput in slices per second over the epochs after the first
 (the steady state: Ray Train's per-epoch number, the plain loop timed the same way), and the
 wall time of the whole run including start-up. On a GPU machine use --gpu (one GPU per worker).
 """
@@ -60,7 +61,9 @@ def plain_loop(config: dict, epochs: int, device: torch.device) -> dict:
 
 def ray_run(params, epochs: int, workers: int, use_gpu: bool) -> dict:
     """The train stage's own Ray Train run, in a scratch storage folder (nothing resumes)."""
-    config = train.training_config(params, train_changes={"epochs": epochs, "num_workers": workers, "use_gpu": use_gpu})
+    cpus = max(1, (os.cpu_count() or 1) // workers)  # the machine's cores split between the workers
+    config = train.training_config(params, train_changes={"epochs": epochs, "num_workers": workers, "use_gpu": use_gpu,
+                                                          "cpus_per_worker": cpus})
     config |= {"tracking_uri": None, "mlflow_run_id": None}  # untracked
     with tempfile.TemporaryDirectory() as storage, ray_session():
         start = time.perf_counter()
