@@ -166,7 +166,7 @@ class TrainParams(Section):
     batch_size: int = Field(32, ge=2)
     learning_rate: float = Field(1e-3, gt=0.0)
     num_workers: int = Field(2, ge=1)
-    use_gpu: bool = False
+    use_gpu: bool | Literal["auto"] = "auto"  # auto: GPU workers when the Ray cluster has GPUs
     cpus_per_worker: float = Field(1.0, gt=0.0)
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False

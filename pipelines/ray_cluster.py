@@ -25,3 +25,15 @@ def ray_session() -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def use_gpu(setting: bool | str) -> bool:
+    """train.use_gpu resolved against the connected cluster: ``auto`` means GPUs if it has any
+    now (an autoscaling cluster whose GPU nodes are not up yet needs ``true``)."""
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if setting == "auto":
+        return gpus > 0
+    if setting and not gpus and not os.environ.get("RAY_ADDRESS"):
+        # a local instance never grows GPUs: Ray would wait for one forever
+        raise ValueError("train.use_gpu is true but this machine has no GPU Ray can see: set it to auto or false")
+    return bool(setting)

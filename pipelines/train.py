@@ -40,7 +40,7 @@ from components.preprocess.spec import PreprocessSpec
 from pipelines import tracking
 from pipelines.params import Params
 from pipelines.preprocess import PROCESSED_DIR
-from pipelines.ray_cluster import ray_session
+from pipelines.ray_cluster import ray_session, use_gpu
 from pipelines.slice_datasets import slice_dataset
 
 log = logging.getLogger(__name__)
@@ -260,7 +260,7 @@ def make_trainer(config: dict, name: str, storage_path: str, datasets: dict | No
     return TorchTrainer(
         train_loop,
         train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=settings["num_workers"], use_gpu=settings["use_gpu"],
+        scaling_config=ScalingConfig(num_workers=settings["num_workers"], use_gpu=use_gpu(settings["use_gpu"]),
                                      resources_per_worker={"CPU": settings["cpus_per_worker"]}),
         datasets=datasets or training_datasets(Path(config["data_root"]), config["model_name"], config["validation_auroc"]),
         dataset_config=DataConfig(datasets_to_split=["train", "unlabelled"]),
@@ -276,8 +276,12 @@ def run(params: Params) -> dict:
     client = tracking.client(params)
     log_params(client, run_id, config)
     config |= {"tracking_uri": tracking.tracking_uri(params), "mlflow_run_id": run_id}
-    with ray_session():
-        result = fit(make_trainer(config, name, params.storage(params.train.storage_path)))
+    try:
+        with ray_session():
+            result = fit(make_trainer(config, name, params.storage(params.train.storage_path)))
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")  # a rerun with the same inputs picks this run up again
+        raise
     client.set_terminated(run_id)
     return export_model(params, result.checkpoint, run_id, name, config["hyperparams"], result.metrics or {})
 

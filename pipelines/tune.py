@@ -58,14 +58,14 @@ def search_space(params: Params) -> dict:
 
 def concurrency(params: Params) -> int:
     """At most tune.max_concurrent_trials, and no more trials than the cluster can hold at once."""
-    settings = params.train
-    if settings.use_gpu:
+    settings, gpu = params.train, use_gpu(params.train.use_gpu)
+    if gpu:
         room = ray.cluster_resources().get("GPU", 0) // params.tune.workers_per_trial
     else:
         room = ray.cluster_resources().get("CPU", 0) // (params.tune.workers_per_trial * settings.cpus_per_worker)
     if room < 1:
         raise ValueError(f"the Ray cluster cannot hold one trial of {params.tune.workers_per_trial} worker(s) "
-                         f"({'GPU' if settings.use_gpu else f'{settings.cpus_per_worker} CPU'} each)")
+                         f"({'GPU' if gpu else f'{settings.cpus_per_worker} CPU'} each)")
     return int(min(params.tune.max_concurrent_trials, room))
 
 

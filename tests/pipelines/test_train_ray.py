@@ -59,3 +59,15 @@ def test_other_detectors_train_through_the_same_stage(project, name, hyperparams
     summary = train.run(params)
     assert summary["model_name"] == name and parts <= set(summary["final_metrics"])
     assert summary.get("hyperparams", {}).get("image_size", 32) == 32
+
+
+def test_use_gpu_true_without_a_gpu_is_one_clear_error_and_the_run_is_marked_failed(project, monkeypatch):
+    """On this GPU-less machine `true` must not leave Ray waiting for a GPU forever (`auto`, the
+    default, trains on CPUs in every other test here)."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    params = load_params(write_params(project, train={"epochs": 1, "use_gpu": True}))
+    with pytest.raises(ValueError, match="train.use_gpu is true but this machine has no GPU"):
+        train.run(params)
+    client = tracking.client(params)
+    runs = client.search_runs([tracking.experiment_id(params)])
+    assert runs and all(run.info.status == "FAILED" for run in runs)
