@@ -35,7 +35,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from pipelines import tracking, train
 from pipelines.errors import StageError
 from pipelines.params import TRAIN_KEYS, Params, load_params
-from pipelines.ray_cluster import ray_session
+from pipelines.ray_cluster import ray_session, use_gpu
 from pipelines.workspace import create, run_stage
 
 REPORT_JSON = Path("reports/tune.json")
