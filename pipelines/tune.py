@@ -121,7 +121,14 @@ def run(params: Params) -> dict:
     client.log_metric(parent, f"best_{settings.metric}", float(best.metrics[settings.metric]))
     client.set_terminated(parent)
     registered = evaluate_and_register(params, best, list(space), f"{name}-{best.metrics['trial_id']}")
-    return {"sweep": name, "trials": len(table), "best": table.iloc[0].to_dict(), "registration": registered}
+    return {"sweep": name, "trials": len(table), "best": table.iloc[0].to_dict(), "registration": registered,
+            "adopt": adopt_command(params, best.config, list(space))}
+
+
+def adopt_command(params: Params, config: dict, keys: list[str]) -> str:
+    """The `dvc exp run` that makes the best trial's values the pipeline's own, as a DVC experiment."""
+    sections = {k: "train" if k in TRAIN_KEYS else f"model.{params.model.name}" for k in keys}
+    return "dvc exp run " + " ".join(f"-S {sections[k]}.{k}={config[k]}" for k in keys)
 
 
 def tuner(params: Params, trainable, space: dict, name: str) -> tune.Tuner:

@@ -2,6 +2,7 @@
 trial a child MLflow run, the best one evaluated and registered; a rerun restores the sweep."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -25,6 +26,8 @@ def test_sweep_tracks_trials_registers_the_best_and_resumes(processed_project, t
     assert len(report["trials"]) == 2
     assert all(0.0 <= t["val_slice_auroc"] <= 1.0 for t in report["trials"])
     assert summary["registration"]["version"] == "1" and summary["registration"]["promoted"]  # the first model wins
+    assert re.fullmatch(r"dvc exp run -S model\.spatial_vae\.kl_weight=[0-9.e-]+ -S model\.spatial_vae\.latent_channels=(8|16)",
+                        summary["adopt"])
 
     client = tracking.client(params)
     experiment = tracking.experiment_id(params)
