@@ -17,6 +17,7 @@ Set ``RAY_ADDRESS`` to train on a cluster. `tune` runs the same loop through ``m
 from __future__ import annotations
 
 import hashlib
+import inspect
 import itertools
 import json
 import logging
@@ -219,6 +220,17 @@ def data_fingerprint(root: Path) -> str:
     return digest.hexdigest()[:12]
 
 
+def code_fingerprint() -> str:
+    """A short hash of the training code (detectors, augmentation, this loop, the datasets): a run
+    resumes its checkpoint only when this code is unchanged, so a fix is trained, not skipped."""
+    files = sorted(Path(inspect.getsourcefile(build_detector)).parent.glob("*.py"))  # components/models
+    files += [Path(__file__), Path(inspect.getsourcefile(slice_dataset)), Path(inspect.getsourcefile(augment))]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def training_config(params: Params, model_changes: dict | None = None, train_changes: dict | None = None) -> dict:
     """What a training run of ``params`` (with changes to the detector's hyper-parameters or to
     train's settings) needs: the loop's config, without tracking. Fails fast on a bad param."""
@@ -231,7 +243,7 @@ def training_config(params: Params, model_changes: dict | None = None, train_cha
     build_detector(name, **hyperparams)
     return {
         "data_root": str(data_root), "model_name": name, "hyperparams": hyperparams, "train": settings.model_dump(),
-        "fingerprint": data_fingerprint(data_root),
+        "fingerprint": data_fingerprint(data_root), "code": code_fingerprint(),
         "epochs": settings.epochs, "batch_size": settings.batch_size, "learning_rate": settings.learning_rate,
         "seed": settings.seed, "threads": max(1, int(settings.cpus_per_worker)),
         "precision": settings.precision, "channels_last": settings.channels_last,
@@ -241,14 +253,15 @@ def training_config(params: Params, model_changes: dict | None = None, train_cha
 
 
 def run_name(config: dict) -> str:
-    """<detector>-<hash of detector, hyper-parameters, train settings and data>: equal inputs, equal name."""
-    key = [config["model_name"], config["hyperparams"], config["train"], config["fingerprint"]]
+    """<detector>-<hash of detector, hyper-parameters, train settings, data and code>: equal inputs, equal name."""
+    key = [config["model_name"], config["hyperparams"], config["train"], config["fingerprint"], config["code"]]
     return f"{config['model_name']}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]}"
 
 
 def log_params(client, run_id: str, config: dict) -> None:
     values = {"model.name": config["model_name"], **flatten("model", config["hyperparams"]),
-              **flatten("train", config["train"]), "data.fingerprint": config["fingerprint"]}
+              **flatten("train", config["train"]), "data.fingerprint": config["fingerprint"],
+              "code.fingerprint": config["code"]}
     for key, value in values.items():
         client.log_param(run_id, key, value)
 

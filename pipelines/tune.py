@@ -91,7 +91,7 @@ def trial(config: dict, base: dict, datasets: dict) -> None:
 
 
 def sweep_name(params: Params, base: dict) -> str:
-    key = [base["model_name"], base["hyperparams"], base["train"], base["fingerprint"],
+    key = [base["model_name"], base["hyperparams"], base["train"], base["fingerprint"], base["code"],
            params.tune.model_dump(exclude={"storage_path"})]
     return f"sweep-{base['model_name']}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]}"
 

@@ -48,8 +48,9 @@ def test_comparison_report_and_nested_runs(processed_project, tmp_path):
     # --only: one detector rerun, the other row kept as it was, the order of compare.detectors
     with pytest.raises(ValueError, match="--only nope: not in compare.detectors"):
         compare.run(params, only=["nope"])
-    compare.run(params, only=["spatial_ae"])
+    settings["overrides"]["spatial_ae"]["train"]["epochs"] = 3  # what changed since: spatial_ae's settings
+    compare.run(load_params(write_params(tmp_path, compare=settings)), only=["spatial_ae"])
     rerun = json.loads((tmp_path / "reports" / "comparison.json").read_text())
     assert list(rerun) == ["spatial_ae", "latent_constrained"]
     assert rerun["latent_constrained"] == results["latent_constrained"]
-    assert rerun["spatial_ae"]["mlflow_run_id"] != results["spatial_ae"]["mlflow_run_id"]
+    assert rerun["spatial_ae"]["epochs"] == 3 and rerun["spatial_ae"]["mlflow_run_id"] != results["spatial_ae"]["mlflow_run_id"]

@@ -31,6 +31,7 @@ def test_two_worker_training_checkpoints_tracks_and_resumes(project):
     client = tracking.client(params)
     run = client.get_run(summary["mlflow_run_id"])
     assert run.data.params["train.num_workers"] == "2" and run.data.params["model.name"] == "spatial_vae"
+    assert run.data.params["code.fingerprint"] == train.code_fingerprint()  # a code change trains afresh
     history = client.get_metric_history(run.info.run_id, "train_loss")
     assert [m.step for m in history] == [0, 1]
     assert len(client.get_metric_history(run.info.run_id, "val_l1")) == 2
