@@ -6,9 +6,10 @@ The same detector (params.yaml's model), data (data/processed: run `make run` fi
 side by side in one run: a plain PyTorch loop in this process (batches from the processed slices,
 the same augmentation and train_step, every core's threads), then the `train` stage's Ray Train
 run with 1 worker and with 2, the cores split between the workers (a worker's torch threads are
-its CPUs), so each run has the whole machine and the overhead is Ray's alone. Reported: training throughput in slices per second over the epochs after the first
-(the steady state: Ray Train's per-epoch number, the plain loop timed the same way), and the
-wall time of the whole run including start-up. On a GPU machine use --gpu (one GPU per worker).
+its CPUs), so each run has the whole machine and the overhead is Ray's alone. Reported:
+training throughput in slices per second over the epochs after the first (the steady state:
+Ray Train's per-epoch number, the plain loop timed the same way), and the wall time of the
+whole run including start-up. On a GPU machine use --gpu (one GPU per worker).
 """
 
 from __future__ import annotations
