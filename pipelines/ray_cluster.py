@@ -19,7 +19,9 @@ def ray_session() -> Iterator[None]:
         yield
         return
     address = os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, logging_level=logging.WARNING)
+    # "local", not None: Ray would otherwise join the last `ray start` cluster recorded in
+    # /tmp/ray, and hang on connecting when that cluster is gone
+    ray.init(address=address or "local", logging_level=logging.WARNING)
     log.info("Ray: %s", address or f"local, {ray.cluster_resources().get('CPU', 0):.0f} CPUs")
     try:
         yield

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 
-import ray
 from ray import serve
 
+from pipelines.ray_cluster import ray_session
 from serving.app import build_app
 from serving.model_source import resolve_version
 
@@ -21,15 +20,15 @@ def serve_forever(
 ) -> None:
     """Serve ``model_uri`` at http://host:port until SIGINT/SIGTERM. Uses ``RAY_ADDRESS`` if set."""
     name, version = resolve_version(model_uri, tracking_uri)  # fail here, clearly, before starting anything
-    ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level=logging.WARNING)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    try:
-        serve.start(http_options={"host": host, "port": port})
-        serve.run(build_app(model_uri, tracking_uri, max_upload_mb, num_replicas), name="brainomaly", route_prefix="/")
-        print(f"Serving {name} version {version} at http://{host}:{port}/v1/predict (Ctrl-C to stop)", flush=True)
-        stop.wait()
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    with ray_session():
+        try:
+            serve.start(http_options={"host": host, "port": port})
+            serve.run(build_app(model_uri, tracking_uri, max_upload_mb, num_replicas),
+                      name="brainomaly", route_prefix="/")
+            print(f"Serving {name} version {version} at http://{host}:{port}/v1/predict (Ctrl-C to stop)", flush=True)
+            stop.wait()
+        finally:
+            serve.shutdown()
