@@ -1,0 +1,1 @@
+"""Drift statistics on score streams: pure numpy/scipy, no serving framework."""
