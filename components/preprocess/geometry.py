@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
@@ -74,3 +76,44 @@ def crop_resize(stack: np.ndarray, box: tuple[slice, slice], size: int, order: i
     zoom = (size / crop.shape[0], size / crop.shape[1], 1.0)
     resized = ndimage.zoom(crop, zoom, order=order, grid_mode=True, mode="grid-constant", cval=fill)
     return np.moveaxis(resized[:size, :size], 2, 0)
+
+
+RAS = nib.orientations.axcodes2ornt("RAS")
+
+
+@dataclass(frozen=True)
+class SliceGeometry:
+    """Where a volume's model slices came from, so that per-slice maps can be put back on the
+    input's own voxel grid (and open aligned over the scan with the input's affine).
+
+    input_shape:     (X, Y, Z) of the input file
+    orientation:     nibabel orientation taking the input's axes to RAS
+    ras_shape:       the RAS volume's shape before resampling
+    resampled_shape: its shape after resampling (= ras_shape when not resampled)
+    kept:            the resampled volume's axial indices of the model slices, in order
+    box:             the in-plane crop of the resampled volume, before the resize
+    """
+
+    input_shape: tuple[int, int, int]
+    orientation: np.ndarray
+    ras_shape: tuple[int, int, int]
+    resampled_shape: tuple[int, int, int]
+    kept: np.ndarray
+    box: tuple[slice, slice]
+
+
+def to_input_grid(maps: np.ndarray, geometry: SliceGeometry) -> np.ndarray:
+    """(N, S, S) slice maps -> an (X, Y, Z) float32 volume on the input's grid, the inverse of
+    the crop/resize, the resampling and the reorientation; 0 where no slice was scored."""
+    crop = tuple(b.stop - b.start for b in geometry.box)
+    stack = ndimage.zoom(np.moveaxis(maps.astype(np.float32), 0, 2), (crop[0] / maps.shape[1], crop[1] / maps.shape[2], 1),
+                         order=1, grid_mode=True, mode="nearest")
+    volume = np.zeros(geometry.resampled_shape, np.float32)
+    inside = [slice(max(b.start, 0), min(b.stop, n)) for b, n in zip(geometry.box, geometry.resampled_shape[:2])]
+    within = [slice(i.start - b.start, i.stop - b.start) for i, b in zip(inside, geometry.box)]
+    volume[inside[0], inside[1], geometry.kept] = stack[within[0], within[1]]
+    if geometry.ras_shape != geometry.resampled_shape:
+        zoom = [n / m for n, m in zip(geometry.ras_shape, geometry.resampled_shape)]
+        volume = ndimage.zoom(volume, zoom, order=1, grid_mode=True, mode="nearest")
+    back = nib.orientations.ornt_transform(RAS, geometry.orientation)
+    return np.ascontiguousarray(nib.orientations.apply_orientation(volume, back))

@@ -12,11 +12,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import nibabel as nib
 import numpy as np
 
 from components.data.nifti_io import InvalidVolumeError
 from components.preprocess.brain_mask import brain_mask as compute_mask
-from components.preprocess.geometry import crop_resize, ras_spacing, resample, select_slices, square_box, to_ras
+from components.preprocess.geometry import (
+    SliceGeometry,
+    crop_resize,
+    ras_spacing,
+    resample,
+    select_slices,
+    square_box,
+    to_ras,
+)
 from components.preprocess.intensity import (
     histogram_landmarks,
     match_histogram,
@@ -39,6 +48,7 @@ class PreparedVolume:
     lesions: np.ndarray  # other (non-tumour) lesions as integer kinds, 0 where none (all 0 when none were given)
     slice_numbers: np.ndarray  # the input file's own axial index of each Z slice
     spacing: tuple[float, float, float]
+    ras_shape: tuple[int, int, int]  # before resampling
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,7 @@ class ProcessedSlices:
     lesion_pixels: (N,) int, other-lesion pixels of each slice before the in-plane resize
     lesion_kind_pixels: {kind: (N,) int}, the same per lesion kind (the label value in the
                    lesions file), for the kinds present in this volume
+    geometry:      where the slices came from (to put maps back on the input's grid)
     """
 
     images: np.ndarray
@@ -66,6 +77,7 @@ class ProcessedSlices:
     lesions: np.ndarray | None = None
     lesion_pixels: np.ndarray | None = None
     lesion_kind_pixels: dict[int, np.ndarray] | None = None
+    geometry: SliceGeometry | None = None
 
 
 def _check_inputs(image: np.ndarray, **others: np.ndarray | None) -> None:
@@ -100,7 +112,7 @@ def prepare_volume(
     """The 3-D steps: orientation, mask, resampling and intensity normalisation."""
     _check_inputs(image, brain_mask=brain_mask, segmentation=segmentation, lesions=lesions)
     image, slice_numbers = to_ras(image, affine)
-    spacing = ras_spacing(affine)
+    spacing, ras_shape = ras_spacing(affine), image.shape
     brain = compute_mask(image, to_ras(brain_mask, affine)[0] if brain_mask is not None else None)
     tumour = to_ras(segmentation, affine)[0] > 0 if segmentation is not None else np.zeros_like(brain)
     other = np.rint(to_ras(lesions, affine)[0]).astype(np.int16) if lesions is not None else np.zeros(brain.shape, np.int16)
@@ -115,7 +127,7 @@ def prepare_volume(
         spacing = (target, target, target)
     if brain.sum() < MIN_BRAIN_VOXELS:
         raise InvalidVolumeError(f"fewer than {MIN_BRAIN_VOXELS} brain voxels found: expected a brain MRI volume")
-    return PreparedVolume(normalise(image, brain, spec, spacing), brain, tumour, other, slice_numbers, spacing)
+    return PreparedVolume(normalise(image, brain, spec, spacing), brain, tumour, other, slice_numbers, spacing, ras_shape)
 
 
 def reference_landmarks(image: np.ndarray, affine: np.ndarray, spec: PreprocessSpec, brain_mask=None) -> tuple[float, ...]:
@@ -150,4 +162,6 @@ def preprocess_volume(
         lesions=(crop_resize(other > 0, box, spec.size, order=1) > 0.5)[:, None] if lesions is not None else None,
         lesion_pixels=(other > 0).sum(axis=(0, 1)).astype(np.int64),
         lesion_kind_pixels={int(k): (other == k).sum(axis=(0, 1)).astype(np.int64) for k in np.unique(other) if k > 0},
+        geometry=SliceGeometry(image.shape, nib.orientations.io_orientation(affine), volume.ras_shape,
+                               volume.image.shape, keep, box),
     )

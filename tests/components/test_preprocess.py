@@ -5,7 +5,7 @@ from components.data.layouts import read_brats, read_hcp
 from components.data.nifti_io import InvalidVolumeError, load_volume
 from components.data.phantoms import to_lps
 from components.preprocess.spec import PreprocessSpec
-from components.preprocess.geometry import to_ras
+from components.preprocess.geometry import to_input_grid, to_ras
 from components.preprocess.volume import preprocess_volume
 
 
@@ -130,3 +130,33 @@ def test_lesion_kinds_are_counted_apart_and_survive_resampling(brats_case):
     assert (out.lesion_kind_pixels[1] == 16).all() and (out.lesion_kind_pixels[2] == 36).all()
     resampled = preprocess_volume(image, affine, PreprocessSpec(size=32, spacing_mm=2.0), segmentation=seg, lesions=lesions)
     assert set(resampled.lesion_kind_pixels) == {1, 2}  # nearest-neighbour: no kind blends into another
+
+
+def _permuted(image, affine, order):
+    """The same scan stored with its voxel axes in another order (same world positions)."""
+    return np.transpose(image, order), affine[:, list(order) + [3]]
+
+
+@pytest.mark.parametrize(
+    "layout, spec",
+    [
+        ("lps", PreprocessSpec()),
+        ("axial axis first", PreprocessSpec()),
+        ("3 mm slices, resampled to 1 mm", PreprocessSpec(spacing_mm=1.0)),
+        ("resampled to 2 mm, 128 px", PreprocessSpec(spacing_mm=2.0, size=128)),
+    ],
+)
+def test_slice_maps_go_back_onto_the_input_grid(brats_case, layout, spec):
+    """The tumour mask, taken through preprocessing and back, lands on the input's tumour."""
+    image, affine, seg = brats_case
+    if layout == "axial axis first":
+        (image, affine), seg = _permuted(image, affine, (2, 0, 1)), np.transpose(seg, (2, 0, 1))
+    if layout.startswith("3 mm"):
+        image, seg, affine = image[:, :, ::3], seg[:, :, ::3], affine @ np.diag([1.0, 1.0, 3.0, 1.0])
+    out = preprocess_volume(image, affine, spec, segmentation=seg)
+    back = to_input_grid(out.tumour[:, 0].astype(np.float32), out.geometry)
+    assert back.shape == image.shape
+    truth = seg > 0
+    found = back > 0.5
+    dice = 2 * (found & truth).sum() / (found.sum() + truth.sum())
+    assert dice > 0.85, f"{layout}: Dice {dice:.2f} between the round-tripped and the input tumour"
