@@ -1,7 +1,10 @@
 """The cluster configurations cannot be launched here; these checks keep them valid: the Ray
 cluster launcher's own schema, and the shape and versions of the KubeRay manifests."""
 
+import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -68,3 +71,34 @@ def test_the_rayjob_overrides_are_valid_params():
     overrides = re.findall(r"--set (\S+)", job["spec"]["entrypoint"])
     params = load_params(INFRA.parent / "params.yaml", overrides)
     assert overrides and params.train.use_gpu and params.tune.storage_path.startswith("s3://")
+
+
+PROMETHEUS = INFRA / "prometheus"
+PROMQL_NAME = re.compile(r"\b(brainomaly_[a-z_]+)")
+
+
+def exported_series() -> set[str]:
+    """Every series name the endpoint's registry can expose (counters add _total, histograms
+    _bucket/_sum/_count)."""
+    from serving.metrics import EndpointMetrics
+
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
+    return {m.name + s for m in EndpointMetrics().registry.collect() for s in suffixes[m.type]}
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian package prometheus; .ci/run installs it)")
+def test_alert_rules_pass_their_promtool_unit_tests():
+    for command in (["check", "rules", "alerts.yml"], ["test", "rules", "alerts_test.yml"], ["check", "config", "prometheus.yml"]):
+        run = subprocess.run(["promtool", *command], cwd=PROMETHEUS, capture_output=True, text=True)
+        assert run.returncode == 0, f"promtool {' '.join(command)}:\n{run.stdout}{run.stderr}"
+
+
+def test_alerts_and_dashboard_use_only_metrics_the_endpoint_exports():
+    exported = exported_series()
+    rules = [rule["expr"] for group in yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"] for rule in group["rules"]]
+    dashboard = json.loads((INFRA / "grafana" / "brainomaly-endpoint.json").read_text())
+    panels = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    used = {name for expr in rules + panels for name in PROMQL_NAME.findall(expr)}
+    assert used and used <= exported, f"not exported: {sorted(used - exported)}"
+    drift = {name for name in exported if name.startswith("brainomaly_drift_")}
+    assert drift <= {name for expr in panels for name in PROMQL_NAME.findall(expr)} | {"brainomaly_drift_window"}
