@@ -22,7 +22,9 @@ def kill_a_worker_after_first_checkpoint(storage, killed: list, timeout: float =
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not killed:
         if ray.is_initialized() and any(storage.glob("*/checkpoint_*")):
-            workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+            # this session's own GCS: with no address the state API may follow a stale `ray start` record
+            workers = list_actors(address=ray.get_runtime_context().gcs_address,
+                                  filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
             if workers:
                 os.kill(workers[-1]["pid"], signal.SIGKILL)
                 killed.append(workers[-1]["pid"])
