@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from pipelines.params import ParamsError, load_params
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(stderr=True, soft_wrap=True)
 PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", "-p", help="params file (paths inside are relative to it)")
+API_KEY_VARIABLE = "BRAINOMALY_API_KEY"
 SET_OPTION = typer.Option([], "--set", "-S", help="change a param for this run: section.key=value (repeatable)")
 
 
@@ -99,24 +101,70 @@ def oneclass(
 def serve(
     params: Path = PARAMS_OPTION,
     port: int = typer.Option(None, help="HTTP port (default: serve.port of params)"),
-    model_uri: str = typer.Option(None, help="MLflow model URI (default: models:/<name>@<alias>)"),
+    model_uri: str = typer.Option(None, help="MLflow model URI (default: models:/<name>@<alias>, followed as it moves)"),
 ) -> None:
-    """Serve the champion model over HTTP with Ray Serve until interrupted."""
+    """Serve the champion model over HTTP with Ray Serve until interrupted.
+
+    Set BRAINOMALY_API_KEY to require that key in the X-API-Key header of /v1/* requests.
+    """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from pipelines.tracking import tracking_uri
     from serving.model_source import ModelNotFoundError
     from serving.run import serve_forever  # Ray Serve is heavy: import only for this command
+    from serving.settings import DriftSettings, EndpointSettings
 
     try:
         p = load_params(params)
-        serve_forever(
-            host=p.serve.host, port=port or p.serve.port,
+        settings = EndpointSettings(
             model_uri=model_uri or f"models:/{p.registry.model_name}@{p.registry.alias}",
-            tracking_uri=tracking_uri(p), max_upload_mb=p.serve.max_upload_mb, num_replicas=p.serve.num_replicas,
+            tracking_uri=tracking_uri(p), max_upload_bytes=int(p.serve.max_upload_mb * 2**20),
+            registry_poll_s=p.serve.registry_poll_s, api_key=os.environ.get(API_KEY_VARIABLE) or None,
+            drift=DriftSettings(**p.serve.drift.model_dump()),
         )
+        serve_forever(settings, host=p.serve.host, port=port or p.serve.port, deployment_options=p.serve.deployment_options())
     except (ParamsError, ModelNotFoundError, ValueError, FileNotFoundError) as err:
         console.print(f"[bold red]brainomaly serve: {err}")
         raise typer.Exit(1) from None
+
+
+@app.command("drift-demo")
+def drift_demo(
+    params: Path = PARAMS_OPTION,
+    url: str = typer.Option(None, help="a running endpoint (default: http://<serve.host>:<serve.port>)"),
+    shift: str = typer.Option("bias_field", help="bias_field, gamma, rescale, or contrast (the other modality)"),
+) -> None:
+    """Send healthy scans, then shifted ones, to a running endpoint and print its drift gauges.
+
+    Each phase sends serve.drift.window slices, so the shifted phase's window is all shifted.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    import requests
+    from rich.table import Table
+
+    from components.data.layouts import read_dataset
+    from pipelines.preprocess import PROCESSED_DIR
+    from serving.drift_demo import OTHER_CONTRAST, held_out_healthy, run_drill
+
+    try:
+        p = load_params(params)
+        data = p.data
+        subjects = held_out_healthy(p.path(PROCESSED_DIR), p.path(data.healthy_root), data.healthy_layout, data.modality)
+        other = None
+        if shift == "contrast":
+            wanted = {s.subject_id for s in subjects}
+            other = [s for s in read_dataset(p.path(data.healthy_root), data.healthy_layout, OTHER_CONTRAST[data.modality])
+                     if s.subject_id in wanted]
+        phases = run_drill(url or f"http://{p.serve.host}:{p.serve.port}", subjects, window=p.serve.drift.window,
+                           shift=shift, other_contrast=other, api_key=os.environ.get(API_KEY_VARIABLE) or None)
+    except (ParamsError, ValueError, FileNotFoundError, RuntimeError, requests.RequestException) as err:
+        console.print(f"[bold red]brainomaly drift-demo: {err}")
+        raise typer.Exit(1) from None
+    table = Table("phase", "slices sent", "PSI", "KS", "W1", "above threshold", "expected", title="Score drift")
+    for phase in phases:
+        g = phase.gauges
+        table.add_row(phase.name, str(phase.slices_sent), *(f"{g.get(k, float('nan')):.3f}" for k in
+                      ("psi", "ks", "wasserstein", "fraction_above", "expected_fraction_above")))
+    Console().print(table)
 
 
 def main() -> None:

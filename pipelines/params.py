@@ -279,11 +279,46 @@ class RegisterParams(Section):
     alias: str = Field("champion", min_length=1)
 
 
+class AutoscalingParams(Section):
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(2, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "AutoscalingParams":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        return self
+
+
+class DriftParams(Section):
+    window: int = Field(500, ge=10)
+    min_scores: int = Field(100, ge=1)
+    cusum_k: float = Field(0.5, ge=0)
+    cusum_h: float = Field(12.0, gt=0)
+
+    @model_validator(mode="after")
+    def _window_holds_the_minimum(self) -> "DriftParams":
+        if self.min_scores > self.window:
+            raise ValueError(f"min_scores ({self.min_scores}) is above window ({self.window})")
+        return self
+
+
 class ServeParams(Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     max_upload_mb: float = Field(256, gt=0)
     num_replicas: int = Field(1, ge=1)
+    autoscaling: AutoscalingParams | None = None
+    max_ongoing_requests: int = Field(4, ge=1)
+    max_queued_requests: int = Field(8, ge=0)
+    registry_poll_s: float = Field(30, gt=0)
+    drift: DriftParams = DriftParams()
+
+    def deployment_options(self) -> dict:
+        """Ray Serve options of the ingress: fixed replicas or autoscaling, and backpressure."""
+        scaling = {"autoscaling_config": self.autoscaling.model_dump()} if self.autoscaling else {"num_replicas": self.num_replicas}
+        return {**scaling, "max_ongoing_requests": self.max_ongoing_requests, "max_queued_requests": self.max_queued_requests}
 
 
 class Params(Section):

@@ -1,30 +1,47 @@
-"""The HTTP API, as a Ray Serve deployment with a FastAPI ingress.
+"""The HTTP API: a Ray Serve application of three deployments.
 
-    POST /v1/predict   a NIfTI volume (.nii or .nii.gz; raw body or multipart) -> JSON scores
-    GET  /healthz      liveness and the model served
-    GET  /metrics      Prometheus exposition
-    GET  /docs         OpenAPI documentation
+    ingress (FastAPI)  parses and checks uploads, the API key, answers probes and /metrics
+    DetectorModel      replicas holding the registry's detector (serving/detector.py)
+    Monitor            one registry of metrics and the drift window (serving/monitor.py)
 
-Bad input gets a 4xx with a message that says what is wrong; the replica keeps serving.
+    POST /v1/predict   a NIfTI volume (.nii or .nii.gz; raw body or multipart) -> JSON scores;
+                       ?map=nifti -> the anomaly map as NIfTI on the input's grid
+                       ?map=png   -> a quick-look overlay of the most anomalous slices
+    GET  /v1/model     the model served, its thresholds and where it came from
+    GET  /healthz      liveness
+    GET  /readyz       200 once a model is loaded, 503 before
+    GET  /metrics      Prometheus exposition, for the whole deployment
+    GET  /docs, /openapi.json
+
+Bad input gets a 4xx with a message that says what is wrong; the replica keeps serving. Over
+capacity (``max_ongoing_requests`` per model replica plus ``max_queued_requests`` waiting) a
+prediction gets 503 at once, while probes and /metrics, answered by the light ingress, stay up.
+Uploads live in memory only: nothing a client sends is written to disk or logged.
 """
 
-import asyncio
-import logging
-import tempfile
-import time
-from pathlib import Path
+from __future__ import annotations
 
-from fastapi import FastAPI, Request
+import hmac
+import logging
+import time
+from typing import Literal
+
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
 
 from components.data.nifti_io import InvalidVolumeError, volume_from_bytes
-from serving import metrics
-from serving.model_source import fetch_bundle
-from serving.predictor import VolumePredictor
+from serving.detector import DetectorModel
+from serving.monitor import Monitor
+from serving.settings import EndpointSettings
 
 log = logging.getLogger("brainomaly.serving")
 api = FastAPI(title="Brainomaly", description="Unsupervised brain-MRI anomaly detection", version="1")
+ROUTES = {"/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"}
+API_KEY_HEADER = "X-API-Key"
+MAP_FORMATS = {"nifti": ("application/gzip", "anomaly_map.nii.gz"), "png": ("image/png", "anomaly_overlay.png")}
 
 
 class RequestError(Exception):
@@ -33,24 +50,28 @@ class RequestError(Exception):
         self.status, self.message = status, message
 
 
-@api.middleware("http")
-async def count_requests(request: Request, call_next):
-    start = time.perf_counter()
-    route = request.url.path
-    try:
-        response = await call_next(request)
-    except Exception:  # never let one bad request take the replica's answer away
-        log.exception("unhandled error on %s", route)
-        response = JSONResponse({"error": "internal error while processing the request"}, status_code=500)
-    if route != "/metrics":
-        metrics.REQUESTS.labels(route, str(response.status_code)).inc()
-        metrics.LATENCY.labels(route).observe(time.perf_counter() - start)
-    return response
-
-
 @api.exception_handler(RequestError)
 async def request_error(_: Request, err: RequestError) -> JSONResponse:
     return JSONResponse({"error": err.message}, status_code=err.status)
+
+
+@api.middleware("http")
+async def guard_and_observe(request: Request, call_next):
+    """API key on /v1/*, one answer for any failure, and every request counted by the monitor."""
+    start = time.perf_counter()
+    route = request.url.path if request.url.path in ROUTES else "other"  # bounded label values
+    endpoint: Ingress = request.app.state.endpoint
+    if route.startswith("/v1/") and not endpoint.authorised(request.headers.get(API_KEY_HEADER)):
+        response = JSONResponse({"error": f"missing or wrong {API_KEY_HEADER} header"}, status_code=401)
+    else:
+        try:
+            response = await call_next(request)
+        except Exception:  # never let one bad request take the replica's answer away
+            log.exception("unhandled error on %s", route)
+            response = JSONResponse({"error": "internal error while processing the request"}, status_code=500)
+    if route != "/metrics":
+        await endpoint.tell_monitor("record_request", route, response.status_code, time.perf_counter() - start)
+    return response
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
@@ -68,14 +89,17 @@ async def read_limited(request: Request, limit: int) -> bytes:
 
 
 async def upload_payload(request: Request, limit: int) -> bytes:
-    """The NIfTI bytes of a raw-body or multipart/form-data upload."""
+    """The NIfTI bytes of a raw-body or multipart/form-data upload, in memory only."""
     body = await read_limited(request, limit)
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
 
         async def replay() -> dict:
             return {"type": "http.request", "body": body, "more_body": False}
 
-        form = await Request(request.scope, replay).form(max_files=1)
+        try:
+            form = await Request(request.scope, replay).form(max_files=1, max_part_size=limit)
+        except Exception as err:  # malformed multipart: the parser's own message says where
+            raise RequestError(400, f"malformed multipart upload: {err}") from None
         files = [value for value in form.values() if hasattr(value, "read")]
         if not files:
             raise RequestError(400, "multipart upload holds no file part: send the NIfTI as a file field")
@@ -87,39 +111,85 @@ async def upload_payload(request: Request, limit: int) -> bytes:
 
 @serve.deployment
 @serve.ingress(api)
-class DetectorEndpoint:
-    """One replica: the champion detector loaded from the MLflow registry at start-up."""
+class Ingress:
+    def __init__(self, settings: EndpointSettings, model: DeploymentHandle, monitor: DeploymentHandle) -> None:
+        self.settings, self.model, self.monitor = settings, model, monitor
+        api.state.endpoint = self
 
-    def __init__(self, model_uri: str, tracking_uri: str, max_upload_bytes: int) -> None:
-        self.max_upload_bytes = max_upload_bytes
-        with tempfile.TemporaryDirectory() as tmp:
-            folder, name, version = fetch_bundle(model_uri, tracking_uri, Path(tmp))
-            self.predictor = VolumePredictor.from_folder(folder, name, version)
-        metrics.MODEL_INFO.labels(name, version).set(1)
-        log.info("serving %s version %s", name, version)
+    def authorised(self, key: str | None) -> bool:
+        expected = self.settings.api_key
+        return not expected or (key is not None and hmac.compare_digest(key.encode(), expected.encode()))
+
+    async def tell_monitor(self, method: str, *args) -> None:
+        """Monitoring is best effort: a monitor hiccup must not fail a request."""
+        try:
+            await getattr(self.monitor, method).remote(*args)
+        except Exception as err:
+            log.warning("monitor did not take %s: %s", method, err)
+
+    async def served_model(self) -> dict:
+        return await self.monitor.served_model.remote()
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
-        return {"status": "ok", "model": self.predictor.model_name, "version": self.predictor.model_version}
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz(self) -> JSONResponse:
+        served = await self.served_model()
+        if served["model"] is None:
+            return JSONResponse({"status": "not ready", "error": served["last_load_error"] or "loading the model"}, status_code=503)
+        return JSONResponse({"status": "ready", "model": served["model"]["name"], "version": served["model"]["version"]})
+
+    @api.get("/v1/model")
+    async def served(self) -> dict:
+        served = await self.served_model()
+        if served["model"] is None:
+            raise RequestError(503, f"no model loaded yet ({served['last_load_error'] or 'loading'}); see /readyz")
+        return {**served["model"], "model_uri": self.settings.model_uri, "last_load_error": served["last_load_error"]}
 
     @api.get("/metrics")
     async def prometheus(self) -> Response:
-        return Response(metrics.exposition(), media_type="text/plain; version=0.0.4")
+        return Response(await self.monitor.exposition.remote(), media_type="text/plain; version=0.0.4")
 
     @api.post("/v1/predict")
-    async def predict(self, request: Request) -> dict:
-        payload = await upload_payload(request, self.max_upload_bytes)
+    async def predict(
+        self, request: Request,
+        map_format: Literal["nifti", "png"] | None = Query(
+            None, alias="map", description="nifti: the anomaly map on the input's grid; png: a quick look"),
+    ) -> Response:
+        payload = await upload_payload(request, self.settings.max_upload_bytes)
         try:
-            data, affine = volume_from_bytes(payload, max_uncompressed_bytes=4 * self.max_upload_bytes)
-            result = await asyncio.to_thread(self.predictor.predict, data, affine)
+            data, affine = volume_from_bytes(payload, max_uncompressed_bytes=4 * self.settings.max_upload_bytes)
         except InvalidVolumeError as err:
             raise RequestError(400, str(err)) from None
-        for entry in result["slices"]:
-            metrics.SLICE_SCORES.observe(entry["score"])
-        return result
+        del payload
+        try:
+            result = await self.model.predict.remote(data, affine, map_format)
+        except BackPressureError:
+            raise RequestError(503, "over capacity: every model replica is busy and the queue is full; retry shortly") from None
+        if "error" in result:
+            raise RequestError(400, result["error"])
+        if "unavailable" in result:
+            raise RequestError(503, result["unavailable"])
+        version = result["model"]["version"]
+        await self.tell_monitor("record_scores", version, [s["score"] for s in result["slices"]])
+        if map_format is None:
+            return JSONResponse(result)
+        media_type, filename = MAP_FORMATS[map_format]
+        return Response(result["map"], media_type=media_type, headers={
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "X-Volume-Verdict": result["volume_verdict"], "X-Model-Version": version,
+        })
 
 
-def build_app(model_uri: str, tracking_uri: str, max_upload_mb: float, num_replicas: int = 1):
-    return DetectorEndpoint.options(num_replicas=num_replicas).bind(
-        model_uri, tracking_uri, int(max_upload_mb * 2**20)
-    )
+def build_app(settings: EndpointSettings, deployment_options: dict):
+    """The application. ``deployment_options`` (replicas or autoscaling, max_ongoing_requests,
+    max_queued_requests) shape the model deployment, where the work is; the ingress takes
+    enough requests to turn the excess away quickly (and bounds its own queue, as each
+    request holds an upload in memory); the monitor is always one replica."""
+    capacity = deployment_options["max_ongoing_requests"] + deployment_options["max_queued_requests"]
+    monitor = Monitor.bind(settings.drift)
+    model = DetectorModel.options(**deployment_options).bind(settings, monitor)
+    bound = max(16, 4 * capacity)
+    return Ingress.options(max_ongoing_requests=bound, max_queued_requests=bound).bind(settings, model, monitor)

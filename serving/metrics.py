@@ -1,22 +1,61 @@
-"""Prometheus metrics of the endpoint, in one registry served at ``GET /metrics``."""
+"""The endpoint's Prometheus metrics, in one registry owned by the monitor deployment.
+
+Every ingress replica reports to the one monitor (serving/monitor.py), so ``GET /metrics``
+shows the whole deployment however many replicas serve it, and the drift window sees every
+scored slice once.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-REGISTRY = CollectorRegistry()
+from components.monitoring.drift import DriftReport
 
-REQUESTS = Counter("brainomaly_requests", "HTTP requests by route and status code", ["route", "status"], registry=REGISTRY)
-LATENCY = Histogram(
-    "brainomaly_request_latency_seconds", "Request latency", ["route"], registry=REGISTRY,
-    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
-)
-SLICE_SCORES = Histogram(
-    "brainomaly_slice_score", "Anomaly scores of served slices", registry=REGISTRY,
-    buckets=(0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0),
-)
-MODEL_INFO = Gauge("brainomaly_model_info", "The model being served (value 1)", ["name", "version"], registry=REGISTRY)
+# Scores are on each detector's own scale (residuals ~1e-2, latent distances ~1e1): log-spaced
+# buckets from 1e-4 to 1e4 fit them all without knowing the model in advance.
+SCORE_BUCKETS = tuple(float(b) for b in np.round(np.logspace(-4, 4, 33), 6))
 
 
-def exposition() -> bytes:
-    return generate_latest(REGISTRY)
+class EndpointMetrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("brainomaly_requests", "HTTP requests by route and status code", ["route", "status"], registry=r)
+        self.latency = Histogram(
+            "brainomaly_request_latency_seconds", "Request latency by route", ["route"], registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0),
+        )
+        self.slices = Histogram(
+            "brainomaly_slices_per_request", "Slices scored per prediction", registry=r,
+            buckets=(1, 10, 25, 50, 100, 155, 250, 500),
+        )
+        self.scores = Histogram("brainomaly_slice_score", "Anomaly scores of served slices", registry=r, buckets=SCORE_BUCKETS)
+        self.model_info = Gauge(
+            "brainomaly_model_info", "The model version being served (value 1)", ["name", "version", "detector"], registry=r
+        )
+        self.threshold = Gauge("brainomaly_slice_threshold", "The served model's slice decision threshold", registry=r)
+        self.load_failures = Counter(
+            "brainomaly_model_load_failures", "Failed attempts to load a registry version", ["version"], registry=r
+        )
+        self.load_failed = Gauge(
+            "brainomaly_model_load_failed", "1 while the newest registry version failed to load (an older one serves)", registry=r
+        )
+        self.drift_events = Counter("brainomaly_drift_events", "Score-drift events raised by the CUSUM detector", registry=r)
+        self.drift = {
+            field: Gauge(f"brainomaly_drift_{field}", help_text, registry=r)
+            for field, help_text in {
+                "window": "Scores in the drift window",
+                "psi": "Population stability index of the window's scores vs the reference",
+                "ks": "Kolmogorov-Smirnov statistic of the window's scores vs the reference",
+                "wasserstein": "1-Wasserstein distance of the window's scores from the reference (score units)",
+                "fraction_above": "Fraction of the window's scores above the slice threshold",
+                "expected_fraction_above": "Fraction of the reference scores above the slice threshold",
+            }.items()
+        }
+
+    def show_drift(self, report: DriftReport | None, window: int) -> None:
+        """Gauges of the latest report; the statistics read NaN until the window holds enough."""
+        self.drift["window"].set(window)
+        for field, gauge in self.drift.items():
+            if field != "window":
+                gauge.set(float("nan") if report is None else getattr(report, field))

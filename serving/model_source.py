@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+import tempfile
 from pathlib import Path
 
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from serving.predictor import VolumePredictor
 
 _ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$")
 _VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
@@ -51,3 +54,10 @@ def resolve_version(model_uri: str, tracking_uri: str) -> tuple[str, str]:
 
 def _client(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def load_predictor(name: str, version: str, tracking_uri: str) -> VolumePredictor:
+    """The registered version, downloaded to a temporary folder and loaded into memory."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, _, _ = fetch_bundle(f"models:/{name}/{version}", tracking_uri, Path(tmp))
+        return VolumePredictor.from_folder(folder, name, version)

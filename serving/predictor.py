@@ -7,16 +7,23 @@ Free of Ray and HTTP so it can be tested and reused directly; it calls the very 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 from pathlib import Path
 
+import gzip
+
+import nibabel as nib
 import numpy as np
 from torch import nn
 
 from components.models.bundle import DetectorBundle
 from components.models.inference import score_slices
-from components.preprocess.geometry import axial_axis
+from components.preprocess.geometry import axial_axis, to_input_grid
 from components.preprocess.volume import preprocess_volume
+from components.reports.figures import overlay_strip
 from components.scoring.volume import volume_score
+
+OVERLAY_SLICES = 4
 
 
 @dataclass
@@ -31,20 +38,35 @@ class VolumePredictor:
         bundle, detector = DetectorBundle.load(folder)
         return cls(bundle, detector, model_name, model_version)
 
-    def predict(self, data: np.ndarray, affine: np.ndarray) -> dict:
+    def description(self) -> dict:
+        """What is served: the registry's name and version, the detector and its calibration."""
+        calibration = self.bundle.calibration
+        return {
+            "name": self.model_name, "version": self.model_version, "detector": self.bundle.model_name,
+            "hyperparams": self.bundle.hyperparams, "data_version": self.bundle.data_version,
+            "slice_threshold": calibration.slice_threshold, "volume_threshold": calibration.volume_threshold,
+            "threshold_percentile": calibration.percentile, "reference_scores": len(calibration.reference_scores),
+            "slice_size": self.bundle.preprocess.size, "metrics": self.bundle.metrics,
+        }
+
+    def predict(self, data: np.ndarray, affine: np.ndarray, with_map: Literal["nifti", "png"] | None = None) -> dict:
         """Scores of one (X, Y, Z) skull-stripped volume; slice indices are the input's own.
 
         When the recipe resamples along the axial axis, several model slices may come from one
-        input slice: that slice's score is the highest of theirs.
+        input slice: that slice's score is the highest of theirs. ``with_map="nifti"`` adds
+        ``map``: the anomaly map on the input's grid with its affine, as .nii.gz bytes in a fresh
+        header (none of the upload's header text is carried over); ``"png"`` a PNG of the
+        ``OVERLAY_SLICES`` most anomalous model slices with their maps over them.
         """
         slices = preprocess_volume(data, affine, self.bundle.preprocess)
-        scores = score_slices(self.detector, slices.images, slices.brain).scores
+        scored = score_slices(self.detector, slices.images, slices.brain)
+        scores = scored.scores
         per_slice: dict[int, float] = {}
         for index, value in zip(slices.slice_numbers.tolist(), scores.tolist()):
             per_slice[index] = max(value, per_slice.get(index, value))
         calibration = self.bundle.calibration
         score = volume_score(scores)
-        return {
+        result = {
             "model": {"name": self.model_name, "version": self.model_version, "detector": self.bundle.model_name},
             "data_version": self.bundle.data_version,
             "threshold": calibration.slice_threshold,
@@ -57,6 +79,19 @@ class VolumePredictor:
                 {"index": i, "score": s, "verdict": _verdict(s, calibration.slice_threshold)} for i, s in sorted(per_slice.items())
             ],
         }
+        if with_map == "nifti":
+            result["map"] = map_nifti(to_input_grid(scored.maps[:, 0], slices.geometry), affine)
+        elif with_map == "png":
+            top = np.argsort(scores)[::-1][:OVERLAY_SLICES]
+            titles = [f"slice {slices.slice_numbers[i]}: {scores[i]:.3g}" for i in top]
+            result["map"] = overlay_strip(slices.images[top, 0], scored.maps[top, 0], titles, calibration.pixel_threshold)
+        return result
+
+
+def map_nifti(volume: np.ndarray, affine: np.ndarray) -> bytes:
+    image = nib.Nifti1Image(volume.astype(np.float32), affine)
+    image.header.set_xyzt_units("mm")
+    return gzip.compress(image.to_bytes(), compresslevel=1)
 
 
 def _verdict(score: float, threshold: float) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ TINY_PARAMS = {
     "preprocess": {"size": 32},
     "model": {"name": "spatial_vae", "spatial_vae": {"base_channels": 16, "latent_channels": 32, "downsamplings": 3, "kl_weight": 0.01}},
     "train": {"epochs": 30, "batch_size": 32, "num_workers": 2, "learning_rate": 0.002},
-    "serve": {"max_upload_mb": 2},
+    "serve": {"max_upload_mb": 2, "drift": {"window": 200, "min_scores": 20}},
 }
 
 
@@ -48,12 +47,6 @@ def phantom_roots(tmp_path_factory) -> tuple[Path, Path]:
     spec = PhantomSpec(n_healthy=4, n_tumour=3, voxel_size_mm=3.0, seed=5)
     generate_phantoms(root / "hcp", root / "brats", spec)
     return root / "hcp", root / "brats"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -29,12 +29,15 @@ def _check_image(img: nib.Nifti1Image, name: str) -> tuple[np.ndarray, np.ndarra
         )
     if min(shape) < 2:
         raise InvalidVolumeError(f"{name}: volume shape {img.shape} has an axis shorter than 2")
-    affine = img.affine
+    try:
+        affine = img.affine
+    except Exception as err:  # hostile quaternion/srow values overflow nibabel's arithmetic
+        raise InvalidVolumeError(f"{name}: the header's orientation fields are unreadable ({err})") from err
     if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-8:
         raise InvalidVolumeError(f"{name}: the header's affine is missing or not invertible")
     try:
         data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
-    except (EOFError, OSError, zlib.error, ValueError) as err:
+    except Exception as err:  # truncated data, or a data type, offset or scaling no reader can use
         raise InvalidVolumeError(f"{name}: the image data is truncated or unreadable ({err})") from err
     if not np.all(np.isfinite(data)):
         bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))

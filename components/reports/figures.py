@@ -3,6 +3,7 @@ slices, and a grid of input / reconstruction / anomaly map / ground truth for a 
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -51,6 +52,23 @@ def example_grid(images: np.ndarray, reconstructions: np.ndarray, maps: np.ndarr
             if row == 0:
                 axes[row, column].set_title(title, fontsize=9)
     _save(figure, path)
+
+
+def overlay_strip(images: np.ndarray, maps: np.ndarray, titles: list[str], threshold: float) -> bytes:
+    """A quick look as PNG bytes: each (H, W) slice in grey with its anomaly map over it where
+    the map passes ``threshold``; slices shown in RAS radiological view (rows = anterior up)."""
+    figure, axes = plt.subplots(1, len(images), figsize=(2.4 * len(images), 2.7), squeeze=False)
+    top = float(maps.max()) or 1.0
+    for axis, image, heat, title in zip(axes[0], images, maps, titles):
+        axis.imshow(np.rot90(image), cmap="gray")
+        axis.imshow(np.rot90(np.ma.masked_less_equal(heat, threshold)), cmap="inferno", vmin=threshold, vmax=top, alpha=0.7)
+        axis.set_title(title, fontsize=8)
+        axis.set_axis_off()
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    return buffer.getvalue()
 
 
 def _save(figure, path: Path) -> None:

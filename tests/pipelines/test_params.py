@@ -24,6 +24,9 @@ def test_repo_params_load():
         ("model", {"name": "made_up"}, "model.name 'made_up' is not a detector"),
         ("model", {"dense_aee": {}}, "model.dense_aee: no detector of that name"),
         ("model", {"spatial_vae": {"latent_size": 3}}, "model.spatial_vae has no hyper-parameter"),
+        ("serve", {"max_queued_requests": -1}, "serve.max_queued_requests"),
+        ("serve", {"autoscaling": {"min_replicas": 3, "max_replicas": 2}}, "min_replicas .3. is above max_replicas"),
+        ("serve", {"drift": {"window": 50, "min_scores": 100}}, "min_scores .100. is above window"),
     ],
 )
 def test_bad_values_name_their_key(tmp_path, section, values, message):
@@ -42,3 +45,11 @@ def test_missing_or_broken_file(tmp_path):
 def test_tiny_params_are_valid(tmp_path):
     params = load_params(write_params(tmp_path))
     assert yaml.safe_load((tmp_path / "params.yaml").read_text())["train"]["epochs"] == params.train.epochs
+
+
+def test_serve_options_become_ray_serve_deployment_options(tmp_path):
+    fixed = load_params(write_params(tmp_path, serve={"num_replicas": 2, "max_ongoing_requests": 3, "max_queued_requests": 5}))
+    assert fixed.serve.deployment_options() == {"num_replicas": 2, "max_ongoing_requests": 3, "max_queued_requests": 5}
+    scaling = {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2}
+    auto = load_params(write_params(tmp_path, serve={"autoscaling": scaling})).serve.deployment_options()
+    assert auto["autoscaling_config"] == scaling and "num_replicas" not in auto

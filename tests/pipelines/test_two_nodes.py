@@ -16,7 +16,8 @@ from ray.util.state import list_actors
 
 from pipelines import train, tune
 from pipelines.params import load_params
-from tests.conftest import free_port, write_params
+from serving.local_server import free_port
+from tests.conftest import write_params
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).parent / "ray")

@@ -2,11 +2,6 @@
 
 import gzip
 import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -14,51 +9,35 @@ import pytest
 import requests
 from sklearn.metrics import roc_auc_score
 
+from benchmarks.fuzz_upload import fuzz
 from components.data.layouts import read_brats
 from components.data.nifti_io import load_volume
-from tests.conftest import free_port, venv_env
+from serving.local_server import running_server
+from tests.conftest import venv_env
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def server(pipeline_repo):
-    port = free_port()
-    log = open(pipeline_repo / "serve.log", "w")
-    command = [str(Path(sys.executable).parent / "brainomaly"), "serve", "--port", str(port)]
-    process = subprocess.Popen(command, cwd=pipeline_repo, env=venv_env(), stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server exited early:\n{(pipeline_repo / 'serve.log').read_text()[-4000:]}")
-        try:
-            if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
-                break
-        except requests.RequestException:  # not listening yet, or the proxy up before the app
-            pass
-        time.sleep(1)
-    else:
-        pytest.fail(f"server not ready in time:\n{(pipeline_repo / 'serve.log').read_text()[-4000:]}")
-    yield url
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        pass
-    with __import__("contextlib").suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    log.close()
+    with running_server(pipeline_repo, env=venv_env()) as url:
+        yield url
 
 
 def nifti(data, affine=np.eye(4)) -> bytes:
     return nib.Nifti1Image(data, affine).to_bytes()
 
 
-def test_health(server):
-    body = requests.get(f"{server}/healthz", timeout=10).json()
-    assert body["status"] == "ok" and body["model"] == "brainomaly-detector" and body["version"] == "1"
+def test_health_readiness_and_the_model_served(server):
+    assert requests.get(f"{server}/healthz", timeout=10).json() == {"status": "ok"}
+    ready = requests.get(f"{server}/readyz", timeout=10).json()
+    assert ready == {"status": "ready", "model": "brainomaly-detector", "version": "1"}
+    model = requests.get(f"{server}/v1/model", timeout=10).json()
+    assert model["name"] == "brainomaly-detector" and model["version"] == "1" and model["detector"] == "spatial_vae"
+    assert model["slice_threshold"] > 0 and model["reference_scores"] > 10 and model["data_version"]
+    assert model["model_uri"] == "models:/brainomaly-detector@champion"
+    schema = requests.get(f"{server}/openapi.json", timeout=10).json()
+    assert {"/v1/predict", "/v1/model", "/readyz", "/healthz"} <= set(schema["paths"])
 
 
 def test_tumour_slices_score_higher_than_clean_ones(server, pipeline_repo):
@@ -137,6 +116,77 @@ def test_prometheus_metrics(server, pipeline_repo):
     assert 'brainomaly_requests_total{route="/v1/predict",status="200"}' in text
     assert 'brainomaly_requests_total{route="/v1/predict",status="400"}' in text
     assert "brainomaly_request_latency_seconds_bucket" in text
-    assert 'brainomaly_model_info{name="brainomaly-detector",version="1"} 1.0' in text
+    assert 'brainomaly_model_info{detector="spatial_vae",name="brainomaly-detector",version="1"} 1.0' in text
     count = next(line for line in text.splitlines() if line.startswith("brainomaly_slice_score_count"))
     assert float(count.split()[-1]) > 0
+
+
+def scores_of(server, payload: bytes) -> list[float]:
+    response = requests.post(f"{server}/v1/predict", data=payload, timeout=120)
+    assert response.status_code == 200, response.text
+    return [s["score"] for s in response.json()["slices"]]
+
+
+def test_the_anomaly_map_comes_back_on_the_input_grid_without_its_header_text(server, pipeline_repo):
+    case = read_brats(pipeline_repo / "data" / "raw" / "brats")[0]
+    upload = nib.load(case.image)
+    image = nib.Nifti1Image(np.asanyarray(upload.dataobj), upload.affine)
+    image.header["descrip"] = b"PATIENT Jane Doe 1970-01-01"
+    image.header["aux_file"] = b"site-7"
+    image.header["db_name"] = b"radiology"
+    image.header["intent_name"] = b"private"
+    response = requests.post(f"{server}/v1/predict?map=nifti", data=image.to_bytes(), timeout=120)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/gzip"
+    assert response.headers["x-volume-verdict"] in ("normal", "anomalous")
+    anomaly = nib.Nifti1Image.from_bytes(gzip.decompress(response.content))
+    assert anomaly.shape == upload.shape and np.allclose(anomaly.affine, upload.affine)
+    for field in ("descrip", "aux_file", "db_name", "intent_name"):
+        assert anomaly.header[field].item() == b"", field
+    heat = np.asarray(anomaly.dataobj)
+    seg, _ = load_volume(case.segmentation)
+    assert heat[seg > 0].mean() > heat[(seg == 0) & (heat > 0)].mean()  # the map is hot where the tumour is
+
+
+def test_odd_but_valid_volumes_give_the_same_answer(server, pipeline_repo):
+    """RAS instead of LPS storage, integer voxel types and a 4-D file with one frame score as
+    the original scan; anisotropic voxels are served too."""
+    case = read_brats(pipeline_repo / "data" / "raw" / "brats")[0]
+    data, affine = load_volume(case.image)
+    reference = scores_of(server, nifti(data, affine))
+    ras_affine = affine @ np.diag([-1.0, -1.0, 1.0, 1.0])
+    ras_affine[:2, 3] = affine[:2, 3] + affine[:2, :2] @ (np.array(data.shape[:2]) - 1)
+    assert scores_of(server, nifti(data[::-1, ::-1], ras_affine)) == pytest.approx(reference)
+    assert scores_of(server, nifti(data[..., None], affine)) == pytest.approx(reference)
+    scale = 1000 / data.max()  # the same contrast in int16 and uint8 steps
+    assert np.corrcoef(scores_of(server, nifti((data * scale).astype(np.int16), affine)), reference)[0, 1] > 0.99
+    assert np.corrcoef(scores_of(server, nifti((data * 250 / data.max()).astype(np.uint8), affine)), reference)[0, 1] > 0.9
+    thick = affine @ np.diag([1.0, 1.0, 2.0, 1.0])
+    assert len(scores_of(server, nifti(data[:, :, ::2], thick))) > 5
+
+
+def test_drift_gauges_fill_as_scores_arrive(server, pipeline_repo):
+    for case in read_brats(pipeline_repo / "data" / "raw" / "brats")[:2]:
+        requests.post(f"{server}/v1/predict", data=case.image.read_bytes(), timeout=120)
+    text = requests.get(f"{server}/metrics", timeout=10).text
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line and not line.startswith("#")}
+    assert values["brainomaly_drift_window"] > 0
+    assert 0 < values["brainomaly_drift_expected_fraction_above"] < 0.1
+    assert values["brainomaly_slice_threshold"] > 0
+    assert "brainomaly_drift_events_total" in values and "brainomaly_model_load_failed" in values
+
+
+def test_fuzzed_uploads_never_get_a_5xx(server):
+    """A few hundred of the upload fuzzer's examples (benchmarks/fuzz_upload.py runs 10,000)."""
+    statuses = fuzz(server, examples=300)
+    assert sum(statuses.values()) == 300 and set(statuses) & {400, 413}
+    assert requests.get(f"{server}/readyz", timeout=10).status_code == 200
+
+
+def test_a_png_quick_look_and_a_bad_map_format(server, pipeline_repo):
+    scan = read_brats(pipeline_repo / "data" / "raw" / "brats")[0].image.read_bytes()
+    png = requests.post(f"{server}/v1/predict?map=png", data=scan, timeout=120)
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert png.content.startswith(b"\x89PNG") and len(png.content) > 5000
+    bad = requests.post(f"{server}/v1/predict?map=dicom", data=scan, timeout=120)
+    assert bad.status_code == 422 and "nifti" in bad.text

@@ -1,0 +1,75 @@
+"""The model deployment: replicas that hold the registry's detector and score volumes.
+
+Each replica follows the registry: at start and then every ``registry_poll_s`` for an alias URI
+it asks which version the alias names; a new version is loaded beside the serving one and
+swapped in (requests already running finish on the old one); a version that fails to load
+leaves the old one serving and is reported to the monitor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import numpy as np
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from components.data.nifti_io import InvalidVolumeError
+from serving.model_source import load_predictor, resolve_version
+from serving.predictor import VolumePredictor
+from serving.settings import EndpointSettings
+
+log = logging.getLogger("brainomaly.serving")
+
+
+@serve.deployment
+class DetectorModel:
+    def __init__(self, settings: EndpointSettings, monitor: DeploymentHandle) -> None:
+        self.settings, self.monitor = settings, monitor
+        self.predictor: VolumePredictor | None = None
+        self.follower = asyncio.get_running_loop().create_task(self.follow_registry())
+
+    async def predict(self, data: np.ndarray, affine: np.ndarray, with_map: str | None) -> dict:
+        """The predictor's result, or {"error": ...} for a volume it cannot use, or
+        {"unavailable": ...} before any version has loaded."""
+        predictor = self.predictor  # this request keeps this version even if a swap happens now
+        if predictor is None:
+            return {"unavailable": "no model loaded yet; see /readyz"}
+        try:
+            return await asyncio.to_thread(predictor.predict, data, affine, with_map)
+        except InvalidVolumeError as err:
+            return {"error": str(err)}
+
+    async def follow_registry(self) -> None:
+        follows_alias = "@" in self.settings.model_uri
+        while True:
+            await self.refresh()
+            if not follows_alias and self.predictor is not None:
+                return
+            await asyncio.sleep(self.settings.registry_poll_s)
+
+    async def refresh(self) -> None:
+        try:
+            name, version = await asyncio.to_thread(resolve_version, self.settings.model_uri, self.settings.tracking_uri)
+        except Exception as err:  # the registry unreachable for a moment: keep serving what we have
+            log.warning("cannot reach the model registry: %s", err)
+            return
+        if self.predictor is not None and self.predictor.model_version == version:
+            return
+        try:
+            predictor = await asyncio.to_thread(load_predictor, name, version, self.settings.tracking_uri)
+        except Exception as err:  # a broken version must never take the serving one down
+            serving = self.predictor.model_version if self.predictor else "nothing"
+            log.error("version %s of %s failed to load; still serving %s: %s", version, name, serving, err)
+            await self.tell_monitor("model_load_failed", version, f"version {version}: {err}")
+            return
+        self.predictor = predictor
+        await self.tell_monitor("model_loaded", predictor.description(), predictor.bundle.calibration.reference_scores)
+        log.info("serving %s version %s", name, version)
+
+    async def tell_monitor(self, method: str, *args) -> None:
+        try:
+            await getattr(self.monitor, method).remote(*args)
+        except Exception as err:  # monitoring is best effort
+            log.warning("monitor did not take %s: %s", method, err)

@@ -1,0 +1,26 @@
+"""What an endpoint needs to know, handed from the command line to every replica."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    """Score drift: ``window`` latest slice scores, statistics once ``min_scores`` arrived;
+    CUSUM slack ``cusum_k`` and alarm level ``cusum_h`` in reference standard deviations."""
+
+    window: int = 500
+    min_scores: int = 100
+    cusum_k: float = 0.5
+    cusum_h: float = 12.0
+
+
+@dataclass(frozen=True)
+class EndpointSettings:
+    model_uri: str  # models:/<name>@<alias> follows the alias; models:/<name>/<version> pins one
+    tracking_uri: str
+    max_upload_bytes: int = 256 * 2**20
+    registry_poll_s: float = 30.0
+    api_key: str | None = field(default=None, repr=False)  # required in X-API-Key when set
+    drift: DriftSettings = DriftSettings()

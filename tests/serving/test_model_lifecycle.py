@@ -1,0 +1,119 @@
+"""The endpoint guards itself and follows the registry: an API key, 503s over capacity, a
+broken version that never replaces the serving one, and a moved alias swapped in while
+requests keep being answered. Its own server, on a copy of the pipeline's registry."""
+
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from mlflow.tracking import MlflowClient
+
+from components.data.layouts import read_brats
+from serving.local_server import running_server
+from tests.conftest import venv_env, write_params
+
+pytestmark = pytest.mark.slow
+KEY = {"X-API-Key": "s3cret-test-key"}
+NAME, ALIAS = "brainomaly-detector", "champion"
+
+
+@pytest.fixture(scope="module")
+def project(pipeline_repo, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lifecycle")
+    shutil.copy2(pipeline_repo / "mlflow.db", folder / "mlflow.db")  # artifacts stay where they are
+    write_params(folder, serve={"max_upload_mb": 2, "registry_poll_s": 1, "max_ongoing_requests": 1, "max_queued_requests": 1})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(project):
+    with running_server(project, env={**venv_env(), "BRAINOMALY_API_KEY": KEY["X-API-Key"]}) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def scan(pipeline_repo) -> bytes:
+    return read_brats(pipeline_repo / "data" / "raw" / "brats")[0].image.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def registry(project) -> MlflowClient:
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def metric(server: str, name: str) -> float:
+    text = requests.get(f"{server}/metrics", timeout=10).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_the_api_key_guards_the_api_but_not_the_probes(server, scan):
+    assert requests.post(f"{server}/v1/predict", data=scan, timeout=60).status_code == 401
+    wrong = requests.get(f"{server}/v1/model", headers={"X-API-Key": "nope"}, timeout=10)
+    assert wrong.status_code == 401 and "X-API-Key" in wrong.json()["error"]
+    assert requests.post(f"{server}/v1/predict", data=scan, headers=KEY, timeout=120).status_code == 200
+    for probe in ("/healthz", "/readyz", "/metrics"):
+        assert requests.get(f"{server}{probe}", timeout=10).status_code == 200, probe
+
+
+def test_over_capacity_the_endpoint_answers_503_at_once(server, scan):
+    def post(_):
+        start = time.monotonic()
+        response = requests.post(f"{server}/v1/predict", data=scan, headers=KEY, timeout=300)
+        return response.status_code, time.monotonic() - start
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(post, range(8)))  # 1 at work + 1 queued is the capacity
+    statuses = [status for status, _ in answers]
+    assert set(statuses) == {200, 503}, statuses
+    assert max(seconds for status, seconds in answers if status == 503) < 2.0
+    assert requests.get(f"{server}/readyz", timeout=10).status_code == 200
+
+
+def test_a_broken_version_leaves_the_old_one_serving_and_raises_the_alert_metric(server, registry, scan, tmp_path):
+    (tmp_path / "not-a-model").mkdir()
+    (tmp_path / "not-a-model" / "README").write_text("no bundle here")
+    broken = registry.create_model_version(NAME, source=(tmp_path / "not-a-model").as_uri())
+    registry.set_registered_model_alias(NAME, ALIAS, broken.version)
+    deadline = time.monotonic() + 60
+    while metric(server, "brainomaly_model_load_failed ") < 1 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert metric(server, "brainomaly_model_load_failed ") == 1
+    assert metric(server, "brainomaly_model_load_failures_total") >= 1
+    answer = requests.post(f"{server}/v1/predict", data=scan, headers=KEY, timeout=120)
+    assert answer.status_code == 200 and answer.json()["model"]["version"] == "1"
+    model = requests.get(f"{server}/v1/model", headers=KEY, timeout=10).json()
+    assert model["version"] == "1" and f"version {broken.version}" in model["last_load_error"]
+
+
+def test_a_moved_alias_is_swapped_in_without_dropping_requests(server, registry, scan):
+    good = registry.get_model_version(NAME, "1")
+    successor = registry.create_model_version(NAME, source=good.source, run_id=good.run_id)
+    answers: list[tuple[int, str]] = []
+    done = threading.Event()
+
+    def keep_asking():
+        while not done.is_set():
+            response = requests.post(f"{server}/v1/predict", data=scan, headers=KEY, timeout=120)
+            answers.append((response.status_code, response.json().get("model", {}).get("version", "")))
+
+    client = threading.Thread(target=keep_asking)
+    client.start()
+    try:
+        time.sleep(2)
+        registry.set_registered_model_alias(NAME, ALIAS, successor.version)
+        deadline = time.monotonic() + 90
+        while not any(version == successor.version for _, version in answers) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(2)
+    finally:
+        done.set()
+        client.join(timeout=120)
+    assert all(status == 200 for status, _ in answers), answers
+    versions = [version for _, version in answers]
+    assert versions[0] == "1" and versions[-1] == successor.version
+    assert metric(server, "brainomaly_model_load_failed ") == 0
+    assert f'version="{successor.version}"' in requests.get(f"{server}/metrics", timeout=10).text
