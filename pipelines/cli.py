@@ -143,9 +143,10 @@ def drift_demo(
 
     from components.data.layouts import read_dataset
     from pipelines.preprocess import PROCESSED_DIR
-    from serving.drift_demo import OTHER_CONTRAST, held_out_healthy, run_drill
+    from serving.drift_demo import OTHER_CONTRAST, check_shift, held_out_healthy, run_drill
 
     try:
+        check_shift(shift)
         p = load_params(params)
         data = p.data
         subjects = held_out_healthy(p.path(PROCESSED_DIR), p.path(data.healthy_root), data.healthy_layout, data.modality)

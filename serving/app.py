@@ -19,8 +19,8 @@ prediction gets 503 at once, while probes and /metrics, answered by the light in
 Uploads live in memory only: nothing a client sends is written to disk or logged.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI must see the route signatures' real types
+# (Request, Query) through Ray Serve's class-based views.
 import hmac
 import logging
 import time
@@ -38,6 +38,7 @@ from serving.monitor import Monitor
 from serving.settings import EndpointSettings
 
 log = logging.getLogger("brainomaly.serving")
+logging.getLogger("nibabel").setLevel(logging.ERROR)  # its header fix-up notes, one per odd upload
 api = FastAPI(title="Brainomaly", description="Unsupervised brain-MRI anomaly detection", version="1")
 ROUTES = {"/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"}
 API_KEY_HEADER = "X-API-Key"
@@ -189,7 +190,9 @@ def build_app(settings: EndpointSettings, deployment_options: dict):
     enough requests to turn the excess away quickly (and bounds its own queue, as each
     request holds an upload in memory); the monitor is always one replica."""
     capacity = deployment_options["max_ongoing_requests"] + deployment_options["max_queued_requests"]
-    monitor = Monitor.bind(settings.drift)
+    light = {"num_cpus": 0}  # parsing and bookkeeping: the model replicas hold the CPUs
+    monitor = Monitor.options(ray_actor_options=light).bind(settings.drift)
     model = DetectorModel.options(**deployment_options).bind(settings, monitor)
     bound = max(16, 4 * capacity)
-    return Ingress.options(max_ongoing_requests=bound, max_queued_requests=bound).bind(settings, model, monitor)
+    return Ingress.options(max_ongoing_requests=bound, max_queued_requests=bound, ray_actor_options=light).bind(
+        settings, model, monitor)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from components.monitoring.drift import Cusum, DriftMonitor, fraction_above, ks_statistic, psi, wasserstein
+from components.monitoring.shifts import SHIFTS
 
 RNG = np.random.default_rng(0)
 # slice scores are positive and right-skewed, like the detectors' residual scores
@@ -93,3 +94,12 @@ def test_bad_settings_are_named(kwargs, message):
     settings = {"reference": REFERENCE, "threshold": THRESHOLD, **kwargs}
     with pytest.raises(ValueError, match=message):
         DriftMonitor(settings.pop("reference"), settings.pop("threshold"), **settings)
+
+
+@pytest.mark.parametrize("name", sorted(SHIFTS))
+def test_shifts_keep_shape_and_background(name):
+    image = np.zeros((20, 20, 10), np.float32)
+    image[5:15, 5:15, 2:8] = np.random.default_rng(1).uniform(0.2, 1.0, (10, 10, 6))
+    shifted = SHIFTS[name](image)
+    assert shifted.shape == image.shape and shifted.dtype == np.float32
+    assert (shifted[image == 0] == 0).all() and not np.allclose(shifted, image)

@@ -62,10 +62,17 @@ def test_serve_without_a_registered_model(tmp_path):
     assert result.exit_code == 1 and "run `brainomaly register` first" in result.output
 
 
-@pytest.mark.parametrize("command", ["phantoms", "preprocess", "validate", "train", "evaluate", "register", "serve"])
+@pytest.mark.parametrize("command", ["phantoms", "preprocess", "validate", "train", "evaluate", "register", "serve", "drift-demo"])
 def test_every_stage_has_help(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0 and "--params" in result.output
+
+
+def test_drift_demo_names_what_is_missing(tmp_path):
+    result = invoke("drift-demo", "--params", str(write_params(tmp_path)))
+    assert result.exit_code == 1 and "run `brainomaly preprocess` first" in result.output
+    result = invoke("drift-demo", "--params", str(write_params(tmp_path)), "--shift", "sepia")
+    assert result.exit_code == 1 and "unknown shift 'sepia'" in result.output
 
 
 def test_oneclass_names_a_bad_npz(tmp_path):

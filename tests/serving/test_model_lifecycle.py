@@ -90,8 +90,10 @@ def test_a_broken_version_leaves_the_old_one_serving_and_raises_the_alert_metric
 
 
 def test_a_moved_alias_is_swapped_in_without_dropping_requests(server, registry, scan):
-    good = registry.get_model_version(NAME, "1")
-    successor = registry.create_model_version(NAME, source=good.source, run_id=good.run_id)
+    # the same artifacts as version 1, registered again (by location: a models:/ source would be
+    # looked up in MLflow's process-wide store, not this copy)
+    successor = registry.create_model_version(NAME, source=registry.get_model_version_download_uri(NAME, "1"))
+    new = str(successor.version)
     answers: list[tuple[int, str]] = []
     done = threading.Event()
 
@@ -106,7 +108,7 @@ def test_a_moved_alias_is_swapped_in_without_dropping_requests(server, registry,
         time.sleep(2)
         registry.set_registered_model_alias(NAME, ALIAS, successor.version)
         deadline = time.monotonic() + 90
-        while not any(version == successor.version for _, version in answers) and time.monotonic() < deadline:
+        while not any(version == new for _, version in answers) and time.monotonic() < deadline:
             time.sleep(0.5)
         time.sleep(2)
     finally:
@@ -114,6 +116,6 @@ def test_a_moved_alias_is_swapped_in_without_dropping_requests(server, registry,
         client.join(timeout=120)
     assert all(status == 200 for status, _ in answers), answers
     versions = [version for _, version in answers]
-    assert versions[0] == "1" and versions[-1] == successor.version
+    assert versions[0] == "1" and versions[-1] == new
     assert metric(server, "brainomaly_model_load_failed ") == 0
-    assert f'version="{successor.version}"' in requests.get(f"{server}/metrics", timeout=10).text
+    assert f'version="{new}"' in requests.get(f"{server}/metrics", timeout=10).text

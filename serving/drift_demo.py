@@ -1,0 +1,97 @@
+"""A drift drill against a running endpoint: healthy scans first, then the same scans shifted
+(a bias field, a gamma contrast change, a global rescale, or the other contrast), reading the
+endpoint's drift gauges after each phase.
+
+The healthy scans are the healthy validation and test subjects of the processed data (never
+the training ones, whose scores sit below the reference), sent round after round until the
+drift window is full; the shifted phase sends as many again, so its window holds only shifted
+scores. Everything stays on the machine: the endpoint is named by URL (127.0.0.1 by default).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import requests
+
+from components.data.layouts import read_dataset
+from components.data.nifti_io import load_volume
+from components.data.slice_store import read_index
+from components.monitoring.shifts import SHIFTS
+
+log = logging.getLogger(__name__)
+OTHER_CONTRAST = {"t1": "t2", "t2": "t1", "t1ce": "t2", "flair": "t1"}
+DRIFT_GAUGES = ("window", "psi", "ks", "wasserstein", "fraction_above", "expected_fraction_above")
+
+
+def check_shift(shift: str) -> None:
+    if shift != "contrast" and shift not in SHIFTS:
+        raise ValueError(f"unknown shift {shift!r}: choose contrast or one of {sorted(SHIFTS)}")
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    slices_sent: int
+    gauges: dict[str, float]
+
+
+def held_out_healthy(processed: Path, root: Path, layout: str, modality: str) -> list:
+    """Healthy validation and test subjects, read with the training data's layout."""
+    index = read_index(processed)
+    held_out = set(index.loc[(index.cohort == "healthy") & index.split.isin(["val", "test"]), "subject"])
+    subjects = [s for s in read_dataset(root, layout, modality, "healthy") if s.subject_id in held_out]
+    if not subjects:
+        raise ValueError(f"no healthy validation or test subject of {processed} found under {root}")
+    return subjects
+
+
+def upload(image: Path, shift: str | None) -> bytes:
+    if shift is None:
+        return image.read_bytes()
+    data, affine = load_volume(image)
+    return nib.Nifti1Image(SHIFTS[shift](data), affine).to_bytes()
+
+
+def drift_gauges(url: str) -> dict[str, float]:
+    text = requests.get(f"{url}/metrics", timeout=30).text
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith("brainomaly_drift_") and name.removeprefix("brainomaly_drift_") in DRIFT_GAUGES:
+            values[name.removeprefix("brainomaly_drift_")] = float(value)
+    return values
+
+
+def send_phase(url: str, name: str, payloads, slices: int, headers: dict) -> Phase:
+    """Send volumes until ``slices`` slice scores went out; returns the gauges after."""
+    sent = 0
+    for payload in itertools.cycle(payloads):
+        response = requests.post(f"{url}/v1/predict", data=payload, headers=headers, timeout=300)
+        if response.status_code != 200:
+            raise RuntimeError(f"{url}/v1/predict answered {response.status_code}: {response.text[:300]}")
+        sent += response.json()["slices_scored"]
+        if sent >= slices:
+            break
+    return Phase(name, sent, drift_gauges(url))
+
+
+def run_drill(
+    url: str, subjects: list, *, window: int, shift: str, other_contrast: list | None = None, api_key: str | None = None
+) -> list[Phase]:
+    """Healthy phase, then the shifted phase; ``shift`` is one of SHIFTS or 'contrast'
+    (``other_contrast`` then holds the same subjects' other modality)."""
+    check_shift(shift)
+    headers = {"X-API-Key": api_key} if api_key else {}
+    healthy = [upload(s.image, None) for s in subjects]
+    if shift == "contrast":
+        shifted = [upload(s.image, None) for s in other_contrast or []]
+    else:
+        shifted = [upload(s.image, shift) for s in subjects]
+    if not shifted:
+        raise ValueError("no scans of the other contrast were found")
+    return [send_phase(url, "healthy", healthy, window, headers), send_phase(url, shift, shifted, window, headers)]
