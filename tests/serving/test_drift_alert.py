@@ -1,0 +1,66 @@
+"""The drift drill end to end: `brainomaly serve`, a real Prometheus (Debian's package) scraping
+it with the project's alert rules, healthy scans and then shifted ones, and the ScoreDrift
+alert firing in Prometheus."""
+
+import contextlib
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from pipelines.params import load_params
+from pipelines.preprocess import PROCESSED_DIR
+from serving.drift_demo import held_out_healthy, run_drill
+from serving.local_server import free_port, running_server
+from tests.conftest import venv_env
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("prometheus") is None,
+                       reason="prometheus not installed (Debian package prometheus; .ci/run installs it)"),
+]
+RULES = Path(__file__).resolve().parents[2] / "infra" / "prometheus" / "alerts.yml"
+
+
+@contextlib.contextmanager
+def prometheus(target: str, folder):
+    port = free_port()
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(RULES)],
+        "scrape_configs": [{"job_name": "brainomaly-endpoint", "static_configs": [{"targets": [target]}]}],
+    }
+    (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
+    with open(folder / "prometheus.log", "w") as log:
+        process = subprocess.Popen(
+            ["prometheus", f"--config.file={folder / 'prometheus.yml'}", f"--storage.tsdb.path={folder / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def alert_states(prom: str, name: str) -> set[str]:
+    alerts = requests.get(f"{prom}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+    return {a["state"] for a in alerts if a["labels"]["alertname"] == name}
+
+
+def test_shifted_scans_fire_the_drift_alert(pipeline_repo, tmp_path):
+    params = load_params(pipeline_repo / "params.yaml")
+    subjects = held_out_healthy(params.path(PROCESSED_DIR), params.path(params.data.healthy_root),
+                                params.data.healthy_layout, params.data.modality)
+    with running_server(pipeline_repo, env=venv_env()) as url, prometheus(url.removeprefix("http://"), tmp_path) as prom:
+        healthy, shifted = run_drill(url, subjects, window=params.serve.drift.window, shift="gamma")
+        assert shifted.gauges["psi"] > max(0.25, healthy.gauges["psi"]), (healthy, shifted)
+        deadline = time.monotonic() + 180  # the rule's `for: 1m`, plus scrape and evaluation
+        while "firing" not in alert_states(prom, "ScoreDrift") and time.monotonic() < deadline:
+            time.sleep(2)
+        assert "firing" in alert_states(prom, "ScoreDrift"), (tmp_path / "prometheus.log").read_text()[-3000:]
+        up = requests.get(f"{prom}/api/v1/query", params={"query": 'up{job="brainomaly-endpoint"}'}, timeout=10).json()
+        assert up["data"]["result"][0]["value"][1] == "1"
