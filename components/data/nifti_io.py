@@ -36,6 +36,12 @@ def _check_image(img: nib.Nifti1Image, name: str) -> tuple[np.ndarray, np.ndarra
     if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-8:
         raise InvalidVolumeError(f"{name}: the header's affine is missing or not invertible")
     try:
+        orientation = nib.orientations.io_orientation(affine)
+    except Exception as err:
+        raise InvalidVolumeError(f"{name}: the header's affine gives no voxel orientation ({err})") from err
+    if np.isnan(orientation).any():
+        raise InvalidVolumeError(f"{name}: the header's affine maps two voxel axes onto one direction")
+    try:
         data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
     except Exception as err:  # truncated data, or a data type, offset or scaling no reader can use
         raise InvalidVolumeError(f"{name}: the image data is truncated or unreadable ({err})") from err
