@@ -311,7 +311,7 @@ class ServeParams(Section):
     num_replicas: int = Field(1, ge=1)
     autoscaling: AutoscalingParams | None = None
     max_ongoing_requests: int = Field(4, ge=1)
-    max_queued_requests: int = Field(8, ge=0)
+    max_queued_requests: int = Field(8, ge=1)  # Ray Serve: a positive bound (-1, unbounded, is not offered)
     registry_poll_s: float = Field(30, gt=0)
     drift: DriftParams = DriftParams()
 

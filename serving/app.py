@@ -21,6 +21,7 @@ Uploads live in memory only: nothing a client sends is written to disk or logged
 
 # No `from __future__ import annotations`: FastAPI must see the route signatures' real types
 # (Request, Query) through Ray Serve's class-based views.
+import asyncio
 import hmac
 import logging
 import time
@@ -42,6 +43,7 @@ logging.getLogger("nibabel").setLevel(logging.ERROR)  # its header fix-up notes,
 api = FastAPI(title="Brainomaly", description="Unsupervised brain-MRI anomaly detection", version="1")
 ROUTES = {"/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"}
 API_KEY_HEADER = "X-API-Key"
+PROBE_HEADROOM = 8  # requests the ingress admits beyond the model's capacity: probes, /metrics
 MAP_FORMATS = {"nifti": ("application/gzip", "anomaly_map.nii.gz"), "png": ("image/png", "anomaly_overlay.png")}
 
 
@@ -53,7 +55,8 @@ class RequestError(Exception):
 
 @api.exception_handler(RequestError)
 async def request_error(_: Request, err: RequestError) -> JSONResponse:
-    return JSONResponse({"error": err.message}, status_code=err.status)
+    headers = {"Retry-After": "1"} if err.status == 503 else None  # busy or loading: worth a retry soon
+    return JSONResponse({"error": err.message}, status_code=err.status, headers=headers)
 
 
 @api.middleware("http")
@@ -113,8 +116,10 @@ async def upload_payload(request: Request, limit: int) -> bytes:
 @serve.deployment
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, settings: EndpointSettings, model: DeploymentHandle, monitor: DeploymentHandle) -> None:
+    def __init__(self, settings: EndpointSettings, model: DeploymentHandle, monitor: DeploymentHandle,
+                 capacity: int) -> None:
         self.settings, self.model, self.monitor = settings, model, monitor
+        self.capacity, self.in_flight = capacity, 0  # predictions the model replicas can hold, and held now
         api.state.endpoint = self
 
     def authorised(self, key: str | None) -> bool:
@@ -159,9 +164,20 @@ class Ingress:
         map_format: Literal["nifti", "png"] | None = Query(
             None, alias="map", description="nifti: the anomaly map on the input's grid; png: a quick look"),
     ) -> Response:
+        if self.in_flight >= self.capacity:  # answer before reading the upload: that is what keeps 503s fast
+            raise RequestError(503, f"over capacity: {self.in_flight} predictions in progress; retry shortly")
+        self.in_flight += 1
+        try:
+            return await self.answer(request, map_format)
+        finally:
+            self.in_flight -= 1
+
+    async def answer(self, request: Request, map_format: str | None) -> Response:
         payload = await upload_payload(request, self.settings.max_upload_bytes)
         try:
-            data, affine = volume_from_bytes(payload, max_uncompressed_bytes=4 * self.settings.max_upload_bytes)
+            # in a thread: gunzipping a 240x240x155 scan takes a while, probes must not wait on it
+            data, affine = await asyncio.to_thread(volume_from_bytes, payload,
+                                                   max_uncompressed_bytes=4 * self.settings.max_upload_bytes)
         except InvalidVolumeError as err:
             raise RequestError(400, str(err)) from None
         del payload
@@ -186,13 +202,17 @@ class Ingress:
 
 def build_app(settings: EndpointSettings, deployment_options: dict):
     """The application. ``deployment_options`` (replicas or autoscaling, max_ongoing_requests,
-    max_queued_requests) shape the model deployment, where the work is; the ingress takes
-    enough requests to turn the excess away quickly (and bounds its own queue, as each
-    request holds an upload in memory); the monitor is always one replica."""
-    capacity = deployment_options["max_ongoing_requests"] + deployment_options["max_queued_requests"]
+    max_queued_requests) shape the model deployment, where the work is. The ingress turns a
+    prediction away with 503 before reading its upload once the model replicas hold all they
+    can, so uploads never pile up in memory; it admits a few more requests for probes and
+    /metrics. The monitor is always one replica."""
+    per_replica = deployment_options["max_ongoing_requests"] + deployment_options["max_queued_requests"]
+    autoscaling = deployment_options.get("autoscaling_config")
+    replicas = autoscaling["max_replicas"] if autoscaling else deployment_options["num_replicas"]
     light = {"num_cpus": 0}  # parsing and bookkeeping: the model replicas hold the CPUs
     monitor = Monitor.options(ray_actor_options=light).bind(settings.drift)
     model = DetectorModel.options(**deployment_options).bind(settings, monitor)
-    bound = max(16, 4 * capacity)
-    return Ingress.options(max_ongoing_requests=bound, max_queued_requests=bound, ray_actor_options=light).bind(
-        settings, model, monitor)
+    capacity = per_replica * replicas
+    ingress = Ingress.options(max_ongoing_requests=capacity + PROBE_HEADROOM, max_queued_requests=PROBE_HEADROOM,
+                              ray_actor_options=light)
+    return ingress.bind(settings, model, monitor, capacity)
