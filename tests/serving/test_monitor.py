@@ -1,0 +1,53 @@
+"""The monitor's bookkeeping, without Ray: one registry, one drift window, the served model."""
+
+import numpy as np
+import pytest
+
+from serving.monitor import Monitor
+from serving.settings import DriftSettings
+
+REFERENCE = list(np.random.default_rng(0).lognormal(-3, 0.3, 400))
+
+
+def description(version: str) -> dict:
+    return {"name": "brainomaly-detector", "version": version, "detector": "spatial_vae", "slice_threshold": 0.08}
+
+
+def sample(text: str, name: str) -> float:
+    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ") or line.startswith(name + "{"))
+
+
+@pytest.fixture()
+def monitor():
+    return Monitor.func_or_class(DriftSettings(window=100, min_scores=20))
+
+
+def test_scores_fill_the_window_and_a_shift_shows(monitor):
+    monitor.model_loaded(description("1"), REFERENCE)
+    monitor.record_scores("1", list(np.random.default_rng(1).lognormal(-3, 0.3, 100)))
+    calm = monitor.exposition().decode()
+    assert sample(calm, "brainomaly_drift_window") == 100 and sample(calm, "brainomaly_drift_psi") < 0.25
+    monitor.record_scores("1", list(np.random.default_rng(2).lognormal(-3, 0.3, 100) * 2))
+    shifted = monitor.exposition().decode()
+    assert sample(shifted, "brainomaly_drift_psi") > 0.25 and sample(shifted, "brainomaly_drift_events_total") >= 1
+    assert sample(shifted, "brainomaly_slice_score_count") == 200
+
+
+def test_a_new_version_starts_a_fresh_window_and_late_old_scores_stay_out(monitor):
+    monitor.model_loaded(description("1"), REFERENCE)
+    monitor.record_scores("1", [0.05] * 50)
+    monitor.model_loaded(description("2"), REFERENCE)
+    monitor.record_scores("1", [0.5] * 50)  # a replica still on version 1
+    text = monitor.exposition().decode()
+    assert sample(text, "brainomaly_drift_window") == 0
+    assert 'version="2"' in text and 'version="1"' not in text
+    assert monitor.served_model()["model"]["version"] == "2"
+
+
+def test_a_failed_load_is_shown_until_a_version_loads(monitor):
+    assert monitor.served_model() == {"model": None, "last_load_error": None}
+    monitor.model_load_failed("3", "version 3: no bundle")
+    assert sample(monitor.exposition().decode(), "brainomaly_model_load_failed") == 1
+    assert monitor.served_model()["last_load_error"] == "version 3: no bundle"
+    monitor.model_loaded(description("1"), REFERENCE)
+    assert sample(monitor.exposition().decode(), "brainomaly_model_load_failed") == 0
