@@ -32,6 +32,7 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
+from starlette.formparsers import MultiPartParser
 
 from components.data.nifti_io import InvalidVolumeError, volume_from_bytes
 from serving.detector import DetectorModel
@@ -120,6 +121,8 @@ class Ingress:
                  capacity: int) -> None:
         self.settings, self.model, self.monitor = settings, model, monitor
         self.capacity, self.in_flight = capacity, 0  # predictions the model replicas can hold, and held now
+        # a multipart file part spools to a temporary file past 1 MB by default: uploads stay in memory
+        MultiPartParser.spool_max_size = settings.max_upload_bytes
         api.state.endpoint = self
 
     def authorised(self, key: str | None) -> bool:
