@@ -15,6 +15,9 @@ import nibabel as nib
 import numpy as np
 
 
+VOXEL_MM = (0.05, 50.0)  # a scanner's voxels, from small-animal MRI to thick clinical slices
+
+
 class InvalidVolumeError(ValueError):
     """The bytes or file given are not a usable 3-D NIfTI volume; the message says why."""
 
@@ -41,6 +44,11 @@ def _check_image(img: nib.Nifti1Image, name: str) -> tuple[np.ndarray, np.ndarra
         raise InvalidVolumeError(f"{name}: the header's affine gives no voxel orientation ({err})") from err
     if np.isnan(orientation).any():
         raise InvalidVolumeError(f"{name}: the header's affine maps two voxel axes onto one direction")
+    sizes = nib.affines.voxel_sizes(affine)
+    if not np.all((sizes >= VOXEL_MM[0]) & (sizes <= VOXEL_MM[1])):
+        raise InvalidVolumeError(
+            f"{name}: voxel sizes {np.round(sizes, 4).tolist()} mm are outside {VOXEL_MM[0]}-{VOXEL_MM[1]} mm: not an MRI scan's"
+        )
     try:
         data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
     except Exception as err:  # truncated data, or a data type, offset or scaling no reader can use

@@ -40,8 +40,10 @@ def test_single_frame_4d_is_accepted():
         (nifti_bytes(np.ones((8, 8), np.float32)), "expected a 3-D volume"),
         (nifti_bytes(np.ones((4, 4, 4, 2, 2), np.float32)), "expected a 3-D volume"),
         (nifti_bytes(np.full((4, 4, 4), np.nan, np.float32)), "NaN or infinite"),
+        (nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.diag([1.0, 1e-3, 100.0, 1.0])).to_bytes(), "voxel sizes"),
+        (nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.diag([1.0, 1.0, 1e6, 1.0])).to_bytes(), "outside 0.05-50"),
     ],
-    ids=["garbage", "too-short", "truncated-gzip", "2d", "5d", "nan"],
+    ids=["garbage", "too-short", "truncated-gzip", "2d", "5d", "nan", "nanometre-voxels", "kilometre-voxels"],
 )
 def test_bad_uploads_are_named(payload, message):
     with pytest.raises(InvalidVolumeError, match=message):
