@@ -36,7 +36,7 @@ from starlette.formparsers import MultiPartParser
 
 from components.data.nifti_io import InvalidVolumeError, volume_from_bytes
 from serving.detector import DetectorModel
-from serving.monitor import Monitor
+from serving.monitor import Monitor, tell
 from serving.settings import EndpointSettings
 
 log = logging.getLogger("brainomaly.serving")
@@ -75,7 +75,7 @@ async def guard_and_observe(request: Request, call_next):
             log.exception("unhandled error on %s", route)
             response = JSONResponse({"error": "internal error while processing the request"}, status_code=500)
     if route != "/metrics":
-        await endpoint.tell_monitor("record_request", route, response.status_code, time.perf_counter() - start)
+        await tell(endpoint.monitor, "record_request", route, response.status_code, time.perf_counter() - start)
     return response
 
 
@@ -128,13 +128,6 @@ class Ingress:
     def authorised(self, key: str | None) -> bool:
         expected = self.settings.api_key
         return not expected or (key is not None and hmac.compare_digest(key.encode(), expected.encode()))
-
-    async def tell_monitor(self, method: str, *args) -> None:
-        """Monitoring is best effort: a monitor hiccup must not fail a request."""
-        try:
-            await getattr(self.monitor, method).remote(*args)
-        except Exception as err:
-            log.warning("monitor did not take %s: %s", method, err)
 
     async def served_model(self) -> dict:
         return await self.monitor.served_model.remote()
@@ -193,7 +186,7 @@ class Ingress:
         if "unavailable" in result:
             raise RequestError(503, result["unavailable"])
         version = result["model"]["version"]
-        await self.tell_monitor("record_scores", version, [s["score"] for s in result["slices"]])
+        await tell(self.monitor, "record_scores", version, [s["score"] for s in result["slices"]])
         if map_format is None:
             return JSONResponse(result)
         media_type, filename = MAP_FORMATS[map_format]

@@ -17,6 +17,7 @@ from ray.serve.handle import DeploymentHandle
 
 from components.data.nifti_io import InvalidVolumeError
 from serving.model_source import load_predictor, resolve_version
+from serving.monitor import tell
 from serving.predictor import VolumePredictor
 from serving.settings import EndpointSettings
 
@@ -62,14 +63,8 @@ class DetectorModel:
         except Exception as err:  # a broken version must never take the serving one down
             serving = self.predictor.model_version if self.predictor else "nothing"
             log.error("version %s of %s failed to load; still serving %s: %s", version, name, serving, err)
-            await self.tell_monitor("model_load_failed", version, f"version {version}: {err}")
+            await tell(self.monitor, "model_load_failed", version, f"version {version}: {err}")
             return
         self.predictor = predictor
-        await self.tell_monitor("model_loaded", predictor.description(), predictor.bundle.calibration.reference_scores)
+        await tell(self.monitor, "model_loaded", predictor.description(), predictor.bundle.calibration.reference_scores)
         log.info("serving %s version %s", name, version)
-
-    async def tell_monitor(self, method: str, *args) -> None:
-        try:
-            await getattr(self.monitor, method).remote(*args)
-        except Exception as err:  # monitoring is best effort
-            log.warning("monitor did not take %s: %s", method, err)

@@ -11,7 +11,6 @@ scores. Everything stays on the machine: the endpoint is named by URL (127.0.0.1
 from __future__ import annotations
 
 import itertools
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,6 @@ from components.data.nifti_io import load_volume
 from components.data.slice_store import read_index
 from components.monitoring.shifts import SHIFTS
 
-log = logging.getLogger(__name__)
 OTHER_CONTRAST = {"t1": "t2", "t2": "t1", "t1ce": "t2", "flair": "t1"}
 DRIFT_GAUGES = ("window", "psi", "ks", "wasserstein", "fraction_above", "expected_fraction_above")
 

@@ -11,12 +11,21 @@ import logging
 
 from prometheus_client import generate_latest
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from components.monitoring.drift import DriftMonitor
 from serving.metrics import EndpointMetrics
 from serving.settings import DriftSettings
 
 log = logging.getLogger("brainomaly.serving")
+
+
+async def tell(monitor: DeploymentHandle, method: str, *args) -> None:
+    """Call ``method`` on the monitor; monitoring is best effort, a hiccup never fails a request."""
+    try:
+        await getattr(monitor, method).remote(*args)
+    except Exception as err:
+        log.warning("monitor did not take %s: %s", method, err)
 
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=1000)
