@@ -2,7 +2,8 @@
 
 Slice-wise: AUROC/AUPRC, and accuracy/F1 at the validation threshold. Pixel-wise, as the
 spatial-autoencoder paper: each subject's maps median-filtered (5x5x5) inside an eroded brain,
-AUROC/AUPRC over brain voxels, Dice per subject after thresholding at the healthy validation
+AUROC/AUPRC over brain voxels, the IntroVAE paper's rectified ROC-AUC (per subject, Z-scored
+maps inside the brain, 1000 operating thresholds; mean and std over subjects), Dice per subject after thresholding at the healthy validation
 percentile and dropping 3-D components under ``evaluate.min_component_voxels``; the best Dice
 over thresholds is reported apart, as ``best_dice_oracle`` (it peeks at the test labels).
 Slice metrics are also given for each T of ``evaluate.tumour_pixel_sizes`` (``_t<T>``), and the
@@ -31,7 +32,7 @@ import torch
 from components.data.slice_store import load_slices, read_index
 from components.metrics.detection import (
     best_dice, dice_per_subject, fold_metrics_by_size, lesion_kind_metrics, other_lesion_metrics, pixel_metrics,
-    roc_table, slice_labels, slice_metrics, slice_metrics_by_size,
+    rectified_auroc_per_subject, roc_table, slice_labels, slice_metrics, slice_metrics_by_size,
 )
 from components.reports import figures
 from components.metrics.postprocess import segment, smooth_subject, subject_blocks
@@ -116,6 +117,7 @@ def run(params: Params) -> dict:
     metrics = {
         **slice_metrics(test["scores"][rated], labels[rated], calibration.slice_threshold),
         **pixel_metrics(test["smoothed"], test["tumour"], brain),
+        **rectified_auroc_per_subject(test["smoothed"], test["tumour"], brain, test["index"]["subject"].to_numpy()),
         **dice_per_subject(segment_subjects(test, calibration.pixel_threshold, settings.min_component_voxels) & brain,
                            test["tumour"], test["index"]["subject"].to_numpy()),
         **best_dice(test["smoothed"], test["tumour"], brain),

@@ -104,6 +104,35 @@ def pixel_metrics(maps: np.ndarray, tumour: np.ndarray, brain: np.ndarray) -> di
     return {"pixel_auroc": float(roc_auc_score(truth, values)), "pixel_auprc": float(average_precision_score(truth, values))}
 
 
+def rectified_auroc(maps: np.ndarray, truth: np.ndarray, thresholds: int = 1000) -> float:
+    """The IntroVAE paper's rectified ROC-AUC of one subject: ``maps`` (the voxels inside its
+    brain only, which rectifies the background's imbalance) Z-scored, ``thresholds`` evenly spaced
+    operating points over their range, the curve closed at (0, 0) and (1, 1), trapezoidal area."""
+    values, truth = np.asarray(maps, float), np.asarray(truth, bool)
+    _both_classes(truth, "rectified ROC-AUC")
+    z = (values - values.mean()) / (values.std() or 1.0)
+    cuts = np.linspace(z.min(), z.max(), thresholds)
+
+    def rate_above(sample: np.ndarray) -> np.ndarray:  # share of ``sample`` >= each cut
+        return 1.0 - np.searchsorted(np.sort(sample), cuts, side="left") / len(sample)
+
+    tpr = np.concatenate([[1.0], rate_above(z[truth]), [0.0]])
+    fpr = np.concatenate([[1.0], rate_above(z[~truth]), [0.0]])
+    return float(-np.trapezoid(tpr, fpr))
+
+
+def rectified_auroc_per_subject(maps: np.ndarray, tumour: np.ndarray, brain: np.ndarray, subjects: np.ndarray,
+                                thresholds: int = 1000) -> dict[str, float]:
+    """``rectified_auroc`` of each subject with a tumour, mean and std across subjects (the
+    IntroVAE paper's Table I); arrays (N, 1, H, W)."""
+    subjects, brain, tumour = np.asarray(subjects), np.asarray(brain, bool), np.asarray(tumour, bool)
+    values = [rectified_auroc(maps[rows][brain[rows]], tumour[rows][brain[rows]], thresholds)
+              for rows in (subjects == s for s in np.unique(subjects)) if tumour[rows][brain[rows]].any()]
+    if not values:
+        raise ValueError("the rectified ROC-AUC needs at least one subject with a tumour inside the brain")
+    return {"rectified_auroc_mean": float(np.mean(values)), "rectified_auroc_std": float(np.std(values))}
+
+
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     """Dice overlap of two boolean arrays; 1.0 when both are empty."""
     prediction, truth = np.asarray(prediction, bool), np.asarray(truth, bool)

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from components.metrics.detection import (
-    dice, dice_per_subject, fold_metrics, fold_metrics_by_size, pixel_metrics, roc_table, slice_labels, slice_metrics,
+    dice, dice_per_subject, fold_metrics, fold_metrics_by_size, pixel_metrics, rectified_auroc, rectified_auroc_per_subject,
+    roc_table, slice_labels, slice_metrics,
 )
 from components.models.autoencoders import SpatialAE
 from components.scoring.volume import volume_score
@@ -164,3 +165,27 @@ def test_cross_validated_protocol_by_tumour_size_names_each_t():
     found = fold_metrics_by_size(np.r_[np.full(20, 2.0), np.full(20, 0.2)], pixels, np.zeros(40), np.linspace(0, 1, 101), [0, 50])
     assert found["cv_auroc_mean_t0"] == 1.0
     assert found["cv_auroc_mean_t50"] < 1.0  # the 30-pixel slices count as normal at T = 50
+
+
+def test_rectified_auroc_hand_worked():
+    # Tumour voxels 3 and 1, healthy 0 and 2: of the four (tumour, healthy) pairs three are
+    # ordered, so the exact AUC is 0.75; 1000 evenly spaced cuts resolve every value here.
+    maps, truth = np.array([0.0, 1.0, 2.0, 3.0]), np.array([False, True, False, True])
+    assert rectified_auroc(maps, truth) == pytest.approx(0.75, abs=1e-9)
+    # Two operating points only: the cuts at min and max leave a coarser curve,
+    # (1,1) -> (1,1) -> (0, 0.5) -> (0,0): area 0.75 as well by trapezoids of (1 + 0.5) / 2.
+    assert rectified_auroc(maps, truth, thresholds=2) == pytest.approx(0.75)
+    assert rectified_auroc(np.array([0.0, 0.0, 5.0, 6.0]), np.array([False, False, True, True])) == pytest.approx(1.0)
+
+
+def test_rectified_auroc_counts_the_brain_per_subject():
+    maps = np.array([[[[0.9, 0.1], [0.2, 5.0]]], [[[0.1, 0.8], [0.3, 0.0]]], [[[0.5, 0.5], [0.5, 0.5]]]])
+    tumour = np.array([[[[1, 0], [0, 0]]], [[[0, 0], [1, 0]]], [[[0, 0], [0, 0]]]], bool)
+    brain = np.array([[[[1, 1], [1, 0]]], [[[1, 1], [1, 1]]], [[[1, 1], [1, 1]]]], bool)
+    out = rectified_auroc_per_subject(maps, tumour, brain, np.array(["a", "b", "c"]))
+    # a: the tumour voxel is the brain's brightest (the 5.0 lies outside it): 1.0. b: the tumour
+    # (0.3) beats 0.1 and 0.0, loses to 0.8: 2/3. c has no tumour and is left out.
+    assert out["rectified_auroc_mean"] == pytest.approx((1.0 + 2 / 3) / 2, abs=1e-3)
+    assert out["rectified_auroc_std"] == pytest.approx((1.0 - 2 / 3) / 2, abs=1e-3)
+    with pytest.raises(ValueError, match="at least one subject with a tumour"):
+        rectified_auroc_per_subject(maps[2:], tumour[2:], brain[2:], np.array(["c"]))
