@@ -16,7 +16,9 @@ learning rate, each trial a Ray Train run of the ordinary training loop (Ray Tra
   through the ordinary `evaluate` and `register` stages, in the workspace artifacts/tune/best/
   (the `champion` alias moves only if it wins).
 - Resume: the sweep's folder is named by a hash of its settings; rerun after an interruption,
-  it is restored (``Tuner.restore``) and finished trials are not run again.
+  it is restored (``Tuner.restore``) and finished trials are not run again. An interrupted
+  sweep (Ctrl+C: Tune saves its state and returns) is an error, never a partial result
+  evaluated and registered as if it were the sweep's.
 """
 
 from __future__ import annotations
@@ -111,6 +113,10 @@ def run(params: Params) -> dict:
         datasets = train.training_datasets(Path(base["data_root"]), base["model_name"], validation_auroc=True)
         trainable = tune.with_resources(tune.with_parameters(trial, base=base, datasets=datasets), TRIAL_DRIVER)
         results = tuner(params, trainable, space, name).fit()
+    finished = results.num_terminated + results.num_errors
+    if finished < settings.num_samples:  # Ctrl+C: Tune saved the sweep and returned what it had
+        raise StageError(f"sweep {name} was interrupted with {finished} of {settings.num_samples} trials finished: "
+                         "run `brainomaly tune` again to resume it (finished trials are kept)")
     table = results_table(results, list(space), settings.metric)
     if table.empty or table[settings.metric].isna().all():
         raise StageError(f"sweep {name}: no trial reported {settings.metric}")

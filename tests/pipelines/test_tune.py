@@ -1,15 +1,21 @@
 """`brainomaly tune` on a real local Ray cluster: Ray Train inside Tune, ASHA and Optuna, every
-trial a child MLflow run, the best one evaluated and registered; a rerun restores the sweep."""
+trial a child MLflow run, the best one evaluated and registered; a rerun restores the sweep, and
+a sweep interrupted with Ctrl+C resumes without training its finished trials again."""
 
 import json
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from pipelines import tracking, tune
 from pipelines.params import load_params
-from tests.conftest import write_params
+from tests.conftest import venv_env, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -46,3 +52,43 @@ def test_sweep_tracks_trials_registers_the_best_and_resumes(processed_project, t
     children = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == 2
     assert all(len(client.get_metric_history(c.info.run_id, "train_loss")) <= 2 for c in children)
+
+
+def sweep_children(params) -> list:
+    """The trial runs of this project's sweeps, oldest first."""
+    return tracking.client(params).search_runs([tracking.experiment_id(params)],
+                                               filter_string="tags.ray_run_name LIKE 'sweep-%'",
+                                               order_by=["attributes.start_time ASC"])
+
+
+def test_an_interrupted_sweep_resumes_without_retraining_finished_trials(processed_project, tmp_path):
+    shutil.copytree(processed_project / "data", tmp_path / "data")
+    settings = {"num_samples": 3, "epochs": 2, "max_concurrent_trials": 1, "scheduler": "none", "space": SPACE}
+    params = load_params(write_params(tmp_path, tune=settings))
+    client = tracking.client(params)
+    command = [str(Path(sys.executable).parent / "brainomaly"), "tune"]
+    with open(tmp_path / "tune.log", "w") as log:
+        sweep = subprocess.Popen(command, cwd=tmp_path, env=venv_env(), stdout=log, stderr=subprocess.STDOUT)
+        try:  # Ctrl+C once the second trial has trained an epoch (the first is then finished)
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline and sweep.poll() is None:
+                children = sweep_children(params)
+                if len(children) >= 2 and client.get_metric_history(children[1].info.run_id, "train_loss"):
+                    break
+                time.sleep(2)
+            assert sweep.poll() is None, f"the sweep ended before it could be interrupted:\n{(tmp_path / 'tune.log').read_text()[-3000:]}"
+            sweep.send_signal(signal.SIGINT)
+            code = sweep.wait(timeout=300)
+        finally:
+            if sweep.poll() is None:
+                sweep.kill()
+    output = (tmp_path / "tune.log").read_text()
+    assert code == 1 and "was interrupted with 1 of 3 trials finished" in output, output[-3000:]
+    assert not (tmp_path / "reports" / "tune.json").exists()  # no partial result reported or registered
+    [first, *_] = sweep_children(params)
+
+    summary = tune.run(params)  # the same sweep, restored
+    assert summary["trials"] == 3 and summary["registration"]["version"] == "1"
+    children = sweep_children(params)
+    assert len(children) == 3
+    assert len(client.get_metric_history(first.info.run_id, "train_loss")) == 2  # trained once, not again
