@@ -25,7 +25,8 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 REPORT = REPO / "reports" / "comparison.json"
 COLUMNS = {"slice AUROC": "slice_auroc", "CV AUROC T=20": "cv_auroc_mean_t20", "CV F1 T=20": "cv_f1_mean_t20",
-           "pixel AUROC": "pixel_auroc", "Dice": "dice_mean", "best Dice (oracle)": "best_dice_oracle",
+           "pixel AUROC": "pixel_auroc", "rectified AUROC": "rectified_auroc_mean", "Dice": "dice_mean",
+           "best Dice (oracle)": "best_dice_oracle",
            "train slices/s": "train_slices_per_s", "ms/slice": "inference_ms_per_slice"}
 
 
