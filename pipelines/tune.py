@@ -113,8 +113,10 @@ def run(params: Params) -> dict:
         datasets = train.training_datasets(Path(base["data_root"]), base["model_name"], validation_auroc=True)
         trainable = tune.with_resources(tune.with_parameters(trial, base=base, datasets=datasets), TRIAL_DRIVER)
         results = tuner(params, trainable, space, name).fit()
-    finished = results.num_terminated + results.num_errors
-    if finished < settings.num_samples:  # Ctrl+C: Tune saved the sweep and returned what it had
+    # Ctrl+C: Tune saves the sweep, stops the running trials (their status then reads TERMINATED
+    # too) and returns; a trial that ran to its end, or that ASHA stopped, has a last result "done".
+    finished = sum(1 for result in results if result.error or result.metrics.get("done"))
+    if finished < settings.num_samples:
         raise StageError(f"sweep {name} was interrupted with {finished} of {settings.num_samples} trials finished: "
                          "run `brainomaly tune` again to resume it (finished trials are kept)")
     table = results_table(results, list(space), settings.metric)

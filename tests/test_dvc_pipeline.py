@@ -64,3 +64,33 @@ def test_push_then_pull_into_a_clean_clone_reproduces_the_data(pipeline_repo, tm
     for name in ("index.parquet", "volumes.parquet", "preprocess_spec.json"):
         assert (clone / "data" / "processed" / name).read_bytes() == (pipeline_repo / "data" / "processed" / name).read_bytes()
     assert (clone / "models" / "detector" / "weights.pt").is_file()
+
+
+def experiments(shown: list) -> dict[str, dict]:
+    """``dvc exp show --json``'s experiments by name: their params.yaml values and metrics."""
+    found = {}
+    for commit in shown:
+        for experiment in commit.get("experiments") or []:
+            for rev in experiment["revs"]:
+                data = rev.get("data") or {}
+                found[rev.get("name") or rev["rev"]] = {
+                    "params": data["params"]["params.yaml"]["data"],
+                    "metrics": data["metrics"]["metrics/evaluate.json"]["data"],
+                }
+    return found
+
+
+def test_exp_run_switches_the_detector_with_one_param(pipeline_repo):
+    command = ["dvc", "exp", "run", "--temp", "-n", "dense-ae", "-S", "model.name=dense_ae"]
+    done = subprocess.run(command, cwd=pipeline_repo, env=venv_env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
+    for stage in ("train", "evaluate", "register"):
+        assert f"Running stage '{stage}'" in done.stdout
+    assert "Running stage 'preprocess'" not in done.stdout  # the data are the workspace's, from the cache
+    shown = subprocess.run(["dvc", "exp", "show", "--json"], cwd=pipeline_repo, env=venv_env(), capture_output=True,
+                           text=True, timeout=300)
+    experiment = experiments(json.loads(shown.stdout))["dense-ae"]
+    assert experiment["params"]["model"]["name"] == "dense_ae"
+    assert 0.0 <= experiment["metrics"]["slice_auroc"] <= 1.0
+    # the workspace keeps its own detector
+    assert "name: spatial_vae" in (pipeline_repo / "params.yaml").read_text()
