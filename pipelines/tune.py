@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -112,13 +114,10 @@ def run(params: Params) -> dict:
     with ray_session():
         datasets = train.training_datasets(Path(base["data_root"]), base["model_name"], validation_auroc=True)
         trainable = tune.with_resources(tune.with_parameters(trial, base=base, datasets=datasets), TRIAL_DRIVER)
-        results = tuner(params, trainable, space, name).fit()
-    # Ctrl+C: Tune saves the sweep, stops the running trials (their status then reads TERMINATED
-    # too) and returns; a trial that ran to its end, or that ASHA stopped, has a last result "done".
-    finished = sum(1 for result in results if result.error or result.metrics.get("done"))
-    if finished < settings.num_samples:
-        raise StageError(f"sweep {name} was interrupted with {finished} of {settings.num_samples} trials finished: "
-                         "run `brainomaly tune` again to resume it (finished trials are kept)")
+        results, interrupted = fit(tuner(params, trainable, space, name))
+    if interrupted:
+        raise StageError(f"sweep {name} was interrupted: run `brainomaly tune` again to resume it "
+                         "(finished trials are kept)")
     table = results_table(results, list(space), settings.metric)
     if table.empty or table[settings.metric].isna().all():
         raise StageError(f"sweep {name}: no trial reported {settings.metric}")
@@ -131,6 +130,24 @@ def run(params: Params) -> dict:
     registered = evaluate_and_register(params, best, list(space), f"{name}-{best.metrics['trial_id']}")
     return {"sweep": name, "trials": len(table), "best": table.iloc[0].to_dict(), "registration": registered,
             "adopt": adopt_command(params, best.config, list(space))}
+
+
+def fit(tuner: tune.Tuner) -> tuple[tune.ResultGrid, bool]:
+    """The sweep's results, and whether Ctrl+C stopped it. Tune then saves the sweep, marks the
+    trials it stops as terminated and returns as if it had finished; what tells is that it hands
+    Ctrl+C back to the handler it found, here ``interrupted``."""
+    if threading.current_thread() is not threading.main_thread():  # no signals off the main thread
+        return tuner.fit(), False
+
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        results = tuner.fit()
+        return results, signal.getsignal(signal.SIGINT) is interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def adopt_command(params: Params, config: dict, keys: list[str]) -> str:
