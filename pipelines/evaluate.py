@@ -3,9 +3,10 @@
 Slice-wise: AUROC/AUPRC, and accuracy/F1 at the validation threshold. Pixel-wise, as the
 spatial-autoencoder paper: each subject's maps median-filtered (5x5x5) inside an eroded brain,
 AUROC/AUPRC over brain voxels, the IntroVAE paper's rectified ROC-AUC (per subject, Z-scored
-maps inside the brain, 1000 operating thresholds; mean and std over subjects), Dice per subject after thresholding at the healthy validation
-percentile and dropping 3-D components under ``evaluate.min_component_voxels``; the best Dice
-over thresholds is reported apart, as ``best_dice_oracle`` (it peeks at the test labels).
+maps inside the brain, 1000 operating thresholds; mean and std over subjects), Dice per subject
+after thresholding at the healthy validation percentile and dropping 3-D components under
+``evaluate.min_component_voxels``; the best Dice over thresholds is reported apart, as
+``best_dice_oracle`` (it peeks at the test labels).
 Slice metrics are also given for each T of ``evaluate.tumour_pixel_sizes`` (``_t<T>``), and the
 inference time per slice (batches of 64, on the evaluating machine) as the paper's speed column.
 The dual-VAE paper's cross-validated protocol (``cv_*_t<T>``: the F1-best percentile chosen on

@@ -56,9 +56,9 @@ def pixel_table(results: dict[str, dict]) -> pd.DataFrame:
 
 def lesion_kinds(results: dict[str, dict]) -> list[str]:
     """The other-lesion kinds any detector was scored on (``other_lesion_<kind>_slice_auroc``)."""
-    keys = {key for metrics in results.values() for key in metrics}
-    return sorted(key[len("other_lesion_"):-len("_slice_auroc")] for key in keys
-                  if key.startswith("other_lesion_") and key.endswith("_slice_auroc") and key != "other_lesion_slice_auroc")
+    keys = {key for metrics in results.values() for key in metrics} - {"other_lesion_slice_auroc"}
+    prefix, suffix = "other_lesion_", "_slice_auroc"
+    return sorted(key[len(prefix):-len(suffix)] for key in keys if key.startswith(prefix) and key.endswith(suffix))
 
 
 def test_split_table(results: dict[str, dict]) -> pd.DataFrame:
