@@ -27,7 +27,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from components.data.augment import AugmentSpec, augment
+from components.data.augment import augment
 from components.data.slice_store import load_slices, read_index
 from components.models.detector import Slices
 from components.models.registry import build_detector
@@ -38,22 +38,22 @@ from pipelines.ray_cluster import ray_session
 REPO = Path(__file__).resolve().parents[1]
 
 
-def plain_loop(config: dict, epochs: int, device: torch.device) -> dict:
+def plain_loop(config: train.TrainingConfig, epochs: int, device: torch.device) -> dict:
     """The training loop without Ray: one process, all threads."""
-    root = Path(config["data_root"])
+    root, settings = Path(config.data_root), config.train
     index = read_index(root)
     arrays = load_slices(root, index[(index["cohort"] == "healthy") & (index["split"] == "train")])
     images, brain = torch.from_numpy(arrays["images"]).to(device), torch.from_numpy(arrays["brain"]).to(device)
-    torch.manual_seed(config["seed"])
-    detector = build_detector(config["model_name"], **config["hyperparams"]).to(device).train()
-    optimizers = detector.make_optimizers(config["learning_rate"])
-    spec, batch = AugmentSpec(**config["augment"]), config["batch_size"]
+    torch.manual_seed(settings.seed)
+    detector = build_detector(config.model_name, **config.hyperparams).to(device).train()
+    optimizers = detector.make_optimizers(settings.learning_rate)
+    spec, batch = settings.augment, settings.batch_size
     start, rates = time.perf_counter(), []
     for _ in range(epochs):
         began, order, count = time.perf_counter(), torch.randperm(len(images), device=device), 0
         for first in range(0, len(order) - batch + 1, batch):
             rows = order[first : first + batch]
-            x = augment(images[rows], brain[rows], spec, config["background"], config["output_range"])
+            x = augment(images[rows], brain[rows], spec, config.background, config.output_range)
             detector.train_step(Slices(x, brain[rows]), optimizers)
             count += len(rows)
         rates.append(count / (time.perf_counter() - began))
@@ -63,9 +63,8 @@ def plain_loop(config: dict, epochs: int, device: torch.device) -> dict:
 def ray_run(params, epochs: int, workers: int, use_gpu: bool) -> dict:
     """The train stage's own Ray Train run, in a scratch storage folder (nothing resumes)."""
     cpus = max(1, (os.cpu_count() or 1) // workers)  # the machine's cores split between the workers
-    config = train.training_config(params, train_changes={"epochs": epochs, "num_workers": workers, "use_gpu": use_gpu,
-                                                          "cpus_per_worker": cpus})
-    config |= {"tracking_uri": None, "mlflow_run_id": None}  # untracked
+    config = train.training_config(params).with_changes(
+        train={"epochs": epochs, "num_workers": workers, "use_gpu": use_gpu, "cpus_per_worker": cpus})  # untracked
     with tempfile.TemporaryDirectory() as storage, ray_session():
         start = time.perf_counter()
         result = train.fit(train.make_trainer(config, f"scaling-{workers}", storage))

@@ -111,7 +111,7 @@ def serve(
     from pipelines.tracking import tracking_uri
     from serving.model_source import ModelNotFoundError
     from serving.run import serve_forever  # Ray Serve is heavy: import only for this command
-    from serving.settings import DriftSettings, EndpointSettings
+    from serving.settings import EndpointSettings
 
     try:
         p = load_params(params)
@@ -119,7 +119,7 @@ def serve(
             model_uri=model_uri or f"models:/{p.registry.model_name}@{p.registry.alias}",
             tracking_uri=tracking_uri(p), max_upload_bytes=int(p.serve.max_upload_mb * 2**20),
             registry_poll_s=p.serve.registry_poll_s, api_key=os.environ.get(API_KEY_VARIABLE) or None,
-            drift=DriftSettings(**p.serve.drift.model_dump()),
+            drift=p.serve.drift,
         )
         serve_forever(settings, host=p.serve.host, port=port or p.serve.port, deployment_options=p.serve.deployment_options())
     except (ParamsError, ModelNotFoundError, ValueError, FileNotFoundError) as err:

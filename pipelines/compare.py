@@ -15,10 +15,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from components.atomic import write_text
 from components.reports.tables import markdown
 from pipelines import tracking
 from pipelines.errors import StageError
-from pipelines.evaluate import METRICS
+from pipelines.evaluate import ALL_METRICS
 from pipelines.params import Params
 from pipelines.preprocess import PROCESSED_DIR
 from pipelines.train import MODEL_DIR
@@ -75,7 +76,7 @@ def train_and_evaluate(params: Params, name: str) -> dict:
     run_stage("evaluate", folder, params)
     trained = json.loads((folder / MODEL_DIR / "detector.json").read_text())
     return {
-        **json.loads((folder / METRICS).read_text()),
+        **json.loads((folder / ALL_METRICS).read_text()),
         "train_seconds": train_seconds,
         "train_slices_per_s": trained["final_metrics"].get("train_slices_per_s"),
         "epochs": trained["epochs_trained"],

@@ -14,9 +14,12 @@ one fifth of the tumour cohort's val + test slices, metrics on the rest, mean an
 folds) is computed for the detector's score and for each alternative score its paper compares
 against (``alternative_scores``).
 
-Writes metrics/evaluate.json (DVC metrics), plots/roc_slice.csv and three figures (curves,
-score histograms, example slices; DVC plots), and models/calibration.json (thresholds +
-reference scores, read by `register`); logs the same to the training run in MLflow.
+Writes metrics/evaluate.json (the headline metrics: DVC metrics), reports/evaluation.json
+(every metric), plots/roc_slice.csv and three figures (curves, score histograms, example
+slices; DVC plots), models/calibration.json (thresholds + reference scores) and the evidence the
+promotion gate compares (models/test_scores.parquet: each rated test slice's label and score;
+models/evaluation.json: the content hash of the data evaluated on), read by `register`; logs
+the metrics and figures to the training run in MLflow.
 """
 
 from __future__ import annotations
@@ -30,10 +33,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from components.data.slice_store import load_slices, read_index
+from components.atomic import atomic_path, write_json, write_text
+from components.data.slice_store import load_slices, processed_fingerprint, read_index
 from components.metrics.detection import (
     best_dice, dice_per_subject, fold_metrics_by_size, lesion_kind_metrics, other_lesion_metrics, pixel_metrics,
-    rectified_auroc_per_subject, roc_table, slice_labels, slice_metrics, slice_metrics_by_size,
+    rectified_auroc_per_subject, roc_table, slice_metrics, slice_metrics_by_size, slice_truth,
 )
 from components.reports import figures
 from components.metrics.postprocess import segment, smooth_subject, subject_blocks
@@ -46,7 +50,12 @@ from pipelines.params import Params
 from pipelines.preprocess import PROCESSED_DIR
 from pipelines.train import MODEL_DIR
 
-METRICS = Path("metrics/evaluate.json")
+METRICS = Path("metrics/evaluate.json")  # the headline: what `dvc metrics show` prints
+ALL_METRICS = Path("reports/evaluation.json")
+HEADLINE = ("slice_auroc", "slice_auprc", "slice_f1", "pixel_auroc", "pixel_auprc", "dice_mean", "rectified_auroc_mean",
+            "slice_threshold", "inference_ms_per_slice")
+TEST_SCORES = Path("models/test_scores.parquet")
+EVALUATION = Path("models/evaluation.json")
 ROC_PLOT = Path("plots/roc_slice.csv")
 FIGURES = {name: Path(f"plots/{name}.png") for name in ("curves", "score_histogram", "examples")}
 EXAMPLE_SLICES = 4
@@ -59,7 +68,7 @@ def load_trained(params: Params) -> tuple[torch.nn.Module, dict]:
         raise FileNotFoundError(f"no trained detector in {folder}: run `brainomaly train` first")
     description = json.loads((folder / "detector.json").read_text())
     detector = build_detector(description["model_name"], **description["hyperparams"])
-    detector.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu"))
+    detector.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu", weights_only=True))
     return detector.eval(), description
 
 
@@ -107,11 +116,9 @@ def run(params: Params) -> dict:
     calibration = calibrate(healthy_val, settings.threshold_percentile)
 
     test = score_split(detector, root, index[index["split"] == "test"])
-    labels = slice_labels(test["index"]["tumour_pixels"], settings.min_tumour_pixels)
     # Other (non-tumour) lesions are neither tumour nor normal tissue: left out of the tumour
     # metrics, and scored on their own against lesion-free, tumour-free slices.
-    other = test["index"]["lesion_pixels"].to_numpy() > 0
-    rated = labels | ~other
+    labels, rated = slice_truth(test["index"]["tumour_pixels"], test["index"]["lesion_pixels"], settings.min_tumour_pixels)
     brain = test["brain"] & ~test["lesions"]
     tumour_val = score_split(detector, root, index[(index["cohort"] == "tumour") & (index["split"] == "val")])
     tumour_cohort = pooled(tumour_val, test, test["index"]["cohort"].to_numpy() == "tumour")
@@ -142,6 +149,7 @@ def run(params: Params) -> dict:
     if alternatives:
         metrics["alternative_scores"] = alternatives
     _write(params, metrics, roc_table(test["scores"][rated], labels[rated]), calibration)
+    _write_evidence(params, test, labels, rated, root)
     _draw(params, detector, test, labels, rated, calibration)
     _log_to_mlflow(params, tracking.training_run(params, description["ray_run_name"]), metrics)
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
@@ -177,18 +185,28 @@ def _draw(params: Params, detector, test: dict, labels: np.ndarray, rated: np.nd
 
 
 def _write(params: Params, metrics: dict, roc: pd.DataFrame, calibration: Calibration) -> None:
-    for path in (METRICS, ROC_PLOT, CALIBRATION):
-        params.path(path).parent.mkdir(parents=True, exist_ok=True)
-    params.path(METRICS).write_text(json.dumps(metrics, indent=2))
-    roc.to_csv(params.path(ROC_PLOT), index=False)
-    params.path(CALIBRATION).write_text(json.dumps(asdict(calibration), indent=2))
+    write_json(params.path(ALL_METRICS), metrics)
+    write_json(params.path(METRICS), {k: metrics[k] for k in HEADLINE if k in metrics})
+    write_text(params.path(ROC_PLOT), roc.to_csv(index=False))
+    write_json(params.path(CALIBRATION), asdict(calibration))
+
+
+def _write_evidence(params: Params, test: dict, labels: np.ndarray, rated: np.ndarray, root: Path) -> None:
+    """What the promotion gate compares: each rated test slice (subject, slice, label, score),
+    and which data they came from."""
+    rows = test["index"][rated]
+    table = pd.DataFrame({"subject": (rows["dataset"].astype(str) + "/" + rows["subject"].astype(str)).to_numpy(), "slice": rows["slice"].to_numpy(),
+                          "abnormal": labels[rated], "score": test["scores"][rated].astype(np.float64)})
+    with atomic_path(params.path(TEST_SCORES)) as tmp:
+        table.to_parquet(tmp, index=False)
+    write_json(params.path(EVALUATION), {"data_fingerprint": processed_fingerprint(root), "test_slices": len(table)})
 
 
 def _log_to_mlflow(params: Params, run_id: str, metrics: dict) -> None:
     client = tracking.client(params)
     for key, value in flatten_metrics(metrics).items():
         client.log_metric(run_id, f"test_{key}", float(value))
-    for path in (ROC_PLOT, METRICS, *FIGURES.values()):
+    for path in (ROC_PLOT, ALL_METRICS, *FIGURES.values()):
         client.log_artifact(run_id, str(params.path(path)), artifact_path="evaluation")
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from components.atomic import write_text
 from components.models.registry import build_detector, data_hyperparams
 from components.novelty.oneclass import digits, prepare, read_npz, run_protocol
 from pipelines import tracking
@@ -37,8 +38,7 @@ def run(params: Params, data: Path | None = None) -> dict:
     table = pd.DataFrame({name: {**r["per_class"], "mean": r["mean"]} for name, r in results.items()}).T
     text = f"AUROC per normal class, {image_set.name} ({len(image_set.labels)} images)\n\n{table.to_markdown(floatfmt='.3f')}\n"
     for path, content in ((REPORT_JSON, json.dumps(report, indent=2)), (REPORT_MD, text)):
-        params.path(path).parent.mkdir(parents=True, exist_ok=True)
-        params.path(path).write_text(content)
+        write_text(params.path(path), content)
     _log_to_mlflow(params, results)
     return {name: round(r["mean"], 4) for name, r in results.items()}
 

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Literal
+from dataclasses import fields
+from typing import Literal, get_type_hints
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from components.data.augment import AugmentSpec
 from components.data.phantoms import PhantomSpec
+from components.metrics.promotion import PromotionRule
 from components.models.registry import DETECTORS, accepted_hyperparams
+from components.monitoring.drift import DriftSettings
 from components.preprocess.presets import preset
 from components.preprocess.spec import PreprocessSpec
+from components.validation.gate import DataRules
 
 
 class ParamsError(ValueError):
@@ -36,29 +40,30 @@ class DataParams(Section):
     modality: Literal["t1", "t1ce", "t2", "flair"] = "t2"
 
 
+def flat_section(spec_field: str, spec_type: type):
+    """A ``mode="before"`` validator: the keys of ``spec_type`` found at the section's top level
+    are gathered under ``spec_field``, so params.yaml stays flat while each setting is declared
+    once, in its component's dataclass."""
+    names = {f.name for f in fields(spec_type)}
+
+    def gather(cls, values):
+        if isinstance(values, dict) and spec_field not in values:
+            values = {k: v for k, v in values.items() if k not in names} | {
+                spec_field: {k: v for k, v in values.items() if k in names}}
+        return values
+
+    return model_validator(mode="before")(classmethod(gather))
+
+
 class PhantomParams(Section):
+    """Where the phantoms go and how many processes write them; ``spec`` (the rest of the
+    section) is the population itself."""
+
     hcp_root: Path = Path("data/raw/hcp")
     brats_root: Path = Path("data/raw/brats")
-    seed: int = 2021
-    n_healthy: int = Field(30, ge=3)
-    n_tumour: int = Field(20, ge=3)
-    voxel_size_mm: float = Field(2.0, ge=1.0, le=4.0)
-    deformation_mm: float = Field(3.0, ge=0.0)
-    bias_strength: float = Field(0.25, ge=0.0)
-    noise_std: float = Field(0.02, ge=0.0)
-    tumour_radius_mm: tuple[float, float] = (3.0, 30.0)
-    mass_effect: float = 0.4
-    foci_p: float = 0.5
-    cavity_p: float = 0.3
     workers: int = Field(2, ge=1)
-
-    @model_validator(mode="after")
-    def _check_spec(self) -> "PhantomParams":
-        self.spec()  # PhantomSpec's own checks
-        return self
-
-    def spec(self) -> PhantomSpec:
-        return PhantomSpec(**self.model_dump(exclude={"hcp_root", "brats_root", "workers"}))
+    spec: PhantomSpec = PhantomSpec()
+    _gather = flat_section("spec", PhantomSpec)
 
 
 class SplitRatios(Section):
@@ -67,21 +72,29 @@ class SplitRatios(Section):
     test: float = Field(0.15, gt=0.0)
 
 
-class PreprocessParams(Section):
+# The words params.yaml uses for a step's "off" (None in the spec); null means "the preset's value".
+OFF_WORDS = {"spacing_mm": "native", "middle_mm": "all"}
+PRESET_ONLY = {"histogram_reference": (str | None, None)}  # none, healthy, tumour or a NIfTI path
+
+
+def _step_overrides() -> dict:
+    """One optional field per PreprocessSpec step (bar the landmarks, which the stage computes):
+    the types come from the spec, so each step is declared once."""
+    hints = get_type_hints(PreprocessSpec)
+    steps = {}
+    for step in (f.name for f in fields(PreprocessSpec) if f.name != "histogram_landmarks"):
+        kind = hints[step] | Literal[OFF_WORDS[step]] if step in OFF_WORDS else hints[step]
+        steps[step] = (kind | None, None)
+    return steps | PRESET_ONLY
+
+
+PreprocessSteps = create_model("PreprocessSteps", __base__=Section, **_step_overrides())
+
+
+class PreprocessParams(PreprocessSteps):
     """A preset (a paper's recipe) plus per-step overrides: a step left null takes the preset's value."""
 
     preset: str = "standard"
-    size: int | None = None
-    spacing_mm: float | Literal["native"] | None = None
-    bias_correction: bool | None = None
-    normalisation: Literal["percentile", "zscore"] | None = None
-    percentiles: tuple[float, float] | None = None
-    value_range: tuple[float, float] | None = None
-    histogram_reference: str | None = None  # none, healthy, tumour or a NIfTI path
-    min_brain_fraction: float | None = None
-    middle_mm: float | Literal["all"] | None = None
-    crop: Literal["brain_box", "fixed"] | None = None
-    crop_mm: float | None = None
     split: SplitRatios = SplitRatios()
     seed: int = 7
     workers: int = Field(2, ge=1)
@@ -95,7 +108,7 @@ class PreprocessParams(Section):
     def recipe(self) -> dict:
         """The preset's steps with this section's non-null values on top."""
         steps = preset(self.preset)
-        steps.update({k: v for k, v in self.model_dump(exclude={"preset", "split", "seed", "workers", "on_error"}).items() if v is not None})
+        steps.update({k: v for k, v in self.model_dump(include=set(PreprocessSteps.model_fields)).items() if v is not None})
         return steps
 
     @property
@@ -106,17 +119,8 @@ class PreprocessParams(Section):
     def spec(self, histogram_landmarks: tuple[float, ...] | None = None) -> PreprocessSpec:
         steps = self.recipe()
         steps.pop("histogram_reference", None)
-        native = {"spacing_mm": "native", "middle_mm": "all"}
-        steps = {k: None if native.get(k) == v else v for k, v in steps.items()}
+        steps = {k: None if OFF_WORDS.get(k) == v else v for k, v in steps.items()}
         return PreprocessSpec(**steps, histogram_landmarks=histogram_landmarks)
-
-
-class ValidateParams(Section):
-    max_abs_zscore: float = Field(30.0, gt=0.0)  # z-scored slices stay within +-this
-    min_brain_coverage: float = Field(0.05, ge=0.0, le=1.0)
-    allowed_labels: list[int] = [0, 1, 2, 4]
-    voxel_size_mm: tuple[float, float] = (0.2, 5.0)
-    abnormal_fraction: tuple[float, float] = (0.02, 0.98)
 
 
 class ModelParams(Section):
@@ -143,24 +147,6 @@ class ModelParams(Section):
         return dict((self.model_extra or {}).get(self.name) or {})
 
 
-class AugmentParams(Section):
-    flip_p: float = 0.5
-    brightness: float = 0.1
-    brightness_p: float = 0.3
-    noise_std: float = 0.01
-    rotation_deg: float = 0.0
-    scale: float = 0.0
-    affine_p: float = 0.0
-
-    @model_validator(mode="after")
-    def _check(self) -> "AugmentParams":
-        self.spec()
-        return self
-
-    def spec(self) -> AugmentSpec:
-        return AugmentSpec(**self.model_dump())
-
-
 class TrainParams(Section):
     epochs: int = Field(25, ge=1)
     batch_size: int = Field(32, ge=2)
@@ -174,7 +160,7 @@ class TrainParams(Section):
     max_failures: int = Field(2, ge=0)  # a run survives this many worker failures (resumes from its checkpoint)
     validation_auroc: bool = False  # also score the tumour cohort's val slices each epoch (val_slice_auroc)
     seed: int = 0
-    augment: AugmentParams = AugmentParams()
+    augment: AugmentSpec = AugmentSpec()
 
 
 class EvaluateParams(Section):
@@ -275,8 +261,12 @@ class TuneParams(Section):
 
 
 class RegisterParams(Section):
+    """The registered model and its alias; ``rule`` (the rest of the section) is the promotion gate."""
+
     model_name: str = Field("brainomaly-detector", min_length=1)
     alias: str = Field("champion", min_length=1)
+    rule: PromotionRule = PromotionRule()
+    _gather = flat_section("rule", PromotionRule)
 
 
 class AutoscalingParams(Section):
@@ -291,19 +281,6 @@ class AutoscalingParams(Section):
         return self
 
 
-class DriftParams(Section):
-    window: int = Field(500, ge=10)
-    min_scores: int = Field(100, ge=1)
-    cusum_k: float = Field(0.5, ge=0)
-    cusum_h: float = Field(12.0, gt=0)
-
-    @model_validator(mode="after")
-    def _window_holds_the_minimum(self) -> "DriftParams":
-        if self.min_scores > self.window:
-            raise ValueError(f"min_scores ({self.min_scores}) is above window ({self.window})")
-        return self
-
-
 class ServeParams(Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -313,7 +290,7 @@ class ServeParams(Section):
     max_ongoing_requests: int = Field(4, ge=1)
     max_queued_requests: int = Field(8, ge=1)  # Ray Serve: a positive bound (-1, unbounded, is not offered)
     registry_poll_s: float = Field(30, gt=0)
-    drift: DriftParams = DriftParams()
+    drift: DriftSettings = DriftSettings()
 
     def deployment_options(self) -> dict:
         """Ray Serve options of the ingress: fixed replicas or autoscaling, and backpressure."""
@@ -330,7 +307,7 @@ class Params(Section):
     data: DataParams
     phantoms: PhantomParams = PhantomParams()
     preprocess: PreprocessParams = PreprocessParams()
-    validation: ValidateParams = Field(ValidateParams(), alias="validate")
+    validation: DataRules = Field(DataRules(), alias="validate")
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
@@ -399,6 +376,7 @@ def load_params(path: str | Path = "params.yaml", overrides: tuple[str, ...] | l
 def _describe(err: Exception) -> str:
     if not isinstance(err, ValidationError):
         return str(err)
-    return "; ".join(
-        f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in err.errors()
+    return "; ".join(  # "spec" is where a flat section's dataclass sits, not a key the user wrote
+        f"{'.'.join(str(part) for part in e['loc'] if part != 'spec')}: {e['msg'].removeprefix('Value error, ')}"
+        for e in err.errors()
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from components.atomic import write_text
 from components.data.phantoms import generate_phantoms
 from pipelines.params import Params
 
@@ -22,7 +23,7 @@ def run(params: Params) -> dict:
     hcp_root, brats_root = params.path(params.phantoms.hcp_root), params.path(params.phantoms.brats_root)
     for root in (hcp_root, brats_root):
         clear_phantom_folder(root)
-    summary = generate_phantoms(hcp_root, brats_root, params.phantoms.spec(), workers=params.phantoms.workers)
+    summary = generate_phantoms(hcp_root, brats_root, params.phantoms.spec, workers=params.phantoms.workers)
     for root in (hcp_root, brats_root):
-        (root / MARKER).write_text("written by `brainomaly phantoms`; safe to delete\n")
+        write_text(root / MARKER, "written by `brainomaly phantoms`; safe to delete\n")
     return {"hcp_root": str(hcp_root), "brats_root": str(brats_root), **summary}

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from components.atomic import atomic_path, write_json
 from components.data.layouts import Subject, read_dataset
 from components.data.nifti_io import load_volume
 from components.data.slice_store import write_index, write_shard
@@ -115,10 +116,10 @@ def run(params: Params) -> dict:
         raise SubjectError("no subject could be preprocessed: see reports/preprocess.json")
     index = pd.concat(rows, ignore_index=True).sort_values(["cohort", "dataset", "subject", "slice"], ignore_index=True)
     write_index(out, index)
-    pd.DataFrame(volumes).sort_values(["cohort", "subject"]).to_parquet(out / "volumes.parquet", index=False)
+    with atomic_path(out / "volumes.parquet") as tmp:
+        pd.DataFrame(volumes).sort_values(["cohort", "subject"]).to_parquet(tmp, index=False)
     spec.to_json(out / "preprocess_spec.json")
     counts = {"/".join(k): n for k, n in index.groupby(["cohort", "dataset", "split"]).size().to_dict().items()}
     report = {"histogram_reference": reference, "volumes": found, "processed": len(volumes), "skipped": skipped, "slices": len(index), "by_split": counts}
-    params.path(REPORT).parent.mkdir(parents=True, exist_ok=True)
-    params.path(REPORT).write_text(json.dumps(report, indent=2))
+    write_json(params.path(REPORT), report)
     return report

@@ -1,23 +1,30 @@
 """Stage `register`: log the self-describing model to MLflow, register it, and move the
-``champion`` alias to it only when its primary metric beats the current champion's."""
+``champion`` alias to it only when it beats the current champion by more than noise, on the
+same evaluation data (components/metrics/promotion.py). Every version's tags record what it was
+compared with and why it was or was not promoted."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import torch
 import yaml
 from mlflow.exceptions import MlflowException
 
 import components
-from components.models.bundle import Calibration, DetectorBundle
+from components.atomic import write_json
+from components.metrics.promotion import Decision, decide
+from components.models.bundle import TEST_SCORES, Calibration, DetectorBundle
 from components.preprocess.spec import PreprocessSpec
 from pipelines import tracking
-from pipelines.evaluate import CALIBRATION, METRICS
+from pipelines.evaluate import ALL_METRICS, CALIBRATION, EVALUATION
+from pipelines.evaluate import TEST_SCORES as EVALUATED_SCORES
 from pipelines.params import Params
 from pipelines.preprocess import PROCESSED_DIR
 from pipelines.train import MODEL_DIR
@@ -43,26 +50,61 @@ def data_version(params: Params) -> dict:
 
 
 def build_bundle(params: Params, folder: Path) -> tuple[DetectorBundle, dict]:
+    """The model folder from the train and evaluate stages' outputs, the gate's evidence included."""
     description = json.loads(params.path(MODEL_DIR / "detector.json").read_text())
-    metrics = json.loads(params.path(METRICS).read_text())
     bundle = DetectorBundle(
         model_name=description["model_name"],
         hyperparams=description["hyperparams"],
         preprocess=PreprocessSpec.from_json(params.path(PROCESSED_DIR / "preprocess_spec.json")),
         calibration=Calibration(**json.loads(params.path(CALIBRATION).read_text())),
         data_version=data_version(params),
-        metrics=metrics,
+        metrics=json.loads(params.path(ALL_METRICS).read_text()),
+        evaluation=json.loads(params.path(EVALUATION).read_text()),
     )
-    bundle.save(folder, torch.load(params.path(MODEL_DIR / "weights.pt"), map_location="cpu"))
+    bundle.save(folder, torch.load(params.path(MODEL_DIR / "weights.pt"), map_location="cpu", weights_only=True))
+    shutil.copyfile(params.path(EVALUATED_SCORES), folder / TEST_SCORES)
     return bundle, description
 
 
-def champion_value(client, name: str, alias: str) -> tuple[str | None, float | None]:
+def pyfunc_model(bundle_folder: Path) -> dict:
+    """The MLflow pyfunc arguments of a bundle: model from code, the components package beside it."""
+    return {"python_model": str(PYFUNC_CODE), "artifacts": {"bundle": str(bundle_folder)},
+            "code_paths": [str(Path(components.__file__).parent)],
+            "pip_requirements": ["torch", "nibabel", "scipy", "numpy", "pandas", "scikit-learn", "mlflow"]}
+
+
+def champion(client, name: str, alias: str):
+    """The version the alias points at, or None."""
     try:
-        version = client.get_model_version_by_alias(name, alias)
+        return client.get_model_version_by_alias(name, alias)
     except MlflowException:
-        return None, None
-    return str(version.version), float(version.tags.get("primary_metric_value", "-inf"))
+        return None
+
+
+def champion_scores(client, version) -> pd.DataFrame | None:
+    """The champion's test slice scores (None for a version registered without them)."""
+    source = client.get_model_version_download_uri(version.name, version.version)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(artifact_uri=f"{source}/artifacts/bundle/{TEST_SCORES}",
+                                                       dst_path=tmp, tracking_uri=client.tracking_uri)
+        except (MlflowException, OSError):
+            return None
+        return pd.read_parquet(path)
+
+
+def gate(params: Params, client, bundle: DetectorBundle, scores: pd.DataFrame) -> tuple[Decision, object]:
+    """The decision on the candidate, and the champion it was compared with."""
+    primary = params.evaluate.primary_metric
+    current = champion(client, params.registry.model_name, params.registry.alias)
+    if current is None:
+        return decide(primary, float(bundle.metrics[primary]), None, True, scores, None, params.registry.rule), None
+    same_data = current.tags.get("evaluation_data") == bundle.evaluation.get("data_fingerprint")
+    champion_value = float(current.tags.get("primary_metric_value", "-inf")) if current.tags.get("primary_metric") == primary \
+        else float("-inf")  # judged on another metric: any value of this one is better
+    decision = decide(primary, float(bundle.metrics[primary]), champion_value, same_data, scores,
+                      champion_scores(client, current) if same_data else None, params.registry.rule)
+    return decision, current
 
 
 def run(params: Params) -> dict:
@@ -71,30 +113,33 @@ def run(params: Params) -> dict:
     name, alias, primary = params.registry.model_name, params.registry.alias, params.evaluate.primary_metric
     with tempfile.TemporaryDirectory() as tmp:
         bundle, description = build_bundle(params, Path(tmp) / "bundle")
+        scores = pd.read_parquet(Path(tmp) / "bundle" / TEST_SCORES)
+        decision, current = gate(params, client, bundle, scores)
         with mlflow.start_run(run_id=tracking.training_run(params, description["ray_run_name"])):
-            info = mlflow.pyfunc.log_model(
-                name="detector", python_model=str(PYFUNC_CODE), artifacts={"bundle": str(Path(tmp) / "bundle")},
-                code_paths=[str(Path(components.__file__).parent)],
-                pip_requirements=["torch", "nibabel", "scipy", "numpy", "scikit-learn", "mlflow"],
-                registered_model_name=name,
-            )
+            info = mlflow.pyfunc.log_model(name="detector", registered_model_name=name,
+                                           **pyfunc_model(Path(tmp) / "bundle"))
     version = str(info.registered_model_version)
     value = float(bundle.metrics[primary])
-    client.set_model_version_tag(name, version, "primary_metric", primary)
-    client.set_model_version_tag(name, version, "primary_metric_value", repr(value))  # full precision: ties must tie
-    for key, tag in bundle.data_version.items():
+    tags = {"primary_metric": primary, "primary_metric_value": repr(value),  # full precision: ties must tie
+            "evaluation_data": bundle.evaluation.get("data_fingerprint", "unknown"), **bundle.data_version,
+            "compared_with": str(current.version) if current else "none", "promoted": str(decision.promote).lower(),
+            "decision": decision.reason}
+    if decision.difference is not None:
+        tags["difference"] = repr(decision.difference)
+    if decision.interval is not None:
+        tags["difference_interval"] = json.dumps([round(v, 6) for v in decision.interval])
+    for key, tag in tags.items():
         client.set_model_version_tag(name, version, key, tag)
-
-    previous_version, previous_value = champion_value(client, name, alias)
-    promoted = previous_value is None or value > previous_value
-    if promoted:
+    if decision.promote:
         client.set_registered_model_alias(name, alias, version)
     report = {
-        "model_name": name, "version": version, "alias": alias, "promoted": promoted,
+        "model_name": name, "version": version, "alias": alias, "promoted": decision.promote, "reason": decision.reason,
         "primary_metric": primary, "value": value,
-        "previous_champion": previous_version, "previous_value": previous_value,
-        "champion": version if promoted else previous_version, "model_uri": f"models:/{name}@{alias}",
+        "previous_champion": str(current.version) if current else None,
+        "previous_value": float(current.tags["primary_metric_value"]) if current and "primary_metric_value" in current.tags else None,
+        "difference": decision.difference, "difference_interval": decision.interval,
+        "champion": version if decision.promote else (str(current.version) if current else None),
+        "model_uri": f"models:/{name}@{alias}",
     }
-    params.path(REPORT).parent.mkdir(parents=True, exist_ok=True)
-    params.path(REPORT).write_text(json.dumps(report, indent=2))
+    write_json(params.path(REPORT), report)
     return report

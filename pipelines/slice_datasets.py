@@ -12,29 +12,54 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import ray.data
 
 from components.data.slice_store import read_index
+from components.metrics.detection import slice_truth
 
 
-def decode_shards(batch: dict) -> dict:
-    """Rows of shard files (``bytes``) -> rows of slices: ``image`` (1, S, S) float32,
-    ``brain`` (1, S, S) bool and ``abnormal`` (whether the slice shows tumour)."""
-    images, brains, abnormal = [], [], []
-    for payload in batch["bytes"]:
+def shard_key(path: str) -> str:
+    """``<dataset>/<subject>.npz``: a shard's name whatever the prefix its reader gives it."""
+    return "/".join(Path(path).parts[-2:])
+
+
+def decode_shards(batch: dict, truth: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> dict:
+    """Rows of shard files -> rows of slices: ``image`` (1, S, S) float32 and ``brain``
+    (1, S, S) bool; with ``truth`` (per shard, its slices' labels in row order), ``abnormal``
+    and ``rated`` too: the same label `evaluate` uses (``slice_truth`` of the slice index)."""
+    images, brains, abnormal, rated = [], [], [], []
+    for path, payload in zip(batch["path"], batch["bytes"]):
         with np.load(io.BytesIO(payload)) as archive:
             images.append(archive["images"])
             brains.append(archive["brain"])
-            abnormal.append(archive["tumour"].reshape(len(archive["tumour"]), -1).any(axis=1))
-    return {"image": np.concatenate(images), "brain": np.concatenate(brains), "abnormal": np.concatenate(abnormal)}
+        if truth is not None:
+            abnormal.append(truth[shard_key(path)][0])
+            rated.append(truth[shard_key(path)][1])
+    rows = {"image": np.concatenate(images), "brain": np.concatenate(brains)}
+    if truth is not None:
+        rows |= {"abnormal": np.concatenate(abnormal), "rated": np.concatenate(rated)}
+    return rows
 
 
-def slice_dataset(root: Path, cohort: str, split: str) -> ray.data.Dataset:
-    """The slices of one cohort's split, one row per slice."""
+def shard_truth(rows: pd.DataFrame, min_tumour_pixels: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per shard, (abnormal, rated) of its slices in the shard's own row order."""
+    truth = {}
+    for shard, part in rows.sort_values("row").groupby("shard"):
+        truth[shard_key(shard)] = slice_truth(part["tumour_pixels"], part["lesion_pixels"], min_tumour_pixels)
+    return truth
+
+
+def slice_dataset(root: Path, cohort: str, split: str, min_tumour_pixels: int | None = None) -> ray.data.Dataset:
+    """The slices of one cohort's split, one row per slice; labelled (``abnormal``, ``rated``)
+    when ``min_tumour_pixels`` is given."""
     index = read_index(root)
-    shards = sorted(index.loc[(index["cohort"] == cohort) & (index["split"] == split), "shard"].unique())
+    rows = index[(index["cohort"] == cohort) & (index["split"] == split)]
+    shards = sorted(rows["shard"].unique())
     if not shards:
         raise ValueError(f"no {cohort} slices in the {split} split of {root}")
+    truth = None if min_tumour_pixels is None else shard_truth(rows, min_tumour_pixels)
     ray.data.DataContext.get_current().enable_progress_bars = False  # one tqdm bar per epoch is noise in logs
-    files = ray.data.read_binary_files([f"local://{(root / s).resolve()}" for s in shards], override_num_blocks=len(shards))
-    return files.map_batches(decode_shards, batch_size=1, batch_format="numpy").materialize()
+    files = ray.data.read_binary_files([f"local://{(root / s).resolve()}" for s in shards], include_paths=True,
+                                       override_num_blocks=len(shards))
+    return files.map_batches(decode_shards, batch_size=1, batch_format="numpy", fn_kwargs={"truth": truth}).materialize()

@@ -24,22 +24,24 @@ import logging
 import random
 import tempfile
 import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 import ray.train
 import ray.train.torch
-from ray.train import Checkpoint, DataConfig, FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
+from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
 from ray.train.torch import TorchTrainer
 
-from components.data.augment import AugmentSpec, augment
-from components.data.slice_store import read_index
+from components.atomic import atomic_path, write_json
+from components.data.augment import augment
+from components.data.slice_store import processed_fingerprint, read_index
 from components.models.detector import Slices
 from components.models.registry import DETECTORS, build_detector, data_hyperparams
 from components.preprocess.spec import PreprocessSpec
 from pipelines import tracking
-from pipelines.params import Params
+from pipelines.params import Params, TrainParams
 from pipelines.preprocess import PROCESSED_DIR
 from pipelines.ray_cluster import ray_session, use_gpu
 from pipelines.slice_datasets import slice_dataset
@@ -47,6 +49,7 @@ from pipelines.slice_datasets import slice_dataset
 log = logging.getLogger(__name__)
 MODEL_DIR = Path("models/detector")
 STATE_FILE = "state.pt"
+CHECKPOINTS_KEPT = 2  # the latest epochs' checkpoints in storage_path; older ones are deleted
 SHUFFLE_BATCHES = 8  # each worker shuffles within a buffer of this many batches (block order is random too)
 
 
@@ -89,17 +92,20 @@ def validation_losses(detector, device: torch.device) -> dict[str, float]:
 
 @torch.no_grad()
 def validation_auroc(detector, device: torch.device) -> dict[str, float]:
-    """Slice AUROC over the tumour cohort's val slices (abnormal: tumour in the slice), the
-    comparable signal a sweep selects on; empty when one class is missing."""
+    """Slice AUROC over the tumour cohort's val slices, labelled as `evaluate` labels its test
+    slices (``slice_truth``: tumour beyond evaluate.min_tumour_pixels, other lesions left out),
+    so a sweep selects on the headline metric's target; empty when one class is missing."""
     from sklearn.metrics import roc_auc_score
 
     detector.eval()
     scores, labels = [], []
     for batch in ray.train.get_dataset_shard("tumour_val").iter_torch_batches(batch_size=64, device=device):
-        scores.append(detector.inspect(batch["image"], batch["brain"]).scores.float().cpu())
-        labels.append(batch["abnormal"].cpu())
+        rated = batch["rated"].bool()
+        if rated.any():
+            scores.append(detector.inspect(batch["image"][rated], batch["brain"][rated]).scores.float().cpu())
+            labels.append(batch["abnormal"][rated].cpu())
     labels = torch.cat(labels).numpy() if labels else []
-    if len(set(labels)) < 2:
+    if len(set(labels.tolist() if len(labels) else [])) < 2:
         return {}
     return {"val_slice_auroc": float(roc_auc_score(labels, torch.cat(scores).numpy()))}
 
@@ -122,44 +128,87 @@ def endless(batches: list[Slices], seed: int):
         yield from rng.sample(batches, len(batches))
 
 
-def layout(config: dict) -> torch.memory_format:
-    return torch.channels_last if config["channels_last"] else torch.contiguous_format
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Everything a training run depends on, each value once: the detector and its full
+    hyper-parameters (params, a sweep's sampled values and what the data imply), train's
+    settings, the label validation AUROC uses, and the content hashes of the data and code.
+    Equal configs train equal runs (``run_name``); a trial is the sweep's config ``with_changes``."""
+
+    data_root: str
+    model_name: str
+    hyperparams: dict
+    train: TrainParams
+    min_tumour_pixels: int  # evaluate's slice label, for val_slice_auroc
+    background: float
+    output_range: tuple[float, float] | None
+    data_fingerprint: str
+    code_fingerprint: str
+
+    def with_changes(self, model: dict | None = None, train: dict | None = None) -> "TrainingConfig":
+        """This config with some hyper-parameters and train settings replaced (validated)."""
+        hyperparams = {**self.hyperparams, **(model or {})}
+        build_detector(self.model_name, **hyperparams)  # a clear error for a bad value
+        settings = TrainParams.model_validate({**self.train.model_dump(), **(train or {})})
+        return replace(self, hyperparams=hyperparams, train=settings)
+
+    def identity(self) -> dict:
+        """What decides the trained weights (not where the data lie)."""
+        values = asdict(self) | {"train": self.train.model_dump(mode="json")}
+        values.pop("data_root")
+        if not self.train.validation_auroc:
+            values.pop("min_tumour_pixels")
+        return values
 
 
-def autocast(config: dict, device: torch.device):
+@dataclass(frozen=True)
+class Tracking:
+    """Where a worker logs its epochs: the MLflow store and run (none for an untracked run)."""
+
+    tracking_uri: str | None = None
+    run_id: str | None = None
+
+
+def layout(config: TrainingConfig) -> torch.memory_format:
+    return torch.channels_last if config.train.channels_last else torch.contiguous_format
+
+
+def autocast(config: TrainingConfig, device: torch.device):
     """bf16 mixed precision when train.precision asks for it (a no-op context otherwise)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config["precision"] == "bf16")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train.precision == "bf16")
 
 
-def train_loop(config: dict) -> None:
-    """Runs on every Ray Train worker."""
+def train_loop(loop_config: dict) -> None:
+    """Runs on every Ray Train worker; ``loop_config`` holds the TrainingConfig and its Tracking."""
+    config, tracked = loop_config["config"], loop_config["tracking"]
+    settings = config.train
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(config["threads"])
+    torch.set_num_threads(max(1, int(settings.cpus_per_worker)))
     device = ray.train.torch.get_device()
 
-    torch.manual_seed(config["seed"])  # the same initial weights on every worker
-    detector = build_detector(config["model_name"], **config["hyperparams"])
-    torch.manual_seed(config["seed"] + rank)  # different noise and augmentation per worker
+    torch.manual_seed(settings.seed)  # the same initial weights on every worker
+    detector = build_detector(config.model_name, **config.hyperparams)
+    torch.manual_seed(settings.seed + rank)  # different noise and augmentation per worker
     state = None
     if checkpoint := ray.train.get_checkpoint():
         with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / STATE_FILE, map_location="cpu")
+            state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
         detector.load_state_dict(state["model"])
     detector.to(device, memory_format=layout(config))
     # Created after the move, so a restored optimizer state lands on the parameters' device.
-    optimizers = detector.make_optimizers(config["learning_rate"])
+    optimizers = detector.make_optimizers(settings.learning_rate)
     if state:
         for name, optimizer in optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
     start_epoch = state["epoch"] + 1 if state else 0
 
     train_shard = ray.train.get_dataset_shard("train")
-    batch_size = max(1, config["batch_size"] // world)
-    augmentation = AugmentSpec(**config["augment"])
-    unlabelled = endless(unlabelled_batches(batch_size, device), config["seed"] + rank) if detector.uses_unlabelled else None
+    batch_size = max(1, settings.batch_size // world)
+    augmentation = settings.augment
+    unlabelled = endless(unlabelled_batches(batch_size, device), settings.seed + rank) if detector.uses_unlabelled else None
 
-    for epoch in range(start_epoch, config["epochs"]):
+    for epoch in range(start_epoch, settings.epochs):
         detector.train()
         sums, count = {}, 0
         batches = train_shard.iter_torch_batches(
@@ -167,7 +216,7 @@ def train_loop(config: dict) -> None:
         )
         started = time.perf_counter()
         for batch in batches:
-            x = augment(batch["image"], batch["brain"], augmentation, config["background"], config["output_range"])
+            x = augment(batch["image"], batch["brain"], augmentation, config.background, config.output_range)
             x = x.contiguous(memory_format=layout(config))
             slices = Slices(x, batch["brain"], next(unlabelled) if unlabelled else None)
             with autocast(config, device):
@@ -177,30 +226,31 @@ def train_loop(config: dict) -> None:
             count += len(x)
         metrics = {f"train_{k}": v for k, v in _mean_across_workers(sums, count).items()} | {"epoch": epoch}
         metrics["train_slices_per_s"] = count * world / (time.perf_counter() - started)
+        metrics["resumed_from_epoch"] = start_epoch  # 0 for a run trained from scratch
         if rank != 0:
             ray.train.report(metrics)
             continue
         with autocast(config, device):
             metrics |= validation_losses(detector, device)
-            if config["validation_auroc"]:
+            if settings.validation_auroc:
                 metrics |= validation_auroc(detector, device)
-        _log_epoch(config, metrics, epoch)
+        _log_epoch(tracked, metrics, epoch)
         with tempfile.TemporaryDirectory() as folder:
             torch.save({"model": detector.state_dict(), "epoch": epoch,
                         "optimizers": {name: o.state_dict() for name, o in optimizers.items()}}, Path(folder) / STATE_FILE)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
 
 
-def _log_epoch(config: dict, metrics: dict, epoch: int) -> None:
+def _log_epoch(tracked: Tracking, metrics: dict, epoch: int) -> None:
     """The epoch's metrics on the run's MLflow run (none for an untracked run, e.g. a benchmark)."""
-    if config.get("mlflow_run_id") is None:
+    if tracked.run_id is None:
         return
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
     stamp = int(1000 * time.time())
-    MlflowClient(config["tracking_uri"]).log_batch(
-        config["mlflow_run_id"], metrics=[Metric(k, float(v), stamp, epoch) for k, v in metrics.items() if k != "epoch"]
+    MlflowClient(tracked.tracking_uri).log_batch(
+        tracked.run_id, metrics=[Metric(k, float(v), stamp, epoch) for k, v in metrics.items() if k != "epoch"]
     )
 
 
@@ -210,14 +260,6 @@ def flatten(prefix: str, values: dict) -> dict:
     for key, value in values.items():
         flat.update(flatten(f"{prefix}.{key}", value) if isinstance(value, dict) else {f"{prefix}.{key}": value})
     return flat
-
-
-def data_fingerprint(root: Path) -> str:
-    """A short hash of the processed data's index and spec: equal data, equal fingerprint."""
-    digest = hashlib.sha256()
-    for name in ("index.parquet", "preprocess_spec.json"):
-        digest.update((root / name).read_bytes())
-    return digest.hexdigest()[:12]
 
 
 def code_fingerprint() -> str:
@@ -231,54 +273,53 @@ def code_fingerprint() -> str:
     return digest.hexdigest()[:12]
 
 
-def training_config(params: Params, model_changes: dict | None = None, train_changes: dict | None = None) -> dict:
-    """What a training run of ``params`` (with changes to the detector's hyper-parameters or to
-    train's settings) needs: the loop's config, without tracking. Fails fast on a bad param."""
+def training_config(params: Params) -> TrainingConfig:
+    """The training run ``params`` describe. Fails fast on a bad param or missing data."""
     data_root = params.path(PROCESSED_DIR)
     read_index(data_root)  # a clear message when `preprocess` has not run
-    name, settings = params.model.name, params.train.model_copy(update=train_changes or {})
+    name = params.model.name
     spec = PreprocessSpec.from_json(data_root / "preprocess_spec.json")
-    hyperparams = {**params.model.hyperparams(), **(model_changes or {}),
-                   **data_hyperparams(name, spec.size, spec.output_range)}
+    hyperparams = {**params.model.hyperparams(), **data_hyperparams(name, spec.size, spec.output_range)}
     build_detector(name, **hyperparams)
-    return {
-        "data_root": str(data_root), "model_name": name, "hyperparams": hyperparams, "train": settings.model_dump(),
-        "fingerprint": data_fingerprint(data_root), "code": code_fingerprint(),
-        "epochs": settings.epochs, "batch_size": settings.batch_size, "learning_rate": settings.learning_rate,
-        "seed": settings.seed, "threads": max(1, int(settings.cpus_per_worker)),
-        "precision": settings.precision, "channels_last": settings.channels_last,
-        "validation_auroc": settings.validation_auroc,
-        "augment": settings.augment.model_dump(), "background": spec.background, "output_range": spec.output_range,
-    }
+    return TrainingConfig(
+        data_root=str(data_root), model_name=name, hyperparams=hyperparams, train=params.train,
+        min_tumour_pixels=params.evaluate.min_tumour_pixels, background=spec.background,
+        output_range=spec.output_range, data_fingerprint=processed_fingerprint(data_root),
+        code_fingerprint=code_fingerprint(),
+    )
 
 
-def run_name(config: dict) -> str:
-    """<detector>-<hash of detector, hyper-parameters, train settings, data and code>: equal inputs, equal name."""
-    key = [config["model_name"], config["hyperparams"], config["train"], config["fingerprint"], config["code"]]
-    return f"{config['model_name']}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]}"
+def run_name(config: TrainingConfig) -> str:
+    """<detector>-<hash of detector, hyper-parameters, train settings, data content and code>:
+    equal inputs, equal name (a rerun resumes it); rewritten shards, a new run."""
+    key = json.dumps(config.identity(), sort_keys=True, default=str)
+    return f"{config.model_name}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
-def log_params(client, run_id: str, config: dict) -> None:
-    values = {"model.name": config["model_name"], **flatten("model", config["hyperparams"]),
-              **flatten("train", config["train"]), "data.fingerprint": config["fingerprint"],
-              "code.fingerprint": config["code"]}
+def log_params(client, run_id: str, config: TrainingConfig) -> None:
+    values = {"model.name": config.model_name, **flatten("model", config.hyperparams),
+              **flatten("train", config.train.model_dump(mode="json")), "data.fingerprint": config.data_fingerprint,
+              "code.fingerprint": config.code_fingerprint}
     for key, value in values.items():
         client.log_param(run_id, key, value)
 
 
-def make_trainer(config: dict, name: str, storage_path: str, datasets: dict | None = None, callbacks=()) -> TorchTrainer:
+def make_trainer(config: TrainingConfig, name: str, storage_path: str, tracked: Tracking = Tracking(),
+                 datasets: dict | None = None, callbacks=()) -> TorchTrainer:
     """The Ray Train run of ``config``: workers as train's settings say, checkpoints in
-    ``storage_path``/``name``, surviving train.max_failures worker failures."""
-    settings = config["train"]
+    ``storage_path``/``name`` (the latest CHECKPOINTS_KEPT), surviving train.max_failures
+    worker failures."""
+    settings = config.train
     return TorchTrainer(
         train_loop,
-        train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=settings["num_workers"], use_gpu=use_gpu(settings["use_gpu"]),
-                                     resources_per_worker={"CPU": settings["cpus_per_worker"]}),
-        datasets=datasets or training_datasets(Path(config["data_root"]), config["model_name"], config["validation_auroc"]),
+        train_loop_config={"config": config, "tracking": tracked},
+        scaling_config=ScalingConfig(num_workers=settings.num_workers, use_gpu=use_gpu(settings.use_gpu),
+                                     resources_per_worker={"CPU": settings.cpus_per_worker}),
+        datasets=datasets or training_datasets(config),
         dataset_config=DataConfig(datasets_to_split=["train", "unlabelled"]),
         run_config=RunConfig(name=name, storage_path=storage_path, callbacks=list(callbacks),
-                             failure_config=FailureConfig(max_failures=settings["max_failures"])),
+                             checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+                             failure_config=FailureConfig(max_failures=settings.max_failures)),
     )
 
 
@@ -288,15 +329,15 @@ def run(params: Params) -> dict:
     run_id = tracking.training_run(params, name)
     client = tracking.client(params)
     log_params(client, run_id, config)
-    config |= {"tracking_uri": tracking.tracking_uri(params), "mlflow_run_id": run_id}
     try:
         with ray_session():
-            result = fit(make_trainer(config, name, params.storage(params.train.storage_path)))
+            result = fit(make_trainer(config, name, params.storage(params.train.storage_path),
+                                      Tracking(tracking.tracking_uri(params), run_id)))
     except BaseException:
         client.set_terminated(run_id, "FAILED")  # a rerun with the same inputs picks this run up again
         raise
     client.set_terminated(run_id)
-    return export_model(params, result.checkpoint, run_id, name, config["hyperparams"], result.metrics or {})
+    return export_model(params, result.checkpoint, run_id, name, config.hyperparams, result.metrics or {})
 
 
 def fit(trainer: TorchTrainer):
@@ -312,35 +353,37 @@ def fit(trainer: TorchTrainer):
         raise
 
 
-def training_datasets(data_root: Path, model_name: str, validation_auroc: bool = False) -> dict:
+def training_datasets(config: TrainingConfig) -> dict:
     """Healthy train and val slices; the tumour cohort's training split for a detector that
-    learns from unlabelled scans too, and its val split when the AUROC is tracked."""
+    learns from unlabelled scans too, and its val split, labelled, when the AUROC is tracked."""
+    root = Path(config.data_root)
     datasets = {
-        "train": slice_dataset(data_root, "healthy", "train").randomize_block_order(),
-        "val": slice_dataset(data_root, "healthy", "val"),
+        "train": slice_dataset(root, "healthy", "train").randomize_block_order(),
+        "val": slice_dataset(root, "healthy", "val"),
     }
-    if DETECTORS[model_name].uses_unlabelled:
-        datasets["unlabelled"] = slice_dataset(data_root, "tumour", "train")
-    if validation_auroc:
-        datasets["tumour_val"] = slice_dataset(data_root, "tumour", "val")
+    if DETECTORS[config.model_name].uses_unlabelled:
+        datasets["unlabelled"] = slice_dataset(root, "tumour", "train")
+    if config.train.validation_auroc:
+        datasets["tumour_val"] = slice_dataset(root, "tumour", "val", config.min_tumour_pixels)
     return datasets
 
 
 def export_model(
     params: Params, checkpoint: Checkpoint, run_id: str, run_name: str, hyperparams: dict, metrics: dict
 ) -> dict:
-    """Write the trained weights and what built them to models/detector (the stage's output)."""
+    """Write the trained weights and what built them to models/detector (the stage's output),
+    each file atomically: a stage killed here leaves the previous model or the new one."""
     if checkpoint is None:
         raise RuntimeError(f"Ray Train run {run_name} produced no checkpoint")
     with checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / STATE_FILE, map_location="cpu")
+        state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
     out = params.path(MODEL_DIR)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save(state["model"], out / "weights.pt")
+    with atomic_path(out / "weights.pt") as tmp:
+        torch.save(state["model"], tmp)
     summary = {
         "model_name": params.model.name, "hyperparams": hyperparams,
         "epochs_trained": state["epoch"] + 1, "mlflow_run_id": run_id, "ray_run_name": run_name,
         "final_metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
     }
-    (out / "detector.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "detector.json", summary)
     return summary

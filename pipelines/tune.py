@@ -27,6 +27,7 @@ import hashlib
 import json
 import signal
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -36,9 +37,11 @@ from ray import tune
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+from components.atomic import write_json, write_text
+from components.models.registry import accepted_hyperparams
 from pipelines import tracking, train
 from pipelines.errors import StageError
-from pipelines.params import TRAIN_KEYS, Params, load_params
+from pipelines.params import Params, load_params
 from pipelines.ray_cluster import ray_session, use_gpu
 from pipelines.workspace import create, run_stage
 
@@ -73,47 +76,70 @@ def concurrency(params: Params) -> int:
     return int(min(params.tune.max_concurrent_trials, room))
 
 
-def apply(base: dict, sampled: dict) -> dict:
-    """The sweep's training config with a trial's sampled values: hyper-parameters of the
-    detector, or train's learning rate / batch size."""
-    settings = {k: v for k, v in sampled.items() if k in TRAIN_KEYS}
-    model = {k: v for k, v in sampled.items() if k not in TRAIN_KEYS}
-    return {**base, **settings, "hyperparams": {**base["hyperparams"], **model}, "train": {**base["train"], **settings}}
+def split_sampled(model_name: str, sampled: dict) -> tuple[dict, dict]:
+    """A trial's sampled values as (detector hyper-parameters, train settings): a key the
+    detector takes is its own (its learning_rate overrides train's), any other is train's."""
+    own = accepted_hyperparams(model_name)
+    return ({k: v for k, v in sampled.items() if k in own}, {k: v for k, v in sampled.items() if k not in own})
 
 
-def trial(config: dict, base: dict, datasets: dict) -> None:
+def apply(base: train.TrainingConfig, sampled: dict) -> train.TrainingConfig:
+    """The sweep's training config with a trial's sampled values."""
+    model, settings = split_sampled(base.model_name, sampled)
+    return base.with_changes(model=model, train=settings)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What every trial of a sweep shares besides its training config: names and tracking."""
+
+    name: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    train_storage: str
+
+
+def trial(sampled: dict, base: train.TrainingConfig, sweep: Sweep, datasets: dict) -> None:
     """One trial, in its own Ray actor: a Ray Train run reporting every epoch to Tune, tracked
     as a child of the sweep's MLflow run."""
-    run = apply(base, config)
-    name = f"{base['sweep']}-{tune.get_context().get_trial_id()}"
-    client = MlflowClient(base["tracking_uri"])
-    run["mlflow_run_id"] = tracking.run_for(client, base["experiment_id"], "ray_run_name", name, name)
-    client.set_tag(run["mlflow_run_id"], "mlflow.parentRunId", base["parent_run_id"])
-    train.log_params(client, run["mlflow_run_id"], run)
-    train.fit(train.make_trainer(run, name, base["train_storage"], datasets, callbacks=[TuneReportCallback()]))
-    client.set_terminated(run["mlflow_run_id"])
+    config = apply(base, sampled)
+    name = f"{sweep.name}-{tune.get_context().get_trial_id()}"
+    client = MlflowClient(sweep.tracking_uri)
+    run_id = tracking.run_for(client, sweep.experiment_id, "ray_run_name", name, name)
+    client.set_tag(run_id, "mlflow.parentRunId", sweep.parent_run_id)
+    train.log_params(client, run_id, config)
+    train.fit(train.make_trainer(config, name, sweep.train_storage, train.Tracking(sweep.tracking_uri, run_id), datasets,
+                                 callbacks=[TuneReportCallback()]))
+    client.set_terminated(run_id)
 
 
-def sweep_name(params: Params, base: dict) -> str:
-    key = [base["model_name"], base["hyperparams"], base["train"], base["fingerprint"], base["code"],
-           params.tune.model_dump(exclude={"storage_path"})]
-    return f"sweep-{base['model_name']}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]}"
+def sweep_config(params: Params) -> train.TrainingConfig:
+    """The training config every trial starts from: tune's epochs and workers, val AUROC on."""
+    settings = params.tune
+    return train.training_config(params).with_changes(
+        train={"epochs": settings.epochs, "num_workers": settings.workers_per_trial, "validation_auroc": True})
+
+
+def sweep_name(params: Params, base: train.TrainingConfig) -> str:
+    key = [base.identity(), params.tune.model_dump(exclude={"storage_path"})]
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"sweep-{base.model_name}-{digest}"
 
 
 def run(params: Params) -> dict:
     settings = params.tune
-    base = train.training_config(params, train_changes={"epochs": settings.epochs, "num_workers": settings.workers_per_trial,
-                                                        "validation_auroc": True})
+    base = sweep_config(params)
     space = search_space(params)
     name = sweep_name(params, base)
     client = tracking.client(params)
     experiment = tracking.experiment_id(params)
     parent = tracking.run_for(client, experiment, "tune_sweep", name, name)
-    base |= {"sweep": name, "tracking_uri": tracking.tracking_uri(params), "experiment_id": experiment,
-             "parent_run_id": parent, "train_storage": params.storage(params.train.storage_path)}
+    sweep = Sweep(name, tracking.tracking_uri(params), experiment, parent, params.storage(params.train.storage_path))
     with ray_session():
-        datasets = train.training_datasets(Path(base["data_root"]), base["model_name"], validation_auroc=True)
-        trainable = tune.with_resources(tune.with_parameters(trial, base=base, datasets=datasets), TRIAL_DRIVER)
+        datasets = train.training_datasets(base)
+        trainable = tune.with_resources(tune.with_parameters(trial, base=base, sweep=sweep, datasets=datasets),
+                                        TRIAL_DRIVER)
         results, interrupted = fit(tuner(params, trainable, space, name))
     if interrupted:
         raise StageError(f"sweep {name} was interrupted: run `brainomaly tune` again to resume it "
@@ -152,7 +178,8 @@ def fit(tuner: tune.Tuner) -> tuple[tune.ResultGrid, bool]:
 
 def adopt_command(params: Params, config: dict, keys: list[str]) -> str:
     """The `dvc exp run` that makes the best trial's values the pipeline's own, as a DVC experiment."""
-    sections = {k: "train" if k in TRAIN_KEYS else f"model.{params.model.name}" for k in keys}
+    model, _ = split_sampled(params.model.name, {k: config[k] for k in keys})
+    sections = {k: f"model.{params.model.name}" if k in model else "train" for k in keys}
     return "dvc exp run " + " ".join(f"-S {sections[k]}.{k}={config[k]}" for k in keys)
 
 
@@ -193,23 +220,20 @@ def results_table(results, keys: list[str], metric: str) -> pd.DataFrame:
 
 
 def _write(params: Params, name: str, table: pd.DataFrame) -> None:
-    params.path(REPORT_JSON).parent.mkdir(parents=True, exist_ok=True)
-    params.path(REPORT_JSON).write_text(json.dumps({"sweep": name, "trials": json.loads(table.to_json(orient="records"))},
-                                                   indent=2))
-    params.path(REPORT_MD).write_text(f"Sweep {name} ({len(table)} trials, best first)\n\n"
+    write_json(params.path(REPORT_JSON), {"sweep": name, "trials": json.loads(table.to_json(orient="records"))})
+    write_text(params.path(REPORT_MD), f"Sweep {name} ({len(table)} trials, best first)\n\n"
                                       f"{table.to_markdown(index=False, floatfmt='.4g')}\n")
 
 
 def evaluate_and_register(params: Params, best, keys: list[str], train_name: str) -> dict:
     """The best trial's last checkpoint as the model of the workspace artifacts/tune/best/, then
     its `evaluate` (test metrics onto the trial's MLflow run) and `register` (the promotion gate)."""
-    model_changes = {k: best.config[k] for k in keys if k not in TRAIN_KEYS}
-    train_changes = {k: best.config[k] for k in keys if k in TRAIN_KEYS}
+    model_changes, train_changes = split_sampled(params.model.name, {k: best.config[k] for k in keys})
     folder = create(params, BEST_WORKSPACE, {"model": {params.model.name: model_changes}, "train": train_changes})
-    config = train.training_config(params, model_changes)
+    config = train.training_config(params).with_changes(model=model_changes)
     run_id = tracking.training_run(params, train_name)
     train.export_model(load_params(folder / "params.yaml"), ray.train.Checkpoint(best.metrics[CHECKPOINT_PATH_KEY]),
-                       run_id, train_name, config["hyperparams"],
+                       run_id, train_name, config.hyperparams,
                        {k: v for k, v in best.metrics.items() if isinstance(v, (int, float))})
     run_stage("evaluate", folder, params)
     run_stage("register", folder, params)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from components.atomic import write_text
 from components.data.slice_store import read_index
 from components.preprocess.spec import PreprocessSpec
 from components.validation.gate import GateSpec, run_gate
@@ -26,13 +27,7 @@ class DataValidationError(ValueError):
 
 def gate_spec(params: Params, processed: PreprocessSpec) -> GateSpec:
     z = params.validation.max_abs_zscore
-    return GateSpec(
-        size=processed.size, value_range=processed.output_range or (-z, z),
-        min_brain_coverage=params.validation.min_brain_coverage,
-        allowed_labels=tuple(params.validation.allowed_labels),
-        voxel_size_mm=params.validation.voxel_size_mm,
-        abnormal_fraction=params.validation.abnormal_fraction,
-    )
+    return GateSpec(size=processed.size, value_range=processed.output_range or (-z, z), rules=params.validation)
 
 
 def run(params: Params) -> dict:
@@ -53,8 +48,7 @@ def run(params: Params) -> dict:
     for path, text in ((REPORT, json.dumps({"success": report.success, "checked": report.checked,
                                             "failures": report.failures}, indent=2)),
                        (MARKDOWN, report.to_markdown())):
-        params.path(path).parent.mkdir(parents=True, exist_ok=True)
-        params.path(path).write_text(text)
+        write_text(params.path(path), text)
     if not report.success:
         raise DataValidationError(f"data validation failed (report: {params.path(MARKDOWN)})\n{report.summary()}")
     return {"report": str(params.path(MARKDOWN)), "result": report.summary()}

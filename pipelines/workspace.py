@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from components.atomic import write_text
 from pipelines import tracking
 from pipelines.errors import StageError
 from pipelines.params import Params, with_overrides
@@ -39,7 +40,7 @@ def create(params: Params, folder: Path, changes: dict) -> Path:
     variant = merged(project, changes)
     for key in ("healthy_root", "tumour_root"):  # absolute, so they resolve from the workspace too
         variant["data"][key] = str(params.path(variant["data"][key]))
-    (folder / "params.yaml").write_text(yaml.safe_dump(variant, sort_keys=False))
+    write_text(folder / "params.yaml", yaml.safe_dump(variant, sort_keys=False))
     for relative in LINKED:
         link, target = folder / relative, params.path(relative)
         if target.exists() and not link.exists():

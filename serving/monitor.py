@@ -15,7 +15,7 @@ from ray.serve.handle import DeploymentHandle
 
 from components.monitoring.drift import DriftMonitor
 from serving.metrics import EndpointMetrics
-from serving.settings import DriftSettings
+from components.monitoring.drift import DriftSettings
 
 log = logging.getLogger("brainomaly.serving")
 

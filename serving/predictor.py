@@ -17,9 +17,8 @@ import numpy as np
 from torch import nn
 
 from components.models.bundle import DetectorBundle
-from components.models.inference import score_slices
+from components.models.inference import score_volume
 from components.preprocess.geometry import axial_axis, to_input_grid
-from components.preprocess.volume import preprocess_volume
 from components.reports.figures import overlay_strip
 from components.scoring.volume import volume_score
 
@@ -58,8 +57,7 @@ class VolumePredictor:
         header (none of the upload's header text is carried over); ``"png"`` a PNG of the
         ``OVERLAY_SLICES`` most anomalous model slices with their maps over them.
         """
-        slices = preprocess_volume(data, affine, self.bundle.preprocess)
-        scored = score_slices(self.detector, slices.images, slices.brain)
+        slices, scored = score_volume(self.detector, self.bundle.preprocess, data, affine)
         scores = scored.scores
         per_slice: dict[int, float] = {}
         for index, value in zip(slices.slice_numbers.tolist(), scores.tolist()):

@@ -4,16 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
-@dataclass(frozen=True)
-class DriftSettings:
-    """Score drift: ``window`` latest slice scores, statistics once ``min_scores`` arrived;
-    CUSUM slack ``cusum_k`` and alarm level ``cusum_h`` in reference standard deviations."""
-
-    window: int = 500
-    min_scores: int = 100
-    cusum_k: float = 0.5
-    cusum_h: float = 12.0
+from components.monitoring.drift import DriftSettings
 
 
 @dataclass(frozen=True)

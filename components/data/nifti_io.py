@@ -14,6 +14,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from components.atomic import atomic_path
+
 
 VOXEL_MM = (0.05, 50.0)  # a scanner's voxels, from small-animal MRI to thick clinical slices
 
@@ -112,7 +114,8 @@ def save_volume(data: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
     img.header.set_xyzt_units("mm")
     img.header.set_qform(affine, code=1)
     img.header.set_sform(affine, code=1)
-    nib.save(img, str(path))
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
     return path
 
 

@@ -78,6 +78,13 @@ class PhantomSpec:
     cavity_p: float = 0.3
 
     def __post_init__(self) -> None:
+        if min(self.n_healthy, self.n_tumour) < 1:  # the pipeline's splits need 3 of each: the data gate says so
+            raise ValueError(f"phantoms.n_healthy and n_tumour must be >= 1, got {self.n_healthy} and {self.n_tumour}")
+        if not 1.0 <= self.voxel_size_mm <= 4.0:
+            raise ValueError(f"phantoms.voxel_size_mm must lie in [1, 4], got {self.voxel_size_mm}")
+        for name in ("deformation_mm", "bias_strength", "noise_std"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"phantoms.{name} must be >= 0, got {getattr(self, name)}")
         low, high = self.tumour_radius_mm
         if not 0 < low <= high:
             raise ValueError(f"phantoms.tumour_radius_mm must satisfy 0 < low <= high, got {list(self.tumour_radius_mm)}")

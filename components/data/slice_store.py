@@ -14,11 +14,13 @@ Shards are per volume so a stage (or a Ray worker) reads only the subjects it ne
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from components.atomic import atomic_path
 from components.data.layouts import Subject
 from components.preprocess.volume import ProcessedSlices
 
@@ -36,11 +38,12 @@ def write_shard(root: Path, subject: Subject, split: str, slices: ProcessedSlice
     path = shard_path(root, subject.dataset, subject.subject_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     empty = np.zeros_like(slices.brain)
-    np.savez_compressed(
-        path, images=slices.images, brain=slices.brain, slice_numbers=slices.slice_numbers,
-        tumour=slices.tumour if slices.tumour is not None else empty,
-        lesions=slices.lesions if slices.lesions is not None else empty,
-    )
+    with atomic_path(path) as tmp:
+        np.savez_compressed(
+            tmp, images=slices.images, brain=slices.brain, slice_numbers=slices.slice_numbers,
+            tumour=slices.tumour if slices.tumour is not None else empty,
+            lesions=slices.lesions if slices.lesions is not None else empty,
+        )
     return pd.DataFrame(
         {
             "subject": subject.subject_id,
@@ -70,8 +73,23 @@ def write_index(root: Path, index: pd.DataFrame) -> Path:
     kinds = sorted((c for c in index.columns if c.startswith("lesion_pixels_")), key=lambda c: int(c.rsplit("_", 1)[1]))
     columns = index.loc[:, [*INDEX_COLUMNS, *kinds]]
     columns[kinds] = columns[kinds].fillna(0).astype(np.int64)  # a subject without a kind has none of it
-    columns.to_parquet(path, index=False)
+    with atomic_path(path) as tmp:
+        columns.to_parquet(tmp, index=False)
     return path
+
+
+def processed_fingerprint(root: Path) -> str:
+    """A short content hash of a processed folder: the slice index, the spec and every shard the
+    index lists. Rewritten shards (new intensity code, say) give a new fingerprint even when the
+    index and spec are byte-for-byte the same."""
+    root = Path(root)
+    digest = hashlib.sha256()
+    for name in ("index.parquet", "preprocess_spec.json", *sorted(read_index(root)["shard"].unique())):
+        digest.update(name.encode())
+        with open(root / name, "rb") as file:
+            for block in iter(lambda: file.read(2**20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:12]
 
 
 def load_shard(root: Path, shard: str) -> dict[str, np.ndarray]:

@@ -19,6 +19,14 @@ def slice_labels(tumour_pixels: np.ndarray, min_tumour_pixels: int) -> np.ndarra
     return np.asarray(tumour_pixels) > min_tumour_pixels
 
 
+def slice_truth(tumour_pixels, lesion_pixels, min_tumour_pixels: int) -> tuple[np.ndarray, np.ndarray]:
+    """The one slice label every metric uses, from the slice index (counts before resizing):
+    (abnormal, rated). Abnormal: more than ``min_tumour_pixels`` of tumour. A slice with another
+    lesion (a focus, a cavity) and no such tumour is neither tumour nor normal tissue: not rated."""
+    labels = slice_labels(tumour_pixels, min_tumour_pixels)
+    return labels, labels | ~(np.asarray(lesion_pixels) > 0)
+
+
 def _both_classes(labels: np.ndarray, what: str) -> None:
     if labels.all() or not labels.any():
         raise ValueError(f"{what} needs both normal and abnormal samples; got only {'abnormal' if labels.all() else 'normal'} ones")
@@ -47,10 +55,8 @@ def slice_metrics_by_size(
     with other lesions and no such tumour are left out. Keys end in ``_t<T>``; a T that leaves
     one class empty is skipped."""
     found = {}
-    other = np.asarray(lesion_pixels) > 0
     for size in sizes:
-        labels = slice_labels(tumour_pixels, size)
-        rated = labels | ~other
+        labels, rated = slice_truth(tumour_pixels, lesion_pixels, size)
         if labels[rated].all() or not labels[rated].any():
             continue
         metrics = slice_metrics(np.asarray(scores)[rated], labels[rated], threshold)
@@ -190,10 +196,8 @@ def fold_metrics_by_size(scores, tumour_pixels, lesion_pixels, healthy_scores, s
     """``fold_metrics`` for each T of ``sizes`` (keys ``cv_<metric>_t<T>``); slices with other
     lesions and no tumour above T are left out, as in ``slice_metrics_by_size``."""
     found = {}
-    other = np.asarray(lesion_pixels) > 0
     for size in sizes:
-        labels = slice_labels(tumour_pixels, size)
-        rated = labels | ~other
+        labels, rated = slice_truth(tumour_pixels, lesion_pixels, size)
         metrics = fold_metrics(np.asarray(scores)[rated], labels[rated], healthy_scores, folds, seed)
         found |= {f"cv_{k}_t{size}": v for k, v in metrics.items()}
     return found

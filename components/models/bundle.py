@@ -4,7 +4,10 @@ Layout::
 
     weights.pt      the detector's state_dict
     bundle.json     detector name + hyper-parameters, preprocessing spec, thresholds,
-                    reference (healthy validation) score distribution, data version, metrics
+                    reference (healthy validation) score distribution, data version, metrics,
+                    and what it was evaluated on (the processed data's content hash)
+    test_scores.parquet   each rated test slice's subject, slice, label and score: the
+                    evidence a later candidate is compared with (promotion gate)
 
 Serving and notebooks rebuild the detector and its preprocessing from this folder alone.
 """
@@ -18,11 +21,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from components.atomic import atomic_path, write_json
 from components.models.registry import build_detector
 from components.preprocess.spec import PreprocessSpec
 
 WEIGHTS = "weights.pt"
 DESCRIPTION = "bundle.json"
+TEST_SCORES = "test_scores.parquet"
 
 
 @dataclass(frozen=True)
@@ -49,12 +54,14 @@ class DetectorBundle:
     calibration: Calibration
     data_version: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    evaluation: dict = field(default_factory=dict)  # data_fingerprint: the processed data evaluated on
 
     def save(self, folder: Path, state_dict: dict) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        torch.save(state_dict, folder / WEIGHTS)
-        (folder / DESCRIPTION).write_text(json.dumps(asdict(self), indent=2))
+        with atomic_path(folder / WEIGHTS) as tmp:
+            torch.save(state_dict, tmp)
+        write_json(folder / DESCRIPTION, asdict(self))
         return folder
 
     @classmethod
@@ -72,7 +79,8 @@ class DetectorBundle:
             calibration=Calibration(**raw["calibration"]),
             data_version=raw.get("data_version", {}),
             metrics=raw.get("metrics", {}),
+            evaluation=raw.get("evaluation", {}),
         )
         detector = build_detector(bundle.model_name, **bundle.hyperparams)
-        detector.load_state_dict(torch.load(folder / WEIGHTS, map_location="cpu"))
+        detector.load_state_dict(torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True))
         return bundle, detector.eval()

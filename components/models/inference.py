@@ -8,6 +8,8 @@ import numpy as np
 import torch
 
 from components.models.detector import Detector
+from components.preprocess.spec import PreprocessSpec
+from components.preprocess.volume import ProcessedSlices, preprocess_volume
 
 
 class Scored(NamedTuple):
@@ -33,3 +35,11 @@ def score_slices(detector: Detector, images: np.ndarray, brain: np.ndarray, batc
     if not maps:
         return Scored(np.zeros_like(images), np.zeros(0, np.float32), {})
     return Scored(np.concatenate(maps), np.concatenate(scores), {k: np.concatenate(v) for k, v in alternatives.items()})
+
+
+def score_volume(detector: Detector, spec: PreprocessSpec, data: np.ndarray, affine: np.ndarray) -> tuple[ProcessedSlices, Scored]:
+    """One (X, Y, Z) skull-stripped volume through the model's own recipe, then scored: the
+    single path from a scan to slice scores that the endpoint and the registered model share
+    (the brain mask comes from the recipe, never from the intensities' sign)."""
+    slices = preprocess_volume(data, affine, spec)
+    return slices, score_slices(detector, slices.images, slices.brain)

@@ -29,6 +29,26 @@ from scipy import stats
 PSI_FLOOR = 1e-4  # a bin that is empty on one side would make PSI infinite
 
 
+@dataclass(frozen=True)
+class DriftSettings:
+    """Score drift (``serve.drift`` in params.yaml): the ``window`` latest slice scores,
+    statistics once ``min_scores`` arrived; CUSUM slack ``cusum_k`` and alarm level ``cusum_h``
+    in reference standard deviations."""
+
+    window: int = 500
+    min_scores: int = 100
+    cusum_k: float = 0.5
+    cusum_h: float = 12.0
+
+    def __post_init__(self) -> None:
+        if self.window < 10 or self.min_scores < 1:
+            raise ValueError(f"serve.drift needs window >= 10 and min_scores >= 1, got {self.window} and {self.min_scores}")
+        if self.min_scores > self.window:
+            raise ValueError(f"serve.drift.min_scores ({self.min_scores}) is above window ({self.window})")
+        if self.cusum_k < 0 or self.cusum_h <= 0:
+            raise ValueError(f"serve.drift needs cusum_k >= 0 and cusum_h > 0, got {self.cusum_k} and {self.cusum_h}")
+
+
 def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
     """Population stability index of ``current`` against ``reference``'s quantile bins."""
     edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)))

@@ -9,9 +9,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Literal, get_args
 
-NORMALISATIONS = ("percentile", "zscore")
-CROPS = ("brain_box", "fixed")
+from components.atomic import write_json
+
+Normalisation = Literal["percentile", "zscore"]
+Crop = Literal["brain_box", "fixed"]
+NORMALISATIONS, CROPS = get_args(Normalisation), get_args(Crop)
 
 
 @dataclass(frozen=True)
@@ -36,13 +40,13 @@ class PreprocessSpec:
     size: int = 64
     spacing_mm: float | None = None
     bias_correction: bool = False
-    normalisation: str = "percentile"
+    normalisation: Normalisation = "percentile"
     percentiles: tuple[float, float] = (1.0, 99.0)
     value_range: tuple[float, float] = (0.0, 1.0)
     histogram_landmarks: tuple[float, ...] | None = None
     min_brain_fraction: float = 0.3
     middle_mm: float | None = None
-    crop: str = "brain_box"
+    crop: Crop = "brain_box"
     crop_mm: float | None = None
 
     def __post_init__(self) -> None:
@@ -83,7 +87,7 @@ class PreprocessSpec:
         return self.value_range[0] if self.normalisation == "percentile" else 0.0
 
     def to_json(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=2))
+        write_json(path, asdict(self))
 
     @classmethod
     def from_dict(cls, values: dict) -> "PreprocessSpec":

@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
+from components.atomic import atomic_path  # noqa: E402
+
 
 def curves(scores: dict[str, np.ndarray], labels: np.ndarray, path: Path) -> None:
     """ROC and precision-recall side by side, one line per named score."""
@@ -72,7 +74,7 @@ def overlay_strip(images: np.ndarray, maps: np.ndarray, titles: list[str], thres
 
 
 def _save(figure, path: Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
-    figure.savefig(path, dpi=90)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=90, format="png")
     plt.close(figure)

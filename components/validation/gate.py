@@ -20,15 +20,31 @@ NIFTI_DTYPES = ("uint8", "int8", "int16", "uint16", "int32", "float32", "float64
 
 
 @dataclass(frozen=True)
+class DataRules:
+    """What valid data looks like whatever the recipe (the ``validate`` section of params.yaml)."""
+
+    max_abs_zscore: float = 30.0  # z-scored slices stay within +-this
+    min_brain_coverage: float = 0.05  # mean fraction of a subject's slices covered by brain
+    allowed_labels: tuple[int, ...] = (0, 1, 2, 4)  # BraTS segmentation labels
+    voxel_size_mm: tuple[float, float] = (0.2, 5.0)  # raw voxel sizes lie in this range
+    abnormal_fraction: tuple[float, float] = (0.02, 0.98)  # of tumour-cohort slices in each split
+
+    def __post_init__(self) -> None:
+        if self.max_abs_zscore <= 0 or not 0.0 <= self.min_brain_coverage <= 1.0:
+            raise ValueError("validate.max_abs_zscore must be > 0 and min_brain_coverage in [0, 1]")
+        for name in ("voxel_size_mm", "abnormal_fraction"):
+            low, high = getattr(self, name)
+            if not 0 <= low <= high:
+                raise ValueError(f"validate.{name} must be [low, high] with 0 <= low <= high, got {[low, high]}")
+
+
+@dataclass(frozen=True)
 class GateSpec:
-    """What valid data looks like."""
+    """The rules, plus what the processed data's own recipe says: slice size and value range."""
 
     size: int
     value_range: tuple[float, float] = (0.0, 1.0)  # processed intensities lie in this interval
-    min_brain_coverage: float = 0.05  # mean fraction of a subject's slices covered by brain
-    allowed_labels: tuple[int, ...] = (0, 1, 2, 4)
-    voxel_size_mm: tuple[float, float] = (0.2, 5.0)
-    abnormal_fraction: tuple[float, float] = (0.02, 0.98)  # of tumour-cohort slices in each split
+    rules: DataRules = DataRules()
 
 
 @dataclass
@@ -77,15 +93,15 @@ def expectations(spec: GateSpec) -> dict[str, list]:
             e.ExpectColumnValuesToBeInSet(column="ndim", value_set=[3], description="volume is 3-D"),
             e.ExpectColumnValuesToBeInSet(column="dtype", value_set=list(NIFTI_DTYPES), description="numeric voxel type"),
             e.ExpectColumnValuesToBeBetween(column="affine_abs_det", min_value=1e-6, description="affine is invertible"),
-            e.ExpectColumnValuesToBeBetween(column="min_voxel_mm", min_value=spec.voxel_size_mm[0],
-                                            description=f"voxel sizes >= {spec.voxel_size_mm[0]} mm"),
-            e.ExpectColumnValuesToBeBetween(column="max_voxel_mm", max_value=spec.voxel_size_mm[1],
-                                            description=f"voxel sizes <= {spec.voxel_size_mm[1]} mm"),
+            e.ExpectColumnValuesToBeBetween(column="min_voxel_mm", min_value=spec.rules.voxel_size_mm[0],
+                                            description=f"voxel sizes >= {spec.rules.voxel_size_mm[0]} mm"),
+            e.ExpectColumnValuesToBeBetween(column="max_voxel_mm", max_value=spec.rules.voxel_size_mm[1],
+                                            description=f"voxel sizes <= {spec.rules.voxel_size_mm[1]} mm"),
             e.ExpectColumnValuesToBeInSet(column="shape_matches_image", value_set=[True],
                                           description="mask/segmentation shape equals the image's"),
         ],
-        "labels": [e.ExpectColumnValuesToBeInSet(column="label", value_set=list(spec.allowed_labels),
-                                                 description=f"segmentation labels in {list(spec.allowed_labels)}")],
+        "labels": [e.ExpectColumnValuesToBeInSet(column="label", value_set=list(spec.rules.allowed_labels),
+                                                 description=f"segmentation labels in {list(spec.rules.allowed_labels)}")],
         "slices": [
             e.ExpectColumnValuesToBeInSet(column="finite", value_set=[True], description="no NaN or infinity"),
             *[e.ExpectColumnValuesToBeBetween(column=c, min_value=low, max_value=high, description=in_range)
@@ -98,15 +114,15 @@ def expectations(spec: GateSpec) -> dict[str, list]:
         ],
         "subjects": [
             e.ExpectColumnValuesToBeInSet(column="n_splits", value_set=[1], description="subject in one split only (no leakage)"),
-            e.ExpectColumnValuesToBeBetween(column="mean_brain_coverage", min_value=spec.min_brain_coverage,
-                                            description=f"mean brain coverage >= {spec.min_brain_coverage:g}"),
+            e.ExpectColumnValuesToBeBetween(column="mean_brain_coverage", min_value=spec.rules.min_brain_coverage,
+                                            description=f"mean brain coverage >= {spec.rules.min_brain_coverage:g}"),
         ],
         "splits": [
             e.ExpectColumnValuesToBeBetween(column="n_subjects", min_value=1,
                                             description="every split of every cohort has subjects",
                                             row_condition='split!="train" or cohort=="healthy"', condition_parser="pandas"),
-            e.ExpectColumnValuesToBeBetween(column="abnormal_fraction", min_value=spec.abnormal_fraction[0],
-                                            max_value=spec.abnormal_fraction[1], **tumour,
+            e.ExpectColumnValuesToBeBetween(column="abnormal_fraction", min_value=spec.rules.abnormal_fraction[0],
+                                            max_value=spec.rules.abnormal_fraction[1], **tumour,
                                             description="tumour splits hold both normal and abnormal slices"),
         ],
     }

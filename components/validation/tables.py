@@ -20,6 +20,7 @@ import pandas as pd
 from components.data.layouts import Subject
 from components.data.slice_store import load_shard
 from components.data.splits import SPLITS
+from components.metrics.detection import slice_labels
 
 
 def raw_table(subjects: list[Subject]) -> pd.DataFrame:
@@ -87,7 +88,7 @@ def split_table(index: pd.DataFrame, min_tumour_pixels: int) -> pd.DataFrame:
     for cohort in sorted(index["cohort"].unique()):
         for split in SPLITS:
             part = index[(index["cohort"] == cohort) & (index["split"] == split)]
-            abnormal = float((part["tumour_pixels"] > min_tumour_pixels).mean()) if len(part) else 0.0
+            abnormal = float(slice_labels(part["tumour_pixels"], min_tumour_pixels).mean()) if len(part) else 0.0
             rows.append({"cohort": cohort, "split": split,
                          "n_subjects": part["subject"].nunique(), "n_slices": len(part), "abnormal_fraction": abnormal})
     return pd.DataFrame(rows)

@@ -1,16 +1,25 @@
-"""The promotion gate against a real MLflow registry: the alias moves only to a better model."""
+"""The promotion gate against a real MLflow registry: the alias moves only to a model that beats
+the champion by more than noise, on the same evaluation data."""
 
 import json
 import shutil
 
 import mlflow
+import numpy as np
+import pandas as pd
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from components.models.registry import build_detector
 from pipelines import register, tracking
 from pipelines.params import load_params
 from tests.conftest import write_params
+
+# 12 tumour and 12 healthy test subjects of 10 slices; the tumour subjects' slices 4-7 are abnormal.
+SUBJECTS = [f"brats/T{i}" for i in range(12)] + [f"hcp/H{i}" for i in range(12)]
+TEST_SLICES = pd.DataFrame([(s, k, s.startswith("brats") and 4 <= k < 8) for s in SUBJECTS for k in range(10)],
+                           columns=["subject", "slice", "abnormal"])
 
 
 @pytest.fixture()
@@ -33,47 +42,94 @@ def project(processed_project, tmp_path):
     return params
 
 
-def register_with(params, auroc: float) -> dict:
-    (params.root / "metrics").mkdir(exist_ok=True)
-    (params.root / "metrics" / "evaluate.json").write_text(json.dumps({"slice_auroc": auroc}))
+def scores_with_separation(separation: float, seed: int) -> np.ndarray:
+    """Test slice scores: abnormal slices ``separation`` standard deviations above the rest."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=len(TEST_SLICES)) + separation * TEST_SLICES["abnormal"].to_numpy()
+
+
+def register_with(params, scores: np.ndarray, data: str = "data-v1", **metrics) -> dict:
+    """`evaluate`'s outputs for these test scores (slice AUROC computed from them), then `register`."""
+    for folder in ("metrics", "reports", "models"):
+        (params.root / folder).mkdir(exist_ok=True)
+    values = {"slice_auroc": roc_auc_score(TEST_SLICES["abnormal"], scores), **metrics}
+    (params.root / "reports" / "evaluation.json").write_text(json.dumps(values))
+    (params.root / "models" / "evaluation.json").write_text(json.dumps({"data_fingerprint": data}))
+    TEST_SLICES.assign(score=scores).to_parquet(params.root / "models" / "test_scores.parquet")
     return register.run(params)
 
 
-def test_alias_moves_only_when_the_new_model_wins(project):
-    first = register_with(project, 0.80)
-    assert first["promoted"] and first["champion"] == "1"
-    worse = register_with(project, 0.70)
-    assert not worse["promoted"] and worse["version"] == "2" and worse["champion"] == "1"
-    tie = register_with(project, 0.80)
-    assert not tie["promoted"] and tie["champion"] == "1"
-    better = register_with(project, 0.8816824966078698)
-    assert better["promoted"] and better["champion"] == "4"
-    same_again = register_with(project, 0.8816824966078698)
-    assert not same_again["promoted"] and same_again["champion"] == "4"
+def test_the_first_model_becomes_champion_and_its_tags_say_why(project):
+    first = register_with(project, scores_with_separation(1.0, seed=0))
+    assert first["promoted"] and first["champion"] == "1" and first["reason"] == "no champion yet"
+    tags = tracking.client(project).get_model_version("brainomaly-detector", "1").tags
+    assert tags["compared_with"] == "none" and tags["promoted"] == "true" and tags["evaluation_data"] == "data-v1"
+    assert {"git_commit", "processed_data_md5", "decision"} <= set(tags)
 
-    client = tracking.client(project)
-    champion = client.get_model_version_by_alias("brainomaly-detector", "champion")
-    assert str(champion.version) == "4"
-    assert champion.tags["primary_metric"] == "slice_auroc"
-    assert float(champion.tags["primary_metric_value"]) == 0.8816824966078698
-    assert {"git_commit", "processed_data_md5"} <= set(champion.tags)
+
+def test_a_win_within_noise_does_not_move_the_alias(project):
+    # Two draws of the same model quality, the second scoring a little higher: a win by noise alone.
+    draws = sorted((scores_with_separation(1.0, seed=s) for s in range(21)),
+                   key=lambda scores: roc_auc_score(TEST_SLICES["abnormal"], scores))
+    champion, lucky = draws[10], draws[12]
+    register_with(project, champion)
+    report = register_with(project, lucky)
+    assert report["value"] > report["previous_value"], "the candidate must be higher, or the test proves nothing"
+    assert not report["promoted"] and report["champion"] == "1"
+    low, high = report["difference_interval"]
+    assert low < 0 < high
+    tags = tracking.client(project).get_model_version("brainomaly-detector", report["version"]).tags
+    assert tags["compared_with"] == "1" and tags["promoted"] == "false" and "paired bootstrap" in tags["decision"]
+    assert json.loads(tags["difference_interval"]) == pytest.approx([low, high], abs=1e-6)
+
+
+def test_a_clear_win_on_the_same_data_moves_the_alias(project):
+    register_with(project, scores_with_separation(0.5, seed=0))
+    report = register_with(project, scores_with_separation(3.0, seed=0))
+    assert report["promoted"] and report["champion"] == "2" and report["difference_interval"][0] > 0
+    champion = tracking.client(project).get_model_version_by_alias("brainomaly-detector", "champion")
+    assert str(champion.version) == "2" and champion.tags["compared_with"] == "1"
+    assert float(champion.tags["primary_metric_value"]) == report["value"]
+
+
+def test_a_candidate_evaluated_on_other_data_is_not_compared(project):
+    register_with(project, scores_with_separation(0.5, seed=0), data="data-v1")
+    report = register_with(project, scores_with_separation(3.0, seed=0), data="data-v2")
+    assert not report["promoted"] and "other data" in report["reason"] and report["champion"] == "1"
+
+
+def test_allow_data_change_compares_on_the_value_alone(processed_project, project):
+    register_with(project, scores_with_separation(0.5, seed=0), data="data-v1")
+    allowing = load_params(write_params(project.root, register={"allow_data_change": True}))
+    report = register_with(allowing, scores_with_separation(3.0, seed=0), data="data-v2")
+    assert report["promoted"] and "value alone" in report["reason"]
+
+
+def test_a_metric_without_slice_scores_needs_the_margin(project):
+    by_dice = load_params(write_params(project.root, evaluate={"primary_metric": "dice_mean"}))
+    register_with(by_dice, scores_with_separation(1.0, seed=0), dice_mean=0.50)
+    assert not register_with(by_dice, scores_with_separation(1.0, seed=0), dice_mean=0.51)["promoted"]  # < min_gain
+    assert register_with(by_dice, scores_with_separation(1.0, seed=0), dice_mean=0.55)["promoted"]
 
 
 def test_registered_model_is_self_describing_and_loads_as_pyfunc(project):
-    register_with(project, 0.8)
+    register_with(project, scores_with_separation(1.0, seed=0))
     mlflow.set_registry_uri(tracking.tracking_uri(project))
     model = mlflow.pyfunc.load_model("models:/brainomaly-detector@champion")
-    scores = model.predict(torch.rand(3, 1, 32, 32).numpy())
+    scores = model.predict({"images": torch.rand(3, 1, 32, 32).numpy(), "brain": np.ones((3, 1, 32, 32), bool)})
     assert scores.shape == (3,)
+    with pytest.raises(ValueError, match="brain mask cannot be told from intensities"):
+        model.predict(torch.rand(3, 1, 32, 32).numpy())
     bundle = model.unwrap_python_model().bundle
     assert bundle.preprocess.size == 32 and bundle.calibration.reference_scores == [0.05, 0.07, 0.09]
+    assert bundle.evaluation == {"data_fingerprint": "data-v1"}
 
 
 def test_serving_fetches_the_champion_from_this_store_alone(project, tmp_path, monkeypatch):
     """As in a Serve replica: no MLflow globals set, a working directory elsewhere."""
     from serving.model_source import ModelNotFoundError, fetch_bundle, resolve_version
 
-    register_with(project, 0.8)
+    register_with(project, scores_with_separation(1.0, seed=0))
     uri = tracking.tracking_uri(project)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -92,7 +148,7 @@ def test_a_model_pulled_into_another_store_gets_a_run_there(project):
     description = json.loads((project.root / "models" / "detector" / "detector.json").read_text())
     description |= {"mlflow_run_id": "0" * 32, "ray_run_name": "trained-elsewhere"}
     (project.root / "models" / "detector" / "detector.json").write_text(json.dumps(description))
-    report = register_with(project, 0.8)
+    report = register_with(project, scores_with_separation(1.0, seed=0))
     run = tracking.client(project).get_run(
         tracking.client(project).get_model_version("brainomaly-detector", report["version"]).run_id
     )

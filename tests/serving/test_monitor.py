@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from serving.monitor import Monitor
-from serving.settings import DriftSettings
+from components.monitoring.drift import DriftSettings
 
 REFERENCE = list(np.random.default_rng(0).lognormal(-3, 0.3, 400))
 
