@@ -5,17 +5,29 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast serve mlflow-ui clean
+.PHONY: install lock run test test-fast serve mlflow-ui clean
 
 install: $(STAMP)
 
-# torch first, so the project's `torch>=...` range is already met and pulls nothing more.
-$(STAMP): pyproject.toml
+# torch first, so the project's `torch>=...` range is already met and pulls nothing more; then
+# the project with every other package at the version requirements.lock pins.
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"
 	touch $(STAMP)
+
+# requirements.lock anew: pyproject.toml's ranges resolved today, in a scratch virtualenv.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip
+	.lock-venv/bin/python -m pip install --quiet $(TORCH)
+	.lock-venv/bin/python -m pip install --quiet -e ".[dev]"
+	{ sed -n '/^#/p' requirements.lock; .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^torch=='; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+	rm -rf .lock-venv
 
 run: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro

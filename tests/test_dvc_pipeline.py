@@ -30,6 +30,9 @@ def test_repro_runs_every_stage_to_a_registered_champion(pipeline_repo):
     assert run.data.params["model.name"] == "spatial_vae"
     assert "test_slice_auroc" in run.data.metrics and "train_loss" in run.data.metrics
     assert champion.tags["processed_data_md5"] != "unknown" and len(champion.tags["git_commit"]) == 40
+    evaluated = json.loads((pipeline_repo / "models" / "evaluation.json").read_text())["data_fingerprint"]
+    assert champion.tags["evaluation_data"] == evaluated and champion.tags["compared_with"] == "none"
+    assert set(metrics) <= set(json.loads((pipeline_repo / "reports" / "evaluation.json").read_text()))
 
 
 def test_second_repro_runs_nothing(pipeline_repo):
@@ -40,9 +43,22 @@ def test_second_repro_runs_nothing(pipeline_repo):
     assert "up to date" in status.stdout
 
 
-def test_metrics_show_lists_the_metrics(pipeline_repo):
-    shown = subprocess.run(["dvc", "metrics", "show"], cwd=pipeline_repo, env=venv_env(), capture_output=True, text=True)
-    assert shown.returncode == 0 and "slice_auroc" in shown.stdout
+def test_metrics_show_prints_the_headline_cleanly(pipeline_repo):
+    """A new user's first `dvc metrics show`: the pipeline model's headline, one readable table,
+    no warning about tables that only `brainomaly compare` or `tune` write."""
+    from pipelines.evaluate import HEADLINE
+
+    def show(*targets):
+        done = subprocess.run(["dvc", "metrics", "show", *targets], cwd=pipeline_repo, env=venv_env(),
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    shown = show()
+    assert "slice_auroc" in shown.stdout and "failed" not in (shown.stdout + shown.stderr).lower()
+    header = next(line for line in shown.stdout.splitlines() if line.startswith("Path"))
+    assert len(header.split()) <= len(HEADLINE) + 1 and "alternative_scores" not in shown.stdout
+    assert "dense_ae" in show("reports/comparison.json").stdout  # the comparison, by name
 
 
 def test_push_then_pull_into_a_clean_clone_reproduces_the_data(pipeline_repo, tmp_path):

@@ -27,6 +27,14 @@ def test_repo_params_load():
         ("serve", {"max_queued_requests": -1}, "serve.max_queued_requests"),
         ("serve", {"autoscaling": {"min_replicas": 3, "max_replicas": 2}}, "min_replicas .3. is above max_replicas"),
         ("serve", {"drift": {"window": 50, "min_scores": 100}}, "min_scores .100. is above window"),
+        ("preprocess", {"normalisation": "minmax"}, "preprocess.normalisation: Input should be 'percentile' or 'zscore'"),
+        ("preprocess", {"crop": "centre"}, "preprocess.crop: Input should be 'brain_box' or 'fixed'"),
+        ("preprocess", {"spacing_mm": "fine"}, "preprocess.spacing_mm"),
+        ("phantoms", {"foci_p": 2}, "phantoms: phantoms.foci_p is a probability"),
+        ("phantoms", {"tumour_size": 3}, "phantoms.tumour_size: Extra inputs are not permitted"),
+        ("train", {"augment": {"flip_p": -1}}, "train.augment.flip_p is a probability"),
+        ("validate", {"abnormal_fraction": [0.9, 0.1]}, "validate.abnormal_fraction must be"),
+        ("register", {"confidence": 1.5}, "register.confidence must lie in"),
     ],
 )
 def test_bad_values_name_their_key(tmp_path, section, values, message):
@@ -53,3 +61,39 @@ def test_serve_options_become_ray_serve_deployment_options(tmp_path):
     scaling = {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2}
     auto = load_params(write_params(tmp_path, serve={"autoscaling": scaling})).serve.deployment_options()
     assert auto["autoscaling_config"] == scaling and "num_replicas" not in auto
+
+
+def test_each_setting_is_declared_once():
+    """A section that hands its values to a component's dataclass holds that dataclass, not a
+    copy of its fields (and their defaults)."""
+    from dataclasses import fields
+
+    from components.data.augment import AugmentSpec
+    from components.data.phantoms import PhantomSpec
+    from components.metrics.promotion import PromotionRule
+    from components.monitoring.drift import DriftSettings
+    from components.validation.gate import DataRules
+    from pipelines import params as module
+
+    pairs = {module.PhantomParams: PhantomSpec, module.TrainParams: AugmentSpec, module.ServeParams: DriftSettings,
+             module.RegisterParams: PromotionRule, module.Params: DataRules}
+    for section, component in pairs.items():
+        assert not {f.name for f in fields(component)} & set(section.model_fields), \
+            f"{section.__name__} re-declares {component.__name__}'s fields"
+    assert not {"AugmentParams", "ValidateParams", "DriftParams"} & set(vars(module)), "a params copy of a component's settings"
+    params = load_params(REPO / "params.yaml")
+    assert isinstance(params.phantoms.spec, PhantomSpec) and isinstance(params.train.augment, AugmentSpec)
+    assert isinstance(params.validation, DataRules) and isinstance(params.serve.drift, DriftSettings)
+    assert isinstance(params.registry.rule, PromotionRule)
+
+
+def test_preprocessing_steps_are_the_specs_own():
+    from dataclasses import fields
+
+    from components.preprocess.spec import PreprocessSpec
+    from pipelines.params import PreprocessSteps
+
+    steps = {f.name for f in fields(PreprocessSpec)} - {"histogram_landmarks"}
+    assert steps <= set(PreprocessSteps.model_fields)
+    params = load_params(REPO / "params.yaml", ["preprocess.spacing_mm=native", "preprocess.middle_mm=40"])
+    assert params.preprocess.spec().spacing_mm is None and params.preprocess.spec().middle_mm == 40

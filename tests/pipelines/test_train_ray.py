@@ -3,8 +3,10 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 
+from components.data.slice_store import load_shard, read_index
 from pipelines import train
 from pipelines.params import load_params
 from pipelines import tracking
@@ -20,27 +22,35 @@ def project(processed_project, tmp_path):
 
 
 def test_two_worker_training_checkpoints_tracks_and_resumes(project):
-    params = load_params(write_params(project, train={"epochs": 2, "num_workers": 2}))
+    params = load_params(write_params(project, train={"epochs": 3, "num_workers": 2}))
     summary = train.run(params)
 
-    assert summary["epochs_trained"] == 2
+    assert summary["epochs_trained"] == 3
     assert (project / "models" / "detector" / "weights.pt").is_file()
     checkpoints = [p for p in (project / "artifacts" / "ray_results" / summary["ray_run_name"]).glob("checkpoint_*") if p.is_dir()]
-    assert len(checkpoints) == 2  # one per epoch
+    assert len(checkpoints) == train.CHECKPOINTS_KEPT < 3  # the latest epochs' only
 
     client = tracking.client(params)
     run = client.get_run(summary["mlflow_run_id"])
     assert run.data.params["train.num_workers"] == "2" and run.data.params["model.name"] == "spatial_vae"
     assert run.data.params["code.fingerprint"] == train.code_fingerprint()  # a code change trains afresh
     history = client.get_metric_history(run.info.run_id, "train_loss")
-    assert [m.step for m in history] == [0, 1]
-    assert len(client.get_metric_history(run.info.run_id, "val_l1")) == 2
+    assert [m.step for m in history] == [0, 1, 2]
+    assert len(client.get_metric_history(run.info.run_id, "val_l1")) == 3
 
     # Same params and data: the run is found, resumed from its last checkpoint, nothing retrained.
     again = train.run(params)
-    assert again["mlflow_run_id"] == summary["mlflow_run_id"] and again["epochs_trained"] == 2
-    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
+    assert again["mlflow_run_id"] == summary["mlflow_run_id"] and again["epochs_trained"] == 3
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 3
     assert json.loads((project / "models" / "detector" / "detector.json").read_text())["ray_run_name"] == summary["ray_run_name"]
+
+    # The same index and spec over rewritten shard values (new intensity code, say): a new run, trained afresh.
+    shard = project / "data" / "processed" / read_index(project / "data" / "processed")["shard"].iloc[0]
+    arrays = load_shard(shard.parents[2], str(shard.relative_to(shard.parents[2])))
+    np.savez_compressed(shard, **(arrays | {"images": arrays["images"] * 0.9}))
+    retrained = train.run(params)
+    assert retrained["ray_run_name"] != summary["ray_run_name"] and retrained["mlflow_run_id"] != summary["mlflow_run_id"]
+    assert [m.value for m in client.get_metric_history(retrained["mlflow_run_id"], "resumed_from_epoch")] == [0, 0, 0]
 
 
 @pytest.mark.parametrize("name, hyperparams, parts, extra", [
