@@ -27,6 +27,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import ray.train
@@ -104,8 +105,8 @@ def validation_auroc(detector, device: torch.device) -> dict[str, float]:
         if rated.any():
             scores.append(detector.inspect(batch["image"][rated], batch["brain"][rated]).scores.float().cpu())
             labels.append(batch["abnormal"][rated].cpu())
-    labels = torch.cat(labels).numpy() if labels else []
-    if len(set(labels.tolist() if len(labels) else [])) < 2:
+    labels = torch.cat(labels).numpy() if labels else np.zeros(0, bool)
+    if labels.all() or not labels.any():
         return {}
     return {"val_slice_auroc": float(roc_auc_score(labels, torch.cat(scores).numpy()))}
 

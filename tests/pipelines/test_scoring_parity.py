@@ -1,5 +1,6 @@
 """One scoring path: the registered pyfunc, the endpoint's predictor and `evaluate` give the same
-slice scores for the same scan, whatever the recipe's value range ([0, 1], [-1, 1], z-scores)."""
+slice scores (and `evaluate` and the endpoint the same maps) for the same scan, whatever the
+recipe's value range ([0, 1], [-1, 1], z-scores)."""
 
 import mlflow.pyfunc
 import numpy as np
@@ -10,6 +11,7 @@ from components.data.layouts import read_brats
 from components.data.nifti_io import load_volume
 from components.data.slice_store import read_index, write_index, write_shard
 from components.models.bundle import Calibration, DetectorBundle
+from components.models.inference import score_volume
 from components.models.registry import build_detector, data_hyperparams
 from components.preprocess.presets import PRESETS
 from pipelines.evaluate import score_split
@@ -44,7 +46,10 @@ def test_pyfunc_endpoint_and_evaluate_give_the_same_scores(preset, scan, tmp_pat
     slices, _ = process_subject(subject, spec)
     write_index(root, write_shard(root, subject, "test", slices))
     predictor = VolumePredictor.from_folder(folder)
-    evaluated = score_split(predictor.detector, root, read_index(root))["scores"]
+    split = score_split(predictor.detector, root, read_index(root))
+    evaluated = split["scores"]
+    _, scored = score_volume(predictor.detector, spec, image, affine)  # the endpoint's and the pyfunc's path
+    np.testing.assert_allclose(scored.maps, split["maps"], rtol=0, atol=1e-5)
     if spec.output_range is None:
         assert (slices.images[slices.brain] < 0).any(), "z-scores: part of the brain is negative"
 
