@@ -53,8 +53,7 @@ def run(params: Params, only: list[str] | None = None) -> dict:
         results = {name: results[name] for name in params.compare.detectors if name in results}
         table = markdown(results, params.evaluate.tumour_pixel_sizes)
         for path, text in ((REPORT_JSON, json.dumps(results, indent=2)), (REPORT_MD, table)):
-            params.path(path).parent.mkdir(parents=True, exist_ok=True)
-            params.path(path).write_text(text)
+            write_text(params.path(path), text)
         _log_to_mlflow(params, results)
     if failures:
         raise StageError("; ".join(f"{name}: {error}" for name, error in failures.items()))

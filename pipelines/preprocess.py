@@ -8,7 +8,6 @@ reports/preprocess.json lists what was skipped and why.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
