@@ -195,7 +195,8 @@ def _write_evidence(params: Params, test: dict, labels: np.ndarray, rated: np.nd
     """What the promotion gate compares: each rated test slice (subject, slice, label, score),
     and which data they came from."""
     rows = test["index"][rated]
-    table = pd.DataFrame({"subject": (rows["dataset"].astype(str) + "/" + rows["subject"].astype(str)).to_numpy(), "slice": rows["slice"].to_numpy(),
+    subjects = rows["dataset"].astype(str) + "/" + rows["subject"].astype(str)  # ids are unique per dataset only
+    table = pd.DataFrame({"subject": subjects.to_numpy(), "slice": rows["slice"].to_numpy(),
                           "abnormal": labels[rated], "score": test["scores"][rated].astype(np.float64)})
     with atomic_path(params.path(TEST_SCORES)) as tmp:
         table.to_parquet(tmp, index=False)

@@ -99,11 +99,13 @@ def gate(params: Params, client, bundle: DetectorBundle, scores: pd.DataFrame) -
     current = champion(client, params.registry.model_name, params.registry.alias)
     if current is None:
         return decide(primary, float(bundle.metrics[primary]), None, True, scores, None, params.registry.rule), None
+    if current.tags.get("primary_metric") != primary or "primary_metric_value" not in current.tags:
+        # evaluate.primary_metric was changed on purpose: the new metric's first model takes over
+        return Decision(True, f"the champion has no {primary} to compare with (judged on "
+                              f"{current.tags.get('primary_metric', 'nothing')})"), current
     same_data = current.tags.get("evaluation_data") == bundle.evaluation.get("data_fingerprint")
-    champion_value = float(current.tags.get("primary_metric_value", "-inf")) if current.tags.get("primary_metric") == primary \
-        else float("-inf")  # judged on another metric: any value of this one is better
-    decision = decide(primary, float(bundle.metrics[primary]), champion_value, same_data, scores,
-                      champion_scores(client, current) if same_data else None, params.registry.rule)
+    decision = decide(primary, float(bundle.metrics[primary]), float(current.tags["primary_metric_value"]), same_data,
+                      scores, champion_scores(client, current) if same_data else None, params.registry.rule)
     return decision, current
 
 

@@ -105,6 +105,14 @@ def test_allow_data_change_compares_on_the_value_alone(processed_project, projec
     assert report["promoted"] and "value alone" in report["reason"]
 
 
+def test_a_new_primary_metric_takes_over_from_a_champion_judged_on_another(project):
+    register_with(project, scores_with_separation(3.0, seed=0), dice_mean=0.50)
+    by_dice = load_params(write_params(project.root, evaluate={"primary_metric": "dice_mean"}))
+    report = register_with(by_dice, scores_with_separation(0.5, seed=0), dice_mean=0.10)
+    assert report["promoted"] and "judged on slice_auroc" in report["reason"] and report["difference"] is None
+    assert "Infinity" not in (project.root / "reports" / "registration.json").read_text()
+
+
 def test_a_metric_without_slice_scores_needs_the_margin(project):
     by_dice = load_params(write_params(project.root, evaluate={"primary_metric": "dice_mean"}))
     register_with(by_dice, scores_with_separation(1.0, seed=0), dice_mean=0.50)
