@@ -61,6 +61,7 @@ class PhantomParams(Section):
 
     hcp_root: Path = Path("data/raw/hcp")
     brats_root: Path = Path("data/raw/brats")
+    sites_root: Path = Path("data/raw/sites")
     workers: int = Field(2, ge=1)
     spec: PhantomSpec = PhantomSpec()
     _gather = flat_section("spec", PhantomSpec)

@@ -1,4 +1,5 @@
-"""Stage `phantoms`: write the embedded default data (synthetic HCP and BraTS subjects)."""
+"""Stage `phantoms`: write the embedded default data: synthetic HCP and BraTS training subjects,
+and every site's scans of the held-out subjects (<sites_root>/<site>/{healthy,tumour})."""
 
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ def clear_phantom_folder(root: Path) -> None:
 
 
 def run(params: Params) -> dict:
-    hcp_root, brats_root = params.path(params.phantoms.hcp_root), params.path(params.phantoms.brats_root)
-    for root in (hcp_root, brats_root):
+    settings = params.phantoms
+    roots = [params.path(settings.hcp_root), params.path(settings.brats_root), params.path(settings.sites_root)]
+    for root in roots:
         clear_phantom_folder(root)
-    summary = generate_phantoms(hcp_root, brats_root, params.phantoms.spec, workers=params.phantoms.workers)
-    for root in (hcp_root, brats_root):
+    summary = generate_phantoms(*roots[:2], settings.spec, workers=settings.workers, sites_root=roots[2])
+    for root in roots:
+        root.mkdir(parents=True, exist_ok=True)
         write_text(root / MARKER, "written by `brainomaly phantoms`; safe to delete\n")
-    return {"hcp_root": str(hcp_root), "brats_root": str(brats_root), **summary}
+    return {"hcp_root": str(roots[0]), "brats_root": str(roots[1]), "sites_root": str(roots[2]), **summary}

@@ -73,8 +73,8 @@ def test_tumours_range_down_to_a_few_voxels():
     from components.data.phantoms import PhantomSpec, load_atlas, make_subject
 
     atlas = load_atlas(3.0)
-    spec = PhantomSpec(voxel_size_mm=3.0, tumour_radius_mm=(3.0, 3.0), foci_p=0.0, cavity_p=0.0)
-    seg = make_subject(atlas, spec, np.random.default_rng(0), with_tumour=True)["seg"]
+    spec = PhantomSpec(voxel_size_mm=3.0, tumour_radius_mm=(3.0, 3.0), multifocal_p=0.0, foci_p=0.0, cavity_p=0.0)
+    seg = make_subject(atlas, spec, np.random.default_rng(0), with_tumour=True).volumes["seg"]
     assert 1 <= (seg > 0).sum() <= 20
 
 
@@ -89,3 +89,62 @@ def test_mass_effect_pushes_tissue_away_from_the_tumour():
     # ... far away almost nothing moved, and outside the tumour the mapping never folds.
     assert abs(pushed[38, 20, 20] - ramp[38, 20, 20]) < 0.1
     assert np.all(np.diff(pushed[26:36, 20, 20]) > 0) and np.all(np.diff(pushed[5:15, 20, 20]) > 0)
+
+
+def test_lesions_are_irregular_several_and_overlap_normal_tissue_in_intensity():
+    from scipy import ndimage
+
+    from components.data.phantoms import PhantomSpec, load_atlas, make_subject
+
+    atlas = load_atlas(2.0)
+    spec = PhantomSpec(tumour_radius_mm=(12.0, 16.0), satellite_radius_mm=(5.0, 6.0), multifocal_p=1.0, max_tumours=3,
+                       foci_p=0.0, cavity_p=0.0)
+    volumes = make_subject(atlas, spec, np.random.default_rng(4), with_tumour=True).volumes
+    seg, t2, flair, brain = volumes["seg"], volumes["t2"], volumes["flair"], volumes["brain"] > 0
+    assert set(np.unique(seg)) <= {0, 1, 2, 4}
+    assert ndimage.label(seg > 0)[1] >= 2  # multifocal
+    core = np.isin(seg, (1, 4))
+    # Not a sphere: the solid core fills well under the ball of its largest extent would.
+    main = ndimage.label(core)[0] == np.argmax(np.bincount(ndimage.label(core)[0].ravel())[1:]) + 1
+    centre = np.argwhere(main).mean(0)
+    reach = np.sqrt(((np.argwhere(main) - centre) ** 2).sum(1)).max()
+    assert main.sum() < 0.6 * 4 / 3 * np.pi * reach**3
+    # On T2 edema lies between grey matter and CSF; on FLAIR it is brighter than the brain; its
+    # soft border overlaps normal tissue, so no intensity threshold separates it.
+    normal = brain & (seg == 0)
+    edema = seg == 2
+    assert np.median(t2[normal]) < np.median(t2[edema]) < np.percentile(t2[normal], 99)
+    assert np.median(flair[edema]) > np.median(flair[normal])
+    assert (t2[edema] < np.percentile(t2[normal], 90)).mean() > 0.1
+
+
+def test_sites_scan_the_same_held_out_subjects_with_their_own_acquisition(tmp_path):
+    import nibabel as nib
+
+    from components.data.layouts import read_dataset
+    from components.data.phantoms import PhantomSpec, SiteSpec, generate_phantoms, site_folders
+
+    sites = {"home": SiteSpec(), "away": SiteSpec(tissue={"t2": (1.0, 0.8, 0.7)}, slice_thickness_mm=6.0, intensity_scale=300.0)}
+    spec = PhantomSpec(n_healthy=1, n_tumour=1, test_healthy=1, test_tumour=1, voxel_size_mm=3.0, seed=2,
+                       training_site="home", sites=sites, tumour_radius_mm=(15.0, 15.0), multifocal_p=0.0)
+    summary = generate_phantoms(tmp_path / "hcp", tmp_path / "brats", spec, sites_root=tmp_path / "sites")
+    assert summary["sites"]["away"]["voxel_mm"] == [3.0, 3.0, 6.0] and summary["sites"]["home"]["voxel_mm"] == [3.0, 3.0, 3.0]
+    scans = {}
+    for site in sites:
+        healthy, tumour = site_folders(tmp_path / "sites", site)
+        (case,) = read_dataset(tumour, "auto", "t2", "tumour")
+        (_,) = read_dataset(healthy, "auto", "t2", "healthy")
+        scans[site] = {name: nib.load(path) for name, path in (("t2", case.image), ("seg", case.segmentation))}
+    home, away = scans["home"], scans["away"]
+    assert nib.affines.voxel_sizes(away["t2"].affine)[2] == 6.0  # LPS on disk: the axial axis is still the third
+    # The same tumour, seen through another grid: about the same volume in mm^3.
+    volume = {s: (np.asarray(v["seg"].dataobj) > 0).sum() * np.prod(nib.affines.voxel_sizes(v["seg"].affine)) for s, v in scans.items()}
+    assert 0.6 < volume["away"] / volume["home"] < 1.6
+    # Another contrast and other units: grey matter sits nearer CSF, and the numbers are smaller.
+    ratio = {}
+    for site, images in scans.items():
+        t2, seg = np.asarray(images["t2"].dataobj, np.float32), np.asarray(images["seg"].dataobj)
+        normal = (t2 > 0) & (seg == 0)
+        ratio[site] = np.median(t2[normal]) / np.percentile(t2[normal], 99)
+        assert site != "away" or np.percentile(t2[normal], 99) < 600
+    assert ratio["away"] > ratio["home"] + 0.1
