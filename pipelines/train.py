@@ -209,7 +209,8 @@ def train_loop(loop_config: dict) -> None:
     augmentation = settings.augment
     unlabelled = endless(unlabelled_batches(batch_size, device), settings.seed + rank) if detector.uses_unlabelled else None
 
-    for epoch in range(start_epoch, settings.epochs):
+    epochs = settings.epochs if detector.trainable else 1  # nothing to learn: one pass logs its validation metrics
+    for epoch in range(start_epoch, epochs):
         detector.train()
         sums, count = {}, 0
         batches = train_shard.iter_torch_batches(

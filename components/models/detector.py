@@ -54,6 +54,12 @@ def mean_in_brain(maps: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
 
 class Detector(nn.Module, ABC):
     uses_unlabelled = False
+    trainable = True  # False: nothing to learn (the intensity baseline); training passes over the data once
+
+    @property
+    def device(self) -> torch.device:
+        """Where its networks live (the CPU for a detector without any)."""
+        return next(iter([*self.parameters(), *self.buffers()]), torch.empty(0)).device
 
     def make_optimizers(self, learning_rate: float) -> dict[str, torch.optim.Optimizer]:
         return {"model": torch.optim.Adam(self.parameters(), lr=learning_rate)}

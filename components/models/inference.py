@@ -22,7 +22,7 @@ def score_slices(detector: Detector, images: np.ndarray, brain: np.ndarray, batc
     """Maps and scores of preprocessed slices, in batches on the detector's device. Not under
     ``no_grad`` as a whole: a detector may optimise at inference (a latent search)."""
     detector.eval()
-    device = next(detector.parameters()).device
+    device = detector.device
     maps, scores, alternatives = [], [], {}
     for start in range(0, len(images), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)

@@ -6,6 +6,7 @@ import inspect
 
 from components.models.anovaegan import AnoVAEGAN
 from components.models.autoencoders import DenseAE, DenseVAE, SpatialAE, SpatialVAE
+from components.models.baselines import CoarseNoiseDAE, IntensityThreshold
 from components.models.detector import Detector
 from components.models.diffusion import PatchedDDPM
 from components.models.dual_vae import CEDVAE, DualVAE, VAEWithContextRegulariser
@@ -17,8 +18,10 @@ DETECTORS: dict[str, type[Detector]] = {
     "ce_dvae": CEDVAE,
     "dense_ae": DenseAE,
     "dense_vae": DenseVAE,
+    "denoising_ae": CoarseNoiseDAE,
     "diffusion": PatchedDDPM,
     "dual_vae": DualVAE,
+    "intensity": IntensityThreshold,
     "introvae": IntroVAEPatchMetric,
     "latent_constrained": LatentConstrainedDetector,
     "spatial_ae": SpatialAE,

@@ -25,6 +25,8 @@ TINY = {
     "introvae": {"base_channels": 4, "downsamplings": 2, "latent_channels": 4, "margin": 10.0, "search_steps": 3,
                  "patch_size": 8, "patch_channels": [4, 8], "patch_hidden": 16, "patch_embedding": 8, "patch_stride": 2},
     "diffusion": {"base_channels": 8, "levels": 2, "timesteps": 100, "noise_level": 30, "sampling_steps": 3},
+    "intensity": {"top_fraction": 0.1},
+    "denoising_ae": {"base_channels": 4, "levels": 2, "noise_resolution": 4},
 }
 
 
@@ -51,7 +53,7 @@ def test_trains_scores_and_reloads_through_the_interface(name):
     optimizers = detector.make_optimizers(1e-3)
     synced = []
     parts = detector.train_step(slices, optimizers, lambda params: synced.append(len(list(params))))
-    assert parts and all(isinstance(v, float) and v == v for v in parts.values())
+    assert (parts or not detector.trainable) and all(isinstance(v, float) and v == v for v in parts.values())
     # every parameter's gradient is offered for averaging, once per optimizer step
     assert sum(synced) == sum(p.numel() > 0 for p in detector.parameters())
     assert len(synced) == len(optimizers)
@@ -184,3 +186,23 @@ def test_multiscale_noise_has_unit_variance_and_more_coarse_energy_than_white_no
     assert coarse_energy[0] > 5 * coarse_energy[1]
     with pytest.raises(ValueError, match="noise must be"):
         build_detector("diffusion", noise="pink")
+
+
+def test_intensity_baseline_scores_a_slice_by_its_brightest_brain_pixels():
+    detector = tiny("intensity").eval()  # top_fraction 0.1: 10 of the 100 brain pixels
+    x, brain = torch.zeros(2, 1, SIZE, SIZE), batch(2).brain
+    x[1, 0, 5, 5:15] = 0.8  # a bright 10-pixel line (5 inside the brain) in the second slice
+    x[:, :, 0, 0] = 1.0  # outside the brain: never counts
+    scores = detector.inspect(x, brain).scores
+    assert scores[0].item() == 0.0 and scores[1].item() == pytest.approx(0.8 * 8 / 10)
+
+
+def test_denoising_ae_noise_is_coarse_and_scaled_to_the_value_range():
+    torch.manual_seed(0)
+    detector = build_detector("denoising_ae", base_channels=4, levels=2, noise_resolution=4, noise_std=0.2,
+                              image_size=SIZE, output_range=(-1.0, 1.0))
+    noise = detector.coarse_noise(torch.zeros(64, 1, SIZE, SIZE))
+    assert 0.2 < noise.std().item() < 0.4  # 0.2 x a range of 2, less the bilinear smoothing
+    # Coarse: neighbouring pixels move together far more than white noise's would.
+    neighbours = torch.corrcoef(torch.stack([noise[..., :-1].flatten(), noise[..., 1:].flatten()]))[0, 1]
+    assert neighbours > 0.9
