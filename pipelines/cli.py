@@ -67,6 +67,22 @@ def evaluate(params: Path = PARAMS_OPTION) -> None:
 
 
 @app.command()
+def sites(params: Path = PARAMS_OPTION) -> None:
+    """The model on every site's held-out scans: at the deployed thresholds and after site calibration."""
+    _run_stage("sites", params)
+
+
+@app.command()
+def calibrate(
+    site: str = typer.Option(..., "--site", help="the site's name: ?site=NAME on the endpoint applies its calibration"),
+    healthy: Path = typer.Option(..., "--healthy", help="the site's healthy scans: any supported layout or a folder of .nii/.nii.gz"),
+    params: Path = PARAMS_OPTION,
+) -> None:
+    """Thresholds for a new site from its own healthy scans, stored with the served model in the registry."""
+    _run_stage("calibrate", params, site=site, healthy=healthy)
+
+
+@app.command()
 def register(params: Path = PARAMS_OPTION) -> None:
     """Log the self-describing model to MLflow, register it, move the alias if it wins."""
     _run_stage("register", params)

@@ -8,6 +8,12 @@ artifacts/compare/<name>/, whose params.yaml is this one with ``model.name`` set
 detector's metrics) and reports/comparison.md, and an MLflow run "comparison" holding both, with
 every detector's training run nested under it. ``only`` reruns some detectors and keeps the
 other rows of the existing reports/comparison.json.
+
+Each detector also runs the `sites` stage (its model on every site's held-out scans, at the
+deployed thresholds and after site calibration): the cross-site tables (rows detectors, columns
+sites, with 95 % intervals over subjects; ▽ marks a detector below the intensity baseline) come
+first in reports/comparison.md, and every detector's site metrics sit under ``sites`` in its
+row of reports/comparison.json.
 """
 
 from __future__ import annotations
@@ -16,12 +22,13 @@ import json
 from pathlib import Path
 
 from components.atomic import write_text
-from components.reports.tables import markdown
+from components.reports.tables import markdown, site_markdown
 from pipelines import tracking
 from pipelines.errors import StageError
 from pipelines.evaluate import ALL_METRICS
 from pipelines.params import Params
 from pipelines.preprocess import PROCESSED_DIR
+from pipelines.sites import REPORT_JSON as SITES_JSON
 from pipelines.train import MODEL_DIR
 from pipelines.workspace import create, run_stage
 
@@ -51,7 +58,8 @@ def run(params: Params, only: list[str] | None = None) -> dict:
             failures[name] = str(err)
     if results:
         results = {name: results[name] for name in params.compare.detectors if name in results}
-        table = markdown(results, params.evaluate.tumour_pixel_sizes)
+        across = {name: m["sites"] for name, m in results.items() if m.get("sites")}
+        table = (site_markdown(across) + "\n" if across else "") + markdown(results, params.evaluate.tumour_pixel_sizes)
         for path, text in ((REPORT_JSON, json.dumps(results, indent=2)), (REPORT_MD, table)):
             write_text(params.path(path), text)
         _log_to_mlflow(params, results)
@@ -73,9 +81,14 @@ def train_and_evaluate(params: Params, name: str) -> dict:
     folder = workspace(params, name)
     train_seconds = run_stage("train", folder, params)
     run_stage("evaluate", folder, params)
+    across = {}
+    if params.path(params.data.sites_root).is_dir():  # scans from other sites, where the project has them
+        run_stage("sites", folder, params)
+        across = json.loads((folder / SITES_JSON).read_text())["sites"]
     trained = json.loads((folder / MODEL_DIR / "detector.json").read_text())
     return {
         **json.loads((folder / ALL_METRICS).read_text()),
+        "sites": across,
         "train_seconds": train_seconds,
         "train_slices_per_s": trained["final_metrics"].get("train_slices_per_s"),
         "epochs": trained["epochs_trained"],
@@ -93,6 +106,11 @@ def _log_to_mlflow(params: Params, results: dict) -> None:
         for key in ("slice_auroc", "pixel_auroc", "dice_mean", "cv_auroc_mean_t20", "inference_ms_per_slice"):
             if key in metrics:
                 client.log_metric(run_id, f"{name}.{key}", float(metrics[key]))
+        for site, found in metrics.get("sites", {}).items():
+            for key, value in (("slice_auroc", found["slice_auroc"]), ("pixel_auprc", found["pixel_auprc"]),
+                               *((f"{kind}.{k}", found[kind][k]) for kind in ("deployed", "calibrated")
+                                 for k in ("slice_false_alarm_rate", "dice_mean"))):
+                client.log_metric(run_id, f"{name}.site.{site}.{key}", float(value))
     for path in (REPORT_JSON, REPORT_MD):
         client.log_artifact(run_id, str(params.path(path)))
     client.set_terminated(run_id)

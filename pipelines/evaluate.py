@@ -36,9 +36,10 @@ import torch
 from components.atomic import atomic_path, write_json, write_text
 from components.data.slice_store import load_slices, processed_fingerprint, read_index
 from components.metrics.detection import (
-    best_dice, dice_per_subject, fold_metrics_by_size, lesion_kind_metrics, other_lesion_metrics, pixel_metrics,
+    best_dice, dice_by_subject, dice_per_subject, fold_metrics_by_size, lesion_kind_metrics, other_lesion_metrics, pixel_metrics,
     rectified_auroc_per_subject, roc_table, slice_metrics, slice_metrics_by_size, slice_truth,
 )
+from components.metrics.operating_point import OPERATING_POINT, metric_frames, with_intervals
 from components.reports import figures
 from components.metrics.postprocess import segment, smooth_subject, subject_blocks
 from components.models.bundle import Calibration
@@ -52,8 +53,8 @@ from pipelines.train import MODEL_DIR
 
 METRICS = Path("metrics/evaluate.json")  # the headline: what `dvc metrics show` prints
 ALL_METRICS = Path("reports/evaluation.json")
-HEADLINE = ("slice_auroc", "slice_auprc", "slice_f1", "pixel_auroc", "pixel_auprc", "dice_mean", "rectified_auroc_mean",
-            "slice_threshold", "inference_ms_per_slice")
+HEADLINE = ("slice_auroc", "slice_auprc", "slice_false_alarm_rate", "volume_false_alarm_rate", "slice_sensitivity",
+            "pixel_auroc", "pixel_auprc", "dice_mean", "slice_threshold", "inference_ms_per_slice")
 TEST_SCORES = Path("models/test_scores.parquet")
 EVALUATION = Path("models/evaluation.json")
 ROC_PLOT = Path("plots/roc_slice.csv")
@@ -120,14 +121,14 @@ def run(params: Params) -> dict:
     # metrics, and scored on their own against lesion-free, tumour-free slices.
     labels, rated = slice_truth(test["index"]["tumour_pixels"], test["index"]["lesion_pixels"], settings.min_tumour_pixels)
     brain = test["brain"] & ~test["lesions"]
+    segmented = segment_subjects(test, calibration.pixel_threshold, settings.min_component_voxels) & brain
     tumour_val = score_split(detector, root, index[(index["cohort"] == "tumour") & (index["split"] == "val")])
     tumour_cohort = pooled(tumour_val, test, test["index"]["cohort"].to_numpy() == "tumour")
     metrics = {
         **slice_metrics(test["scores"][rated], labels[rated], calibration.slice_threshold),
         **pixel_metrics(test["smoothed"], test["tumour"], brain),
         **rectified_auroc_per_subject(test["smoothed"], test["tumour"], brain, test["index"]["subject"].to_numpy()),
-        **dice_per_subject(segment_subjects(test, calibration.pixel_threshold, settings.min_component_voxels) & brain,
-                           test["tumour"], test["index"]["subject"].to_numpy()),
+        **dice_per_subject(segmented, test["tumour"], test["index"]["subject"].to_numpy()),
         **best_dice(test["smoothed"], test["tumour"], brain),
         **slice_metrics_by_size(test["scores"], test["index"]["tumour_pixels"], test["index"]["lesion_pixels"],
                                 settings.tumour_pixel_sizes, calibration.slice_threshold),
@@ -140,6 +141,7 @@ def run(params: Params) -> dict:
         "pixel_threshold": calibration.pixel_threshold,
         "volume_threshold": calibration.volume_threshold,
     }
+    metrics |= operating_point(test, labels, rated, segmented, calibration, settings.bootstrap_samples)
     alternatives = {
         name: {"slice_auroc": slice_metrics(values[rated], labels[rated], np.inf)["slice_auroc"],
                **cross_validated(tumour_cohort, tumour_cohort["alternatives"][name], healthy_val["alternatives"][name],
@@ -153,6 +155,17 @@ def run(params: Params) -> dict:
     _draw(params, detector, test, labels, rated, calibration)
     _log_to_mlflow(params, tracking.training_run(params, description["ray_run_name"]), metrics)
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+
+
+def operating_point(split: dict, labels: np.ndarray, rated: np.ndarray, segmented: np.ndarray,
+                    calibration: Calibration, samples: int) -> dict:
+    """False alarms and sensitivity at the calibrated thresholds, and the 95 % intervals over
+    subjects of those and of slice AUROC / AUPRC and Dice (components/metrics/operating_point.py)."""
+    index = split["index"].assign(subject=split["index"]["dataset"].astype(str) + "/" + split["index"]["subject"].astype(str))
+    dice = dice_by_subject(segmented, split["tumour"], index["subject"].to_numpy())
+    slices, subjects = metric_frames(index, split["scores"], labels, rated, dice)
+    found = with_intervals(slices, subjects, calibration.slice_threshold, calibration.volume_threshold, samples)
+    return {k: v for k, v in found.items() if k in (*OPERATING_POINT, "ci95")}
 
 
 def pooled(first: dict, second: dict, rows: np.ndarray) -> dict:

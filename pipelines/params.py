@@ -29,7 +29,7 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-LayoutName = Literal["auto", "hcp", "ixi", "bids", "brats", "brats2023"]
+LayoutName = Literal["auto", "hcp", "ixi", "bids", "brats", "brats2023", "plain"]
 
 
 class DataParams(Section):
@@ -38,6 +38,7 @@ class DataParams(Section):
     tumour_root: Path
     tumour_layout: LayoutName = "auto"
     modality: Literal["t1", "t1ce", "t2", "flair"] = "t2"
+    sites_root: Path = Path("data/raw/sites")
 
 
 def flat_section(spec_field: str, spec_type: type):
@@ -171,6 +172,14 @@ class EvaluateParams(Section):
     tumour_pixel_sizes: list[int] = [0, 20, 50, 150]
     lesion_kinds: dict[int, str] = {1: "focus", 2: "cavity"}
     primary_metric: Literal["slice_auroc", "slice_auprc", "pixel_auroc", "pixel_auprc", "dice_mean"] = "slice_auroc"
+    bootstrap_samples: int = Field(1000, ge=100)
+
+
+class CalibrateParams(Section):
+    """Site calibration: thresholds from a site's own healthy scans."""
+
+    target_false_alarm_rate: float = Field(0.05, gt=0.0, lt=0.5)
+    healthy_scans: int = Field(10, ge=1)  # per site in `sites`: the first (by id) calibrate, the rest test
 
 
 class CompareParams(Section):
@@ -312,6 +321,7 @@ class Params(Section):
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    calibrate: CalibrateParams = CalibrateParams()
     registry: RegisterParams = Field(RegisterParams(), alias="register")
     compare: CompareParams = CompareParams()
     oneclass: OneClassParams = OneClassParams()

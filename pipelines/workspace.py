@@ -38,7 +38,7 @@ def create(params: Params, folder: Path, changes: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     project = with_overrides(yaml.safe_load(params.path(params.source).read_text()), params.overrides)
     variant = merged(project, changes)
-    for key in ("healthy_root", "tumour_root"):  # absolute, so they resolve from the workspace too
+    for key in ("healthy_root", "tumour_root", "sites_root"):  # absolute, so they resolve from the workspace too
         variant["data"][key] = str(params.path(variant["data"][key]))
     write_text(folder / "params.yaml", yaml.safe_dump(variant, sort_keys=False))
     for relative in LINKED:

@@ -7,6 +7,8 @@
     POST /v1/predict   a NIfTI volume (.nii or .nii.gz; raw body or multipart) -> JSON scores;
                        ?map=nifti -> the anomaly map as NIfTI on the input's grid
                        ?map=png   -> a quick-look overlay of the most anomalous slices
+                       ?site=NAME -> verdicts at that site's calibration (`brainomaly calibrate
+                                     --site`; unknown: 400 listing the known), drift per site
     GET  /v1/model     the model served, its thresholds and where it came from
     GET  /healthz      liveness
     GET  /readyz       200 once a model is loaded, 503 before
@@ -35,6 +37,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.formparsers import MultiPartParser
 
 from components.data.nifti_io import InvalidVolumeError, volume_from_bytes
+from pipelines.site_store import SITE_NAME
 from serving.detector import DetectorModel
 from serving.monitor import Monitor, tell
 from serving.settings import EndpointSettings
@@ -159,16 +162,20 @@ class Ingress:
         self, request: Request,
         map_format: Literal["nifti", "png"] | None = Query(
             None, alias="map", description="nifti: the anomaly map on the input's grid; png: a quick look"),
+        site: str | None = Query(
+            None, description="a site calibrated with `brainomaly calibrate --site`; none: the training calibration"),
     ) -> Response:
+        if site is not None and not SITE_NAME.match(site):
+            raise RequestError(400, f"site {site[:64]!r} is not a site name (lower-case letters, digits, '_', '-')")
         if self.in_flight >= self.capacity:  # answer before reading the upload: that is what keeps 503s fast
             raise RequestError(503, f"over capacity: {self.in_flight} predictions in progress; retry shortly")
         self.in_flight += 1
         try:
-            return await self.answer(request, map_format)
+            return await self.answer(request, map_format, site)
         finally:
             self.in_flight -= 1
 
-    async def answer(self, request: Request, map_format: str | None) -> Response:
+    async def answer(self, request: Request, map_format: str | None, site: str | None) -> Response:
         payload = await upload_payload(request, self.settings.max_upload_bytes)
         try:
             # in a thread: gunzipping a 240x240x155 scan takes a while, probes must not wait on it
@@ -178,7 +185,7 @@ class Ingress:
             raise RequestError(400, str(err)) from None
         del payload
         try:
-            result = await self.model.predict.remote(data, affine, map_format)
+            result = await self.model.predict.remote(data, affine, map_format, site)
         except BackPressureError:
             raise RequestError(503, "over capacity: every model replica is busy and the queue is full; retry shortly") from None
         if "error" in result:
@@ -186,7 +193,7 @@ class Ingress:
         if "unavailable" in result:
             raise RequestError(503, result["unavailable"])
         version = result["model"]["version"]
-        await tell(self.monitor, "record_scores", version, [s["score"] for s in result["slices"]])
+        await tell(self.monitor, "record_scores", version, [s["score"] for s in result["slices"]], site)
         if map_format is None:
             return JSONResponse(result)
         media_type, filename = MAP_FORMATS[map_format]

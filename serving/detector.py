@@ -1,9 +1,10 @@
 """The model deployment: replicas that hold the registry's detector and score volumes.
 
-Each replica follows the registry: at start and then every ``registry_poll_s`` for an alias URI
-it asks which version the alias names; a new version is loaded beside the serving one and
+Each replica follows the registry: at start and then every ``registry_poll_s`` it asks which
+version the model URI names; a new version is loaded beside the serving one and
 swapped in (requests already running finish on the old one); a version that fails to load
-leaves the old one serving and is reported to the monitor.
+leaves the old one serving and is reported to the monitor. A site calibrated (or recalibrated)
+for the serving version since is picked up the same way.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from components.data.nifti_io import InvalidVolumeError
-from serving.model_source import load_predictor, resolve_version
+from serving.model_source import load_predictor, resolve_version, sites_changed, with_sites
 from serving.monitor import tell
-from serving.predictor import VolumePredictor
+from serving.predictor import UnknownSiteError, VolumePredictor
 from serving.settings import EndpointSettings
 
 log = logging.getLogger("brainomaly.serving")
@@ -31,23 +32,20 @@ class DetectorModel:
         self.predictor: VolumePredictor | None = None
         self.follower = asyncio.get_running_loop().create_task(self.follow_registry())
 
-    async def predict(self, data: np.ndarray, affine: np.ndarray, with_map: str | None) -> dict:
-        """The predictor's result, or {"error": ...} for a volume it cannot use, or
-        {"unavailable": ...} before any version has loaded."""
+    async def predict(self, data: np.ndarray, affine: np.ndarray, with_map: str | None, site: str | None = None) -> dict:
+        """The predictor's result, or {"error": ...} for a volume it cannot use or a site it does
+        not know, or {"unavailable": ...} before any version has loaded."""
         predictor = self.predictor  # this request keeps this version even if a swap happens now
         if predictor is None:
             return {"unavailable": "no model loaded yet; see /readyz"}
         try:
-            return await asyncio.to_thread(predictor.predict, data, affine, with_map)
-        except InvalidVolumeError as err:
+            return await asyncio.to_thread(predictor.predict, data, affine, with_map, site)
+        except (InvalidVolumeError, UnknownSiteError) as err:
             return {"error": str(err)}
 
     async def follow_registry(self) -> None:
-        follows_alias = "@" in self.settings.model_uri
-        while True:
+        while True:  # a fixed version too: sites may be calibrated for it while it serves
             await self.refresh()
-            if not follows_alias and self.predictor is not None:
-                return
             await asyncio.sleep(self.settings.registry_poll_s)
 
     async def refresh(self) -> None:
@@ -56,15 +54,21 @@ class DetectorModel:
         except Exception as err:  # the registry unreachable for a moment: keep serving what we have
             log.warning("cannot reach the model registry: %s", err)
             return
-        if self.predictor is not None and self.predictor.model_version == version:
-            return
+        current = self.predictor
         try:
-            predictor = await asyncio.to_thread(load_predictor, name, version, self.settings.tracking_uri)
+            if current is not None and current.model_version == version:
+                if not await asyncio.to_thread(sites_changed, current, self.settings.tracking_uri):
+                    return
+                predictor = await asyncio.to_thread(with_sites, current, self.settings.tracking_uri)  # a site (re)calibrated
+            else:
+                predictor = await asyncio.to_thread(load_predictor, name, version, self.settings.tracking_uri)
         except Exception as err:  # a broken version must never take the serving one down
             serving = self.predictor.model_version if self.predictor else "nothing"
             log.error("version %s of %s failed to load; still serving %s: %s", version, name, serving, err)
             await tell(self.monitor, "model_load_failed", version, f"version {version}: {err}")
             return
         self.predictor = predictor
-        await tell(self.monitor, "model_loaded", predictor.description(), predictor.bundle.calibration.reference_scores)
+        references = {site: c.reference_scores for site, c in predictor.sites.items()}
+        await tell(self.monitor, "model_loaded", predictor.description(), predictor.bundle.calibration.reference_scores,
+                   references)
         log.info("serving %s version %s", name, version)

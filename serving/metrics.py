@@ -33,16 +33,19 @@ class EndpointMetrics:
         self.model_info = Gauge(
             "brainomaly_model_info", "The model version being served (value 1)", ["name", "version", "detector"], registry=r
         )
-        self.threshold = Gauge("brainomaly_slice_threshold", "The served model's slice decision threshold", registry=r)
+        # Per site (`?site=`; site="" is the training calibration): its threshold and its drift.
+        self.threshold = Gauge("brainomaly_slice_threshold", "The served model's slice decision threshold, per site",
+                               ["site"], registry=r)
         self.load_failures = Counter(
             "brainomaly_model_load_failures", "Failed attempts to load a registry version", ["version"], registry=r
         )
         self.load_failed = Gauge(
             "brainomaly_model_load_failed", "1 while the newest registry version failed to load (an older one serves)", registry=r
         )
-        self.drift_events = Counter("brainomaly_drift_events", "Score-drift events raised by the CUSUM detector", registry=r)
+        self.drift_events = Counter("brainomaly_drift_events", "Score-drift events raised by the CUSUM detector, per site",
+                                    ["site"], registry=r)
         self.drift = {
-            field: Gauge(f"brainomaly_drift_{field}", help_text, registry=r)
+            field: Gauge(f"brainomaly_drift_{field}", help_text, ["site"], registry=r)
             for field, help_text in {
                 "window": "Scores in the drift window",
                 "psi": "Population stability index of the window's scores vs the reference",
@@ -53,9 +56,14 @@ class EndpointMetrics:
             }.items()
         }
 
-    def show_drift(self, report: DriftReport | None, window: int) -> None:
-        """Gauges of the latest report; the statistics read NaN until the window holds enough."""
-        self.drift["window"].set(window)
+    def show_drift(self, site: str, report: DriftReport | None, window: int) -> None:
+        """A site's gauges of its latest report; the statistics read NaN until the window holds enough."""
+        self.drift["window"].labels(site).set(window)
         for field, gauge in self.drift.items():
             if field != "window":
-                gauge.set(float("nan") if report is None else getattr(report, field))
+                gauge.labels(site).set(float("nan") if report is None else getattr(report, field))
+
+    def forget_sites(self) -> None:
+        """Drop every site's series (a new model version starts afresh)."""
+        for metric in (self.threshold, self.drift_events, *self.drift.values()):
+            metric.clear()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipelines.site_store import load_site_calibrations, sites_tag
 from serving.predictor import VolumePredictor
 
 _ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$")
@@ -57,7 +59,21 @@ def _client(tracking_uri: str) -> MlflowClient:
 
 
 def load_predictor(name: str, version: str, tracking_uri: str) -> VolumePredictor:
-    """The registered version, downloaded to a temporary folder and loaded into memory."""
+    """The registered version, downloaded to a temporary folder and loaded into memory, with
+    its site calibrations."""
     with tempfile.TemporaryDirectory() as tmp:
         folder, _, _ = fetch_bundle(f"models:/{name}/{version}", tracking_uri, Path(tmp))
-        return VolumePredictor.from_folder(folder, name, version)
+        return with_sites(VolumePredictor.from_folder(folder, name, version), tracking_uri)
+
+
+def sites_changed(predictor: VolumePredictor, tracking_uri: str) -> bool:
+    """Whether the registry holds other site calibrations for the predictor's version than it has."""
+    return sites_tag(_client(tracking_uri), predictor.model_name, predictor.model_version) != predictor.sites_stamp
+
+
+def with_sites(predictor: VolumePredictor, tracking_uri: str) -> VolumePredictor:
+    """The predictor with its version's site calibrations as the registry holds them now."""
+    client = _client(tracking_uri)
+    stamp = sites_tag(client, predictor.model_name, predictor.model_version)
+    sites = load_site_calibrations(client, predictor.model_name, predictor.model_version)
+    return replace(predictor, sites=sites, sites_stamp=stamp)

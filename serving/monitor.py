@@ -36,41 +36,55 @@ class Monitor:
         self.served: tuple[str, str, str] | None = None  # (name, version, detector)
         self.description: dict | None = None
         self.load_error: str | None = None
-        self.drift: DriftMonitor | None = None
+        self.drift: dict[str, DriftMonitor] = {}  # by site; "" is the training calibration
+        self.calibrated: dict[str, str | None] = {}  # by site: when it was calibrated
 
     def record_request(self, route: str, status: int, seconds: float) -> None:
         self.metrics.requests.labels(route, str(status)).inc()
         self.metrics.latency.labels(route).observe(seconds)
 
-    def record_scores(self, version: str, scores: list[float]) -> None:
-        """Slice scores of one prediction by ``version``; a late report from a replica still
-        on the previous version counts in the histograms but not in the new model's drift."""
+    def record_scores(self, version: str, scores: list[float], site: str | None = None) -> None:
+        """Slice scores of one prediction by ``version`` at ``site``; a late report from a replica
+        still on the previous version counts in the histograms but not in the new model's drift."""
         self.metrics.slices.observe(len(scores))
         for score in scores:
             self.metrics.scores.observe(score)
-        if self.drift is not None and self.served and version == self.served[1]:
-            self.metrics.drift_events.inc(self.drift.update(scores))
-            self.metrics.show_drift(self.drift.report(), len(self.drift.scores))
+        key = site or ""
+        if key in self.drift and self.served and version == self.served[1]:
+            self.metrics.drift_events.labels(key).inc(self.drift[key].update(scores))
+            self.metrics.show_drift(key, self.drift[key].report(), len(self.drift[key].scores))
 
-    def model_loaded(self, description: dict, reference: list[float]) -> None:
-        """A model replica now serves this version: a new version starts a fresh drift window."""
+    def model_loaded(self, description: dict, reference: list[float], site_references: dict | None = None) -> None:
+        """A model replica now serves this version: a new version starts fresh drift windows; a
+        site calibrated since gets its own window (the others keep theirs)."""
         self.metrics.load_failed.set(0)
         self.load_error = None
         served = (description["name"], description["version"], description["detector"])
-        if self.served == served:
-            return
-        if self.served:
-            self.metrics.model_info.remove(*self.served)
-        self.served, self.description = served, description
-        self.metrics.model_info.labels(*served).set(1)
-        threshold = description["slice_threshold"]
-        self.metrics.threshold.set(threshold)
-        self.drift = DriftMonitor(
-            reference, threshold, window=self.settings.window, min_scores=self.settings.min_scores,
-            cusum_k=self.settings.cusum_k, cusum_h=self.settings.cusum_h,
-        )
-        self.metrics.show_drift(None, 0)
-        log.info("monitoring %s version %s against %d reference scores", *served[:2], len(reference))
+        if self.served != served:
+            if self.served:
+                self.metrics.model_info.remove(*self.served)
+            self.metrics.forget_sites()
+            self.served, self.drift, self.calibrated = served, {}, {}
+            self.metrics.model_info.labels(*served).set(1)
+            log.info("monitoring %s version %s against %d reference scores", *served[:2], len(reference))
+        self.description = description
+        thresholds = {"": (description["slice_threshold"], reference, None)} | {
+            site: (found["slice_threshold"], (site_references or {}).get(site, []), found.get("calibrated"))
+            for site, found in description.get("sites", {}).items()}
+        for site, (threshold, scores, stamp) in thresholds.items():
+            if site in self.drift and self.calibrated.get(site) == stamp:
+                continue  # already watched, with this calibration
+            try:
+                self.drift[site] = DriftMonitor(scores, threshold, window=self.settings.window,
+                                                min_scores=self.settings.min_scores, cusum_k=self.settings.cusum_k,
+                                                cusum_h=self.settings.cusum_h)
+            except ValueError as err:  # e.g. a site calibrated on too few slices: served, not watched
+                log.warning("no drift watch for site %r: %s", site, err)
+                continue
+            self.calibrated[site] = stamp
+            self.metrics.threshold.labels(site).set(threshold)
+            self.metrics.drift_events.labels(site)
+            self.metrics.show_drift(site, None, 0)
 
     def model_load_failed(self, version: str, message: str) -> None:
         self.metrics.load_failures.labels(version).inc()

@@ -6,17 +6,16 @@ Free of Ray and HTTP so it can be tested and reused directly; it calls the very 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-from pathlib import Path
-
 import gzip
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
 
 import nibabel as nib
 import numpy as np
 from torch import nn
 
-from components.models.bundle import DetectorBundle
+from components.models.bundle import Calibration, DetectorBundle
 from components.models.inference import score_volume
 from components.preprocess.geometry import axial_axis, to_input_grid
 from components.reports.figures import overlay_strip
@@ -25,12 +24,27 @@ from components.scoring.volume import volume_score
 OVERLAY_SLICES = 4
 
 
+class UnknownSiteError(ValueError):
+    """A request named a site this model has no calibration for."""
+
+
 @dataclass
 class VolumePredictor:
     bundle: DetectorBundle
     detector: nn.Module
     model_name: str = "unregistered"
     model_version: str = "0"
+    sites: dict[str, Calibration] = field(default_factory=dict)  # `brainomaly calibrate --site`
+    sites_stamp: dict[str, str] = field(default_factory=dict)  # when each was calibrated
+
+    def calibration(self, site: str | None) -> Calibration:
+        """The site's calibration; the training one without a site."""
+        if site is None:
+            return self.bundle.calibration
+        if site not in self.sites:
+            known = ", ".join(sorted(self.sites)) or "none yet (`brainomaly calibrate --site NAME --healthy DIR`)"
+            raise UnknownSiteError(f"unknown site {site!r}; sites calibrated for this model: {known}")
+        return self.sites[site]
 
     @classmethod
     def from_folder(cls, folder: Path, model_name: str = "unregistered", model_version: str = "0") -> "VolumePredictor":
@@ -46,10 +60,15 @@ class VolumePredictor:
             "slice_threshold": calibration.slice_threshold, "volume_threshold": calibration.volume_threshold,
             "threshold_percentile": calibration.percentile, "reference_scores": len(calibration.reference_scores),
             "slice_size": self.bundle.preprocess.size, "metrics": self.bundle.metrics,
+            "sites": {site: {"slice_threshold": c.slice_threshold, "volume_threshold": c.volume_threshold,
+                             "reference_scores": len(c.reference_scores), "calibrated": self.sites_stamp.get(site)}
+                      for site, c in sorted(self.sites.items())},
         }
 
-    def predict(self, data: np.ndarray, affine: np.ndarray, with_map: Literal["nifti", "png"] | None = None) -> dict:
-        """Scores of one (X, Y, Z) skull-stripped volume; slice indices are the input's own.
+    def predict(self, data: np.ndarray, affine: np.ndarray, with_map: Literal["nifti", "png"] | None = None,
+                site: str | None = None) -> dict:
+        """Scores of one (X, Y, Z) skull-stripped volume; slice indices are the input's own;
+        verdicts at ``site``'s thresholds (the training calibration's without a site).
 
         When the recipe resamples along the axial axis, several model slices may come from one
         input slice: that slice's score is the highest of theirs. ``with_map="nifti"`` adds
@@ -57,15 +76,16 @@ class VolumePredictor:
         header (none of the upload's header text is carried over); ``"png"`` a PNG of the
         ``OVERLAY_SLICES`` most anomalous model slices with their maps over them.
         """
+        calibration = self.calibration(site)  # an unknown site is refused before any work
         slices, scored = score_volume(self.detector, self.bundle.preprocess, data, affine)
         scores = scored.scores
         per_slice: dict[int, float] = {}
         for index, value in zip(slices.slice_numbers.tolist(), scores.tolist()):
             per_slice[index] = max(value, per_slice.get(index, value))
-        calibration = self.bundle.calibration
         score = volume_score(scores)
         result = {
             "model": {"name": self.model_name, "version": self.model_version, "detector": self.bundle.model_name},
+            "site": site,
             "data_version": self.bundle.data_version,
             "threshold": calibration.slice_threshold,
             "volume_threshold": calibration.volume_threshold,

@@ -15,8 +15,10 @@ REPO = Path(__file__).resolve().parents[1]
 # Tumours of 10-30 mm: the one val and one test tumour subject of this tiny population must hold
 # abnormal slices, or the data gate rightly stops the pipeline.
 TINY_PARAMS = {
-    "phantoms": {"n_healthy": 10, "n_tumour": 4, "test_healthy": 2, "test_tumour": 2, "voxel_size_mm": 3.0, "seed": 11,
+    "phantoms": {"n_healthy": 10, "n_tumour": 4, "test_healthy": 8, "test_tumour": 2, "voxel_size_mm": 3.0, "seed": 11,
                  "tumour_radius_mm": [10.0, 30.0]},
+    "calibrate": {"healthy_scans": 4},
+    "evaluate": {"bootstrap_samples": 100},
     "preprocess": {"size": 32},
     "model": {"name": "spatial_vae", "spatial_vae": {"base_channels": 16, "latent_channels": 32, "downsamplings": 3, "kl_weight": 0.01}},
     "train": {"epochs": 30, "batch_size": 32, "num_workers": 2, "learning_rate": 0.002},

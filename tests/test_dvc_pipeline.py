@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 def test_repro_runs_every_stage_to_a_registered_champion(pipeline_repo):
     log = (pipeline_repo / "repro.log").read_text()
-    for stage in ("phantoms", "preprocess", "validate", "train", "evaluate", "register"):
+    for stage in ("phantoms", "preprocess", "validate", "train", "evaluate", "sites", "register"):
         assert f"Running stage '{stage}'" in log
 
     metrics = json.loads((pipeline_repo / "metrics" / "evaluate.json").read_text())
@@ -33,6 +33,30 @@ def test_repro_runs_every_stage_to_a_registered_champion(pipeline_repo):
     evaluated = json.loads((pipeline_repo / "models" / "evaluation.json").read_text())["data_fingerprint"]
     assert champion.tags["evaluation_data"] == evaluated and champion.tags["compared_with"] == "none"
     assert set(metrics) <= set(json.loads((pipeline_repo / "reports" / "evaluation.json").read_text()))
+
+
+def test_every_site_is_reported_at_the_deployed_and_the_site_thresholds(pipeline_repo):
+    report = json.loads((pipeline_repo / "reports" / "sites.json").read_text())
+    assert report["model"] == "spatial_vae" and report["target_false_alarm_rate"] == 0.05
+    assert set(report["sites"]) == {"training", "other_vendor", "thick_slices"}
+    for name, site in report["sites"].items():
+        assert site["scans"] == {"calibration": 4, "healthy_test": 4, "tumour_test": 2, "skipped": []}, name
+        for kind in ("deployed", "calibrated"):
+            found = site[kind]
+            for metric in ("slice_false_alarm_rate", "volume_false_alarm_rate", "slice_sensitivity", "dice_mean"):
+                interval = found["ci95"][metric]
+                assert interval["low"] <= found[metric] <= interval["high"], (name, kind, metric)
+        thresholds = site["thresholds"]
+        assert thresholds["deployed"]["slice_threshold"] != thresholds["calibrated"]["slice_threshold"]
+    # The thick-slice site's own healthy scans hold its threshold near the target on held-out ones,
+    # where the training site's threshold does not.
+    thick = report["sites"]["thick_slices"]
+    assert thick["calibrated"]["slice_false_alarm_rate"] <= 0.15
+    assert (pipeline_repo / "reports" / "sites.md").read_text().count("thick_slices") >= 6
+    uri = f"sqlite:///{pipeline_repo / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run = client.get_run(client.get_model_version_by_alias("brainomaly-detector", "champion").run_id)
+    assert "site.other_vendor.calibrated.slice_false_alarm_rate" in run.data.metrics
 
 
 def test_second_repro_runs_nothing(pipeline_repo):

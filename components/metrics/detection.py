@@ -146,10 +146,16 @@ def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if denominator == 0 else float(2.0 * np.logical_and(prediction, truth).sum() / denominator)
 
 
+def dice_by_subject(prediction: np.ndarray, tumour: np.ndarray, subjects: np.ndarray) -> dict[str, float]:
+    """{subject: Dice of its binary ``prediction``}, for each subject with a tumour."""
+    subjects = np.asarray(subjects)
+    return {s: dice(prediction[rows], tumour[rows]) for s in np.unique(subjects)
+            if tumour[rows := subjects == s].any()}
+
+
 def dice_per_subject(prediction: np.ndarray, tumour: np.ndarray, subjects: np.ndarray) -> dict[str, float]:
     """Dice of a binary ``prediction`` per subject with a tumour: mean and std across subjects."""
-    values = [dice(prediction[rows], tumour[rows]) for rows in (np.asarray(subjects) == s for s in np.unique(subjects))
-              if tumour[rows].any()]
+    values = list(dice_by_subject(prediction, tumour, subjects).values())
     if not values:
         raise ValueError("Dice needs at least one subject with a tumour")
     return {"dice_mean": float(np.mean(values)), "dice_std": float(np.std(values)), "dice_subjects": len(values)}

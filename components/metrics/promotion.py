@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from components.metrics.operating_point import resampled_subjects
+
 SLICE_METRICS = {"slice_auroc": roc_auc_score, "slice_auprc": average_precision_score}
 
 
@@ -56,12 +58,10 @@ def paired_bootstrap(candidate: pd.DataFrame, champion: pd.DataFrame, metric: st
     rows = {subject: part.index.to_numpy() for subject, part in joined.groupby("subject")}
     strata = [np.array([s for s, has in joined.groupby("subject")["abnormal"].any().items() if has == wanted])
               for wanted in (True, False)]
-    rng = np.random.default_rng(seed)
     labels, a, b = (joined[c].to_numpy() for c in ("abnormal", "score", "score_champion"))
     differences = np.empty(samples)
-    for i in range(samples):
-        drawn = np.concatenate([rows[s] for stratum in strata if len(stratum)
-                                for s in rng.choice(stratum, size=len(stratum))])
+    for i, subjects in enumerate(resampled_subjects(strata, samples, seed)):
+        drawn = np.concatenate([rows[s] for s in subjects])
         if labels[drawn].all() or not labels[drawn].any():  # a draw of one class: no AUROC
             differences[i] = np.nan
             continue

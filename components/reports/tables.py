@@ -91,3 +91,52 @@ def markdown(results: dict[str, dict], sizes: list[int]) -> str:
         ("Each detector's score against the scores its paper compares with", score_table(results)),
     ]
     return "\n\n".join(f"### {title}\n\n{table.to_markdown(index=False)}" for title, table in sections if len(table)) + "\n"
+
+
+BASELINE = "intensity"  # the detector every other must beat
+
+
+def _ci(metrics: dict, key: str) -> str:
+    """'value [low, high]' of a metric with its 95 % interval (``ci95``), or '-'."""
+    value, interval = metrics.get(key), metrics.get("ci95", {}).get(key)
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "-"
+    return f"{value:.3f} [{interval['low']:.2f}, {interval['high']:.2f}]" if interval else f"{value:.3f}"
+
+
+def _beaten(results: dict[str, dict], name: str, site: str) -> str:
+    """' ▽' when the intensity baseline ranks this site's slices better than ``name`` does."""
+    baseline = results.get(BASELINE, {}).get(site)
+    mine = results[name].get(site)
+    if name == BASELINE or not baseline or not mine:
+        return ""
+    return " ▽" if mine["slice_auroc"] < baseline["slice_auroc"] else ""
+
+
+def site_tables(results: dict[str, dict[str, dict]]) -> list[tuple[str, pd.DataFrame]]:
+    """Cross-site tables, rows detectors and columns sites, from each detector's `sites` report
+    ({detector: {site: metrics}})."""
+    sites = list(dict.fromkeys(site for report in results.values() for site in report))
+
+    def table(cell) -> pd.DataFrame:
+        return pd.DataFrame([{"detector": name, **{site: cell(report[site]) if site in report else "-" for site in sites}}
+                             for name, report in results.items()])
+
+    def false_alarms(m: dict) -> str:
+        return f"{_ci(m['deployed'], 'slice_false_alarm_rate')} → {_ci(m['calibrated'], 'slice_false_alarm_rate')}"
+
+    ranking = pd.DataFrame([{"detector": name, **{site: _ci(report[site], "slice_auroc") + _beaten(results, name, site)
+                                                  if site in report else "-" for site in sites}}
+                            for name, report in results.items()])
+    return [
+        ("Slice AUROC [95 % interval over subjects] per site (▽: below the intensity baseline)", ranking),
+        ("Tumour-free slices flagged: at the deployed threshold → after site calibration", table(false_alarms)),
+        ("Healthy volumes flagged after site calibration", table(lambda m: _ci(m["calibrated"], "volume_false_alarm_rate"))),
+        ("Tumour slices flagged after site calibration (sensitivity)", table(lambda m: _ci(m["calibrated"], "slice_sensitivity"))),
+        ("Pixel AUPRC", table(lambda m: _num(m.get("pixel_auprc")))),
+        ("Dice after site calibration (mean over tumour subjects)", table(lambda m: _ci(m["calibrated"], "dice_mean"))),
+    ]
+
+
+def site_markdown(results: dict[str, dict[str, dict]]) -> str:
+    return "\n\n".join(f"### {title}\n\n{table.to_markdown(index=False)}" for title, table in site_tables(results)) + "\n"

@@ -102,3 +102,11 @@ def test_incomplete_cases_can_be_collected_instead_of_raised(tmp_path):
     subjects = read_dataset(tmp_path, "auto", "t2", "tumour", incomplete)
     assert [s.subject_id for s in subjects] == ["BraTS2021_00001"]
     assert incomplete == [{"subject": "BraTS2021_00002", "error": f"missing file: {tmp_path / 'BraTS2021_00002' / 'BraTS2021_00002_seg.nii.gz'}"}]
+
+
+def test_a_plain_folder_of_scans_is_one_subject_per_file(tmp_path):
+    for name in ("site_b_002.nii.gz", "site_b_001.nii", "readme.txt", ".hidden.nii.gz"):
+        (tmp_path / name).write_bytes(b"")
+    subjects = read_dataset(tmp_path, "auto", "flair", "healthy")
+    assert [(s.subject_id, s.dataset, s.image.name) for s in subjects] == [
+        ("site_b_001", "plain", "site_b_001.nii"), ("site_b_002", "plain", "site_b_002.nii.gz")]

@@ -135,8 +135,7 @@ def test_sites_scan_the_same_held_out_subjects_with_their_own_acquisition(tmp_pa
         (case,) = read_dataset(tumour, "auto", "t2", "tumour")
         (_,) = read_dataset(healthy, "auto", "t2", "healthy")
         scans[site] = {name: nib.load(path) for name, path in (("t2", case.image), ("seg", case.segmentation))}
-    home, away = scans["home"], scans["away"]
-    assert nib.affines.voxel_sizes(away["t2"].affine)[2] == 6.0  # LPS on disk: the axial axis is still the third
+    assert nib.affines.voxel_sizes(scans["away"]["t2"].affine)[2] == 6.0  # LPS on disk: the axial axis is still the third
     # The same tumour, seen through another grid: about the same volume in mm^3.
     volume = {s: (np.asarray(v["seg"].dataobj) > 0).sum() * np.prod(nib.affines.voxel_sizes(v["seg"].affine)) for s, v in scans.items()}
     assert 0.6 < volume["away"] / volume["home"] < 1.6

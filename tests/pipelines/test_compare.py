@@ -14,11 +14,13 @@ from tests.conftest import write_params
 pytestmark = pytest.mark.slow
 
 
-def test_comparison_report_and_nested_runs(processed_project, tmp_path):
+def test_comparison_report_and_nested_runs(processed_project, phantom_roots, tmp_path):
     shutil.copytree(processed_project / "data", tmp_path / "data")
+    for cohort, root in zip(("healthy", "tumour"), phantom_roots):  # one more site: the same scans again
+        shutil.copytree(root, tmp_path / "sites" / "elsewhere" / cohort)
     tiny = {"base_channels": 8, "downsamplings": 3}
     settings = {
-        "detectors": ["spatial_ae", "latent_constrained", "dual_vae"],
+        "detectors": ["intensity", "spatial_ae", "latent_constrained", "dual_vae"],
         "overrides": {
             "spatial_ae": {"model": {**tiny, "latent_channels": 8}, "train": {"epochs": 2}},
             "latent_constrained": {"model": {**tiny, "latent_size": 16}, "train": {"epochs": 2}},
@@ -26,17 +28,28 @@ def test_comparison_report_and_nested_runs(processed_project, tmp_path):
             "dual_vae": {"model": {**tiny, "latent_size": 16}, "train": {"epochs": 1, "batch_size": 4096}},
         },
     }
-    params = load_params(write_params(tmp_path, compare=settings))
+    data = {"sites_root": str(tmp_path / "sites")}
+    params = load_params(write_params(tmp_path, compare=settings, data=data))
     with pytest.raises(StageError, match=r"(?s)dual_vae.*a worker got fewer than one batch \(2048\) of unlabelled"):
         compare.run(params)
 
     results = json.loads((tmp_path / "reports" / "comparison.json").read_text())
-    assert set(results) == {"spatial_ae", "latent_constrained"}
+    assert set(results) == {"intensity", "spatial_ae", "latent_constrained"}
+    assert results["intensity"]["epochs"] == 1  # nothing to learn: one pass
+    for name, row in results.items():  # the cross-site report of each detector
+        site = row["sites"]["elsewhere"]
+        assert site["scans"] == {"calibration": 1, "healthy_test": 3, "tumour_test": 3, "skipped": []}
+        assert 0 <= site["deployed"]["slice_false_alarm_rate"] <= 1 and "slice_auroc" in site["ci95"]
     assert "image_residual" in results["latent_constrained"]["alternative_scores"]
     assert results["spatial_ae"]["epochs"] == 2 and results["spatial_ae"]["train_slices_per_s"] > 0
     table = (tmp_path / "reports" / "comparison.md").read_text()
     assert "latent_constrained (image_residual)" in table
     assert "Dice" in table and "ROC-AUC" in table
+    beaten = [n for n in ("spatial_ae", "latent_constrained")
+              if results[n]["sites"]["elsewhere"]["slice_auroc"] < results["intensity"]["sites"]["elsewhere"]["slice_auroc"]]
+    ranking = table.split("### ")[1]  # the first table: slice AUROC per site, ▽ below the baseline
+    assert all((f"| {n} " in ranking) and ("▽" in ranking.split(f"| {n} ")[1].split("\n")[0]) == (n in beaten)
+               for n in ("spatial_ae", "latent_constrained"))
 
     client = tracking.client(params)
     parent = client.search_runs([tracking.experiment_id(params)], filter_string="tags.`brainomaly.comparison` = '1'")[0]
@@ -49,8 +62,8 @@ def test_comparison_report_and_nested_runs(processed_project, tmp_path):
     with pytest.raises(ValueError, match="--only nope: not in compare.detectors"):
         compare.run(params, only=["nope"])
     settings["overrides"]["spatial_ae"]["train"]["epochs"] = 3  # what changed since: spatial_ae's settings
-    compare.run(load_params(write_params(tmp_path, compare=settings)), only=["spatial_ae"])
+    compare.run(load_params(write_params(tmp_path, compare=settings, data=data)), only=["spatial_ae"])
     rerun = json.loads((tmp_path / "reports" / "comparison.json").read_text())
-    assert list(rerun) == ["spatial_ae", "latent_constrained"]
+    assert list(rerun) == ["intensity", "spatial_ae", "latent_constrained"]
     assert rerun["latent_constrained"] == results["latent_constrained"]
     assert rerun["spatial_ae"]["epochs"] == 3 and rerun["spatial_ae"]["mlflow_run_id"] != results["spatial_ae"]["mlflow_run_id"]

@@ -3,15 +3,19 @@ broken version that never replaces the serving one, and a moved alias swapped in
 requests keep being answered. Its own server, on a copy of the pipeline's registry."""
 
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+
+from pathlib import Path
 
 import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from components.data.layouts import read_brats
+from components.data.layouts import read_brats, read_hcp
 from serving.local_server import running_server
 from tests.conftest import venv_env, write_params
 
@@ -119,3 +123,31 @@ def test_a_moved_alias_is_swapped_in_without_dropping_requests(server, registry,
     assert versions[0] == "1" and versions[-1] == new
     assert metric(server, "brainomaly_model_load_failed ") == 0
     assert f'version="{new}"' in requests.get(f"{server}/metrics", timeout=10).text
+
+
+def test_a_site_calibrated_while_serving_is_applied_by_name(server, project, pipeline_repo, scan, tmp_path):
+    unknown = requests.post(f"{server}/v1/predict?site=elsewhere", data=scan, headers=KEY, timeout=120)
+    assert unknown.status_code == 400 and "unknown site 'elsewhere'" in unknown.json()["error"]
+    assert requests.post(f"{server}/v1/predict?site=Not%20a%20site", data=scan, headers=KEY, timeout=60).status_code == 400
+    # The new site's healthy scans as a plain folder of files (no layout, no masks).
+    for subject in read_hcp(pipeline_repo / "data" / "raw" / "sites" / "other_vendor" / "healthy"):
+        shutil.copy(subject.image, tmp_path / f"{subject.subject_id}.nii.gz")
+    command = [str(Path(sys.executable).parent / "brainomaly"), "calibrate", "--site", "elsewhere", "--healthy", str(tmp_path)]
+    done = subprocess.run(command, cwd=project, env=venv_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    deadline = time.monotonic() + 60  # replicas poll the registry every second here
+    while time.monotonic() < deadline:
+        model = requests.get(f"{server}/v1/model", headers=KEY, timeout=10).json()
+        if "elsewhere" in model["sites"]:
+            break
+        time.sleep(1)
+    site = model["sites"]["elsewhere"]
+    assert site["reference_scores"] > 10 and site["slice_threshold"] != model["slice_threshold"]
+    at_site = requests.post(f"{server}/v1/predict?site=elsewhere", data=scan, headers=KEY, timeout=120).json()
+    default = requests.post(f"{server}/v1/predict", data=scan, headers=KEY, timeout=120).json()
+    assert at_site["site"] == "elsewhere" and at_site["threshold"] == site["slice_threshold"]
+    assert default["site"] is None and default["threshold"] == model["slice_threshold"]
+    assert [s["score"] for s in at_site["slices"]] == [s["score"] for s in default["slices"]]  # one model, two calibrations
+    text = requests.get(f"{server}/metrics", timeout=10).text
+    assert f'brainomaly_slice_threshold{{site="elsewhere"}} {site["slice_threshold"]}' in text
+    assert metric(server, 'brainomaly_drift_window{site="elsewhere"}') == len(at_site["slices"])

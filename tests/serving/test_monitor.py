@@ -51,3 +51,20 @@ def test_a_failed_load_is_shown_until_a_version_loads(monitor):
     assert monitor.served_model()["last_load_error"] == "version 3: no bundle"
     monitor.model_loaded(description("1"), REFERENCE)
     assert sample(monitor.exposition().decode(), "brainomaly_model_load_failed") == 0
+
+
+def test_each_site_has_its_own_threshold_and_drift_window(monitor):
+    site_description = {**description("1"), "sites": {"b": {"slice_threshold": 0.2, "calibrated": "t1"}}}
+    monitor.model_loaded(site_description, REFERENCE, {"b": [s * 2 for s in REFERENCE]})
+    monitor.record_scores("1", list(np.random.default_rng(1).lognormal(-3, 0.3, 100) * 2), "b")  # site b's own level
+    text = monitor.exposition().decode()
+    assert sample(text, 'brainomaly_slice_threshold{site="b"}') == 0.2 and sample(text, 'brainomaly_slice_threshold{site=""}') == 0.08
+    assert sample(text, 'brainomaly_drift_window{site="b"}') == 100 and sample(text, 'brainomaly_drift_psi{site="b"}') < 0.25
+    assert sample(text, 'brainomaly_drift_window{site=""}') == 0  # the training calibration saw none of them
+    # a replica reporting the same version again keeps the windows; a recalibration restarts the site's
+    monitor.model_loaded(site_description, REFERENCE, {"b": [s * 2 for s in REFERENCE]})
+    assert sample(monitor.exposition().decode(), 'brainomaly_drift_window{site="b"}') == 100
+    recalibrated = {**description("1"), "sites": {"b": {"slice_threshold": 0.3, "calibrated": "t2"}}}
+    monitor.model_loaded(recalibrated, REFERENCE, {"b": [s * 2 for s in REFERENCE]})
+    text = monitor.exposition().decode()
+    assert sample(text, 'brainomaly_drift_window{site="b"}') == 0 and sample(text, 'brainomaly_slice_threshold{site="b"}') == 0.3

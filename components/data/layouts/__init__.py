@@ -16,6 +16,7 @@ from components.data.layouts.brats import LABELS as BRATS_LABELS
 from components.data.layouts.brats import brats_path, looks_like_brats, looks_like_brats2023, read_brats, read_brats2023
 from components.data.layouts.hcp import hcp_path, looks_like_hcp, read_hcp
 from components.data.layouts.ixi import looks_like_ixi, read_ixi
+from components.data.layouts.plain import looks_like_plain, read_plain
 
 # Checked in this order by detect_layout: the most specific signature first.
 LAYOUTS: dict[str, tuple[Callable[[Path], bool], Callable[..., list[Subject]]]] = {
@@ -24,6 +25,7 @@ LAYOUTS: dict[str, tuple[Callable[[Path], bool], Callable[..., list[Subject]]]] 
     "brats": (looks_like_brats, read_brats),
     "ixi": (looks_like_ixi, read_ixi),
     "bids": (looks_like_bids, read_bids),
+    "plain": (looks_like_plain, read_plain),  # any folder of .nii / .nii.gz files: last
 }
 
 __all__ = [

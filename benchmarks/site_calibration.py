@@ -1,0 +1,90 @@
+"""How many healthy scans does a new site need for a stable threshold?
+
+    python benchmarks/site_calibration.py [--draws 200] [--output benchmarks/results/site_calibration.json]
+
+Runs after `make run`, on the pipeline's model and every site of ``data.sites_root``. Each
+site's held-out healthy scans are scored once (through the model's recipe, as `brainomaly
+calibrate` scores them); then, for each number n of calibration scans, ``--draws`` random sets
+of n scans set the slice threshold at ``calibrate.target_false_alarm_rate`` (as `calibrate`
+does), and the share of the *other* healthy scans' slices above it is the false-alarm rate
+the site would see. Reported per site and n: the mean realised rate and its 5-95 % range over
+draws. The training site's own threshold (models/calibration.json) is shown for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from components.atomic import write_json
+from pipelines.evaluate import CALIBRATION, load_trained
+from pipelines.params import load_params
+from pipelines.preprocess import PROCESSED_DIR
+from pipelines.sites import score_subjects, site_names, site_subjects
+from components.preprocess.spec import PreprocessSpec
+
+REPO = Path(__file__).resolve().parents[1]
+COUNTS = (1, 2, 3, 5, 10)
+
+
+def realised_rates(scores: list[np.ndarray], count: int, target: float, draws: int, rng) -> np.ndarray:
+    """False-alarm rates on the held-out scans of ``draws`` calibrations from ``count`` scans each."""
+    rates = []
+    for _ in range(draws):
+        chosen = rng.choice(len(scores), size=count, replace=False)
+        rest = np.setdiff1d(np.arange(len(scores)), chosen)
+        threshold = np.percentile(np.concatenate([scores[i] for i in chosen]), 100 * (1 - target))
+        rates.append(float((np.concatenate([scores[i] for i in rest]) > threshold).mean()))
+    return np.array(rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--draws", type=int, default=200)
+    parser.add_argument("--output", type=Path, default=REPO / "benchmarks/results/site_calibration.json")
+    args = parser.parse_args()
+    params = load_params(REPO / "params.yaml")
+    detector, description = load_trained(params)
+    spec = PreprocessSpec.from_json(params.path(PROCESSED_DIR / "preprocess_spec.json"))
+    deployed = json.loads(params.path(CALIBRATION).read_text())["slice_threshold"]
+    target, rng = params.calibrate.target_false_alarm_rate, np.random.default_rng(0)
+    results = {}
+    for site in site_names(params.path(params.data.sites_root)):
+        healthy, _ = site_subjects(params.path(params.data.sites_root) / site, params.data.modality)
+        scored, _ = score_subjects(detector, healthy, spec, params.preprocess.workers)
+        subjects = scored["index"]["subject"].to_numpy()
+        scores = [scored["scores"][subjects == s] for s in dict.fromkeys(subjects)]
+        everything = np.concatenate(scores)
+        results[site] = {
+            "healthy_scans": len(scores),
+            "deployed_threshold_false_alarm_rate": float((everything > deployed).mean()),
+            "by_calibration_scans": {},
+        }
+        for count in (c for c in COUNTS if c < len(scores)):
+            rates = realised_rates(scores, count, target, args.draws, rng)
+            results[site]["by_calibration_scans"][count] = {
+                "mean": float(rates.mean()), "p5": float(np.percentile(rates, 5)), "p95": float(np.percentile(rates, 95))}
+    report = {"model": description["model_name"], "target_false_alarm_rate": target, "draws": args.draws,
+              "machine": "a 2-core CPU machine", "sites": results}
+    write_json(args.output, report)
+    table = Table(title=f"Healthy slices flagged on held-out scans (target {target:.0%}), by calibration scans")
+    table.add_column("site")
+    table.add_column("training threshold")
+    for count in COUNTS:
+        table.add_column(f"n={count}: mean [5-95 %]")
+    for site, found in results.items():
+        cells = [f"{found['deployed_threshold_false_alarm_rate']:.3f}"]
+        for count in COUNTS:
+            got = found["by_calibration_scans"].get(count)
+            cells.append(f"{got['mean']:.3f} [{got['p5']:.3f}, {got['p95']:.3f}]" if got else "-")
+        table.add_row(site, *cells)
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

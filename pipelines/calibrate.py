@@ -1,0 +1,59 @@
+"""`brainomaly calibrate --site NAME --healthy DIR`: thresholds for a new site from its own
+unlabelled healthy scans, stored with the served model in the registry.
+
+DIR holds the site's healthy scans in any supported layout, or is a plain folder of .nii /
+.nii.gz files. The model is the version ``register.alias`` names: what the endpoint serves.
+Every scan goes through that model's recipe and detector; the slice, volume and pixel
+thresholds are set so that ``calibrate.target_false_alarm_rate`` of the scans' slices, volumes
+and brain pixels lie above them, and their slice scores become the site's drift reference. The
+calibration is stored with the version (pipelines/site_store.py): replicas pick it up at their
+next registry poll, and ``POST /v1/predict?site=NAME`` applies it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import mlflow
+
+from components.data.layouts import read_dataset
+from components.models.bundle import DetectorBundle
+from pipelines import tracking
+from pipelines.evaluate import calibrate
+from pipelines.params import Params
+from pipelines.register import champion
+from pipelines.site_store import check_site_name, store_site_calibration
+from pipelines.sites import score_subjects
+
+
+def served_bundle(client, name: str, version: str, folder: Path) -> tuple[DetectorBundle, object]:
+    source = client.get_model_version_download_uri(name, version)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=f"{source}/artifacts/bundle", dst_path=str(folder),
+                                                tracking_uri=client.tracking_uri)
+    return DetectorBundle.load(Path(local))
+
+
+def run(params: Params, site: str, healthy: Path) -> dict:
+    check_site_name(site)
+    client = tracking.client(params)
+    name, alias = params.registry.model_name, params.registry.alias
+    version = champion(client, name, alias)
+    if version is None:
+        raise ValueError(f"no model has alias {alias!r} under {name!r}: run `make run` (or `brainomaly register`) first")
+    subjects = read_dataset(healthy, "auto", params.data.modality, "healthy")
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle, detector = served_bundle(client, name, str(version.version), Path(tmp))
+    reference, skipped = score_subjects(detector, subjects, bundle.preprocess, params.preprocess.workers)
+    if not reference:
+        raise ValueError(f"none of the {len(subjects)} scans in {healthy} could be used: {skipped[0]['error']}")
+    target = params.calibrate.target_false_alarm_rate
+    calibration = calibrate(reference, 100.0 * (1.0 - target))
+    store_site_calibration(client, name, str(version.version), site, calibration)
+    training = bundle.calibration
+    return {
+        "site": site, "model": f"models:/{name}/{version.version}", "alias": alias, "target_false_alarm_rate": target,
+        "scans": len(subjects) - len(skipped), "slices": len(reference["scores"]), "skipped": skipped,
+        "thresholds": {k: {"site": getattr(calibration, k), "training": getattr(training, k)}
+                       for k in ("slice_threshold", "volume_threshold", "pixel_threshold")},
+    }

@@ -1,0 +1,171 @@
+"""Stage `sites`: the pipeline's model on scans from other sites, as a radiology group would meet it.
+
+Each folder of ``data.sites_root`` is a site, holding ``healthy/`` and ``tumour/`` scans in any
+supported layout (the phantoms stage writes every site's scans of the same held-out subjects
+there). Per site, the healthy scans sorted by id are split: the first
+``calibrate.healthy_scans`` calibrate the site, the others test it with the tumour scans. Every
+scan goes through the model's own recipe (the processed data's preprocessing spec, the one the
+registered model carries) and its detector, as the endpoint scores it.
+
+Reported per site: slice AUROC / AUPRC and pixel AUROC / AUPRC (threshold-free), and at two
+operating points, each with 95 % intervals over subjects (components/metrics/operating_point.py):
+
+- ``deployed``: the thresholds the model was calibrated with on the training site's healthy
+  validation slices (models/calibration.json): what a site sees on its first day;
+- ``calibrated``: thresholds recomputed from the site's own calibration scans at
+  ``calibrate.target_false_alarm_rate`` (what `brainomaly calibrate --site` stores).
+
+Writes reports/sites.json and reports/sites.md, and logs ``site.<name>.*`` metrics to the
+model's training run in MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import ProcessPoolExecutor
+from itertools import repeat
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from components.atomic import write_json, write_text
+from components.data.layouts import Subject, read_dataset
+from components.metrics.detection import dice_by_subject, pixel_metrics, slice_truth
+from components.metrics.operating_point import metric_frames, with_intervals
+from components.metrics.postprocess import smooth_subject
+from components.models.bundle import Calibration
+from components.models.inference import score_slices
+from components.preprocess.spec import PreprocessSpec
+from components.reports.tables import site_markdown
+from pipelines import tracking
+from pipelines.evaluate import CALIBRATION, calibrate, flatten_metrics, load_trained, segment_subjects
+from pipelines.params import Params
+from pipelines.preprocess import PROCESSED_DIR, process_subject
+
+log = logging.getLogger(__name__)
+REPORT_JSON = Path("reports/sites.json")
+REPORT_MD = Path("reports/sites.md")
+RANKING = ("slice_auroc", "slice_auprc")  # threshold-free: reported once per site
+
+
+def site_names(root: Path) -> list[str]:
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.sites_root {root} is not a folder of sites (<site>/healthy, <site>/tumour)")
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def site_subjects(root: Path, modality: str) -> tuple[list[Subject], list[Subject]]:
+    """(healthy, tumour) subjects of one site folder; a missing cohort folder is an empty list."""
+    cohorts = []
+    for cohort in ("healthy", "tumour"):
+        folder = root / cohort
+        cohorts.append(sorted(read_dataset(folder, "auto", modality, cohort), key=lambda s: s.subject_id)
+                       if folder.is_dir() else [])
+    return cohorts[0], cohorts[1]
+
+
+def _preprocess(subject: Subject, spec: PreprocessSpec):
+    try:
+        return process_subject(subject, spec)[0]
+    except (ValueError, OSError) as err:  # one unusable scan must not cost the site's others
+        return str(err)
+
+
+def score_subjects(detector, subjects: list[Subject], spec: PreprocessSpec, workers: int) -> tuple[dict, list[dict]]:
+    """The subjects' slices through the recipe and the detector: the arrays `evaluate` works on
+    (index, scores, maps smoothed per subject, brain, tumour, lesions), and the skipped scans."""
+    parts, skipped = [], []
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for subject, slices in zip(subjects, pool.map(_preprocess, subjects, repeat(spec))):
+            if isinstance(slices, str):
+                log.warning("skipping %s: %s", subject.subject_id, slices)
+                skipped.append({"subject": subject.subject_id, "error": slices})
+                continue
+            scored = score_slices(detector, slices.images, slices.brain)
+            empty = np.zeros_like(slices.brain)
+            parts.append({
+                "index": pd.DataFrame({"subject": f"{subject.cohort}/{subject.subject_id}", "cohort": subject.cohort, "slice": slices.slice_numbers,
+                                       "tumour_pixels": slices.tumour_pixels, "lesion_pixels": slices.lesion_pixels}),
+                "scores": scored.scores, "smoothed": smooth_subject(scored.maps, slices.brain), "brain": slices.brain,
+                "tumour": slices.tumour if slices.tumour is not None else empty,
+                "lesions": slices.lesions if slices.lesions is not None else empty,
+            })
+    if not parts:
+        return {}, skipped
+    joined = {key: np.concatenate([p[key] for p in parts]) for key in ("scores", "smoothed", "brain", "tumour", "lesions")}
+    return {**joined, "index": pd.concat([p["index"] for p in parts], ignore_index=True)}, skipped
+
+
+def at_thresholds(test: dict, calibration: Calibration, min_tumour_pixels: int, min_component_voxels: int,
+                  samples: int, ranking: bool) -> dict:
+    """Ranking metrics and, at ``calibration``'s thresholds, false alarms, sensitivity and Dice, with intervals."""
+    index = test["index"]
+    labels, rated = slice_truth(index["tumour_pixels"], index["lesion_pixels"], min_tumour_pixels)
+    brain = test["brain"] & ~test["lesions"]
+    segmented = segment_subjects(test, calibration.pixel_threshold, min_component_voxels) & brain
+    dice = dice_by_subject(segmented, test["tumour"], index["subject"].to_numpy())
+    slices, subjects = metric_frames(index, test["scores"], labels, rated, dice)
+    return with_intervals(slices, subjects, calibration.slice_threshold, calibration.volume_threshold, samples,
+                          ranking=ranking)
+
+
+def evaluate_site(detector, root: Path, spec: PreprocessSpec, deployed: Calibration, params: Params) -> dict:
+    healthy, tumour = site_subjects(root, params.data.modality)
+    count = params.calibrate.healthy_scans
+    if len(healthy) <= count or not tumour:
+        raise ValueError(f"site {root.name}: needs more than calibrate.healthy_scans={count} healthy scans and at least "
+                         f"one tumour scan, found {len(healthy)} and {len(tumour)}")
+    workers = params.preprocess.workers
+    reference, skipped = score_subjects(detector, healthy[:count], spec, workers)
+    test, more = score_subjects(detector, healthy[count:] + tumour, spec, workers)
+    if not reference or not test:
+        raise ValueError(f"site {root.name}: no usable scan to {'calibrate' if not reference else 'test'} with")
+    percentile = 100.0 * (1.0 - params.calibrate.target_false_alarm_rate)
+    site = calibrate(reference, percentile)
+    settings = params.evaluate
+    found = {kind: at_thresholds(test, calibration, settings.min_tumour_pixels, settings.min_component_voxels,
+                                 settings.bootstrap_samples, ranking=kind == "deployed")
+             for kind, calibration in (("deployed", deployed), ("calibrated", site))}
+    cohorts = test["index"].drop_duplicates("subject")["cohort"]
+    return {
+        "scans": {"calibration": len(healthy[:count]) - len(skipped), "healthy_test": int((cohorts == "healthy").sum()),
+                  "tumour_test": int((cohorts == "tumour").sum()), "skipped": skipped + more},
+        **_only(found["deployed"], RANKING),
+        **pixel_metrics(test["smoothed"], test["tumour"], test["brain"] & ~test["lesions"]),
+        **{kind: _without(values, RANKING) for kind, values in found.items()},
+        "thresholds": {kind: {k: getattr(c, k) for k in ("slice_threshold", "volume_threshold", "pixel_threshold")}
+                       for kind, c in (("deployed", deployed), ("calibrated", site))},
+    }
+
+
+def _only(metrics: dict, keys: tuple[str, ...]) -> dict:
+    return {k: metrics[k] for k in keys} | {"ci95": {k: metrics["ci95"][k] for k in keys if k in metrics["ci95"]}}
+
+
+def _without(metrics: dict, keys: tuple[str, ...]) -> dict:
+    return {k: v for k, v in metrics.items() if k not in keys} | {
+        "ci95": {k: v for k, v in metrics["ci95"].items() if k not in keys}}
+
+
+def run(params: Params) -> dict:
+    detector, description = load_trained(params)
+    spec = PreprocessSpec.from_json(params.path(PROCESSED_DIR / "preprocess_spec.json"))
+    deployed = Calibration(**json.loads(params.path(CALIBRATION).read_text()))
+    root = params.path(params.data.sites_root)
+    report = {name: evaluate_site(detector, root / name, spec, deployed, params) for name in site_names(root)}
+    summary = {"model": description["model_name"], "target_false_alarm_rate": params.calibrate.target_false_alarm_rate,
+               "sites": report}
+    write_json(params.path(REPORT_JSON), summary)
+    write_text(params.path(REPORT_MD), site_markdown({description["model_name"]: report}))
+    client = tracking.client(params)
+    run_id = tracking.training_run(params, description["ray_run_name"])
+    for key, value in flatten_metrics({"site": report}).items():
+        if isinstance(value, (int, float)):
+            client.log_metric(run_id, key, float(value))
+    client.log_artifact(run_id, str(params.path(REPORT_MD)), artifact_path="evaluation")
+    return {name: {"slice_auroc": round(r["slice_auroc"], 3), "pixel_auprc": round(r["pixel_auprc"], 3),
+                   "false_alarms_deployed": round(r["deployed"]["slice_false_alarm_rate"], 3),
+                   "false_alarms_calibrated": round(r["calibrated"]["slice_false_alarm_rate"], 3)}
+            for name, r in report.items()}
