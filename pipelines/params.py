@@ -76,7 +76,7 @@ class SplitRatios(Section):
 
 # The words params.yaml uses for a step's "off" (None in the spec); null means "the preset's value".
 OFF_WORDS = {"spacing_mm": "native", "middle_mm": "all"}
-PRESET_ONLY = {"histogram_reference": (str | None, None)}  # none, healthy, tumour or a NIfTI path
+PRESET_ONLY = {"histogram_reference": (str | None, None)}  # none, healthy, tumour, standard or a NIfTI path
 
 
 def _step_overrides() -> dict:
@@ -115,7 +115,7 @@ class PreprocessParams(PreprocessSteps):
 
     @property
     def reference(self) -> str:
-        """Whose histogram to match: 'none', 'healthy', 'tumour' or a NIfTI path."""
+        """Whose histogram to match: 'none', 'healthy', 'tumour', 'standard' or a NIfTI path."""
         return str(self.recipe().get("histogram_reference", "none"))
 
     def spec(self, histogram_landmarks: tuple[float, ...] | None = None) -> PreprocessSpec:

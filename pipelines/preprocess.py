@@ -71,6 +71,8 @@ def histogram_spec(params: Params, subjects: list[Subject], splits: dict) -> tup
     choice = params.preprocess.reference
     if choice == "none":
         return params.preprocess.spec(), None
+    if choice == "standard":
+        return standard_scale(params, subjects, splits)
     if choice in ("healthy", "tumour"):
         train = sorted(s.subject_id for s in subjects if s.cohort == choice and splits[(choice, s.subject_id)] == "train")
         if not train:
@@ -83,6 +85,25 @@ def histogram_spec(params: Params, subjects: list[Subject], splits: dict) -> tup
     mask = load_volume(mask_path)[0] if mask_path else None
     landmarks = reference_landmarks(image, affine, params.preprocess.spec(), mask)
     return params.preprocess.spec(histogram_landmarks=landmarks), name
+
+
+def _landmarks(subject: Subject, spec: PreprocessSpec) -> np.ndarray:
+    image, affine = load_volume(subject.image)
+    mask = load_volume(subject.brain_mask)[0] if subject.brain_mask else None
+    return np.asarray(reference_landmarks(image, affine, spec, mask))
+
+
+def standard_scale(params: Params, subjects: list[Subject], splits: dict) -> tuple[PreprocessSpec, str]:
+    """Nyul & Udupa's standardisation: the reference landmarks are the mean of every healthy
+    training subject's, a population's scale rather than one scan's."""
+    train = [s for s in subjects if s.cohort == "healthy" and splits[("healthy", s.subject_id)] == "train"]
+    if not train:
+        raise SubjectError("preprocess.histogram_reference=standard: no healthy training subject to learn the scale from")
+    spec = params.preprocess.spec()
+    with ProcessPoolExecutor(max_workers=params.preprocess.workers) as pool:
+        landmarks = np.mean(list(pool.map(_landmarks, train, [spec] * len(train))), axis=0)
+    return params.preprocess.spec(histogram_landmarks=tuple(float(v) for v in landmarks)), \
+        f"the mean of {len(train)} healthy training subjects (standard scale)"
 
 
 def run(params: Params) -> dict:

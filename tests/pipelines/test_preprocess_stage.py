@@ -78,3 +78,18 @@ def test_a_paper_preset_runs_end_to_end_and_its_spec_carries_the_reference(phant
     with np.load(next((tmp_path / "data" / "processed" / "shards").rglob("*.npz"))) as shard:
         assert shard["images"].min() >= -1.0 and (shard["images"] < 0).mean() > 0.3  # background is -1
     assert validate.run(params)["result"].startswith("all")
+
+
+def test_the_standard_scale_is_the_mean_of_the_healthy_training_subjects(phantom_roots, tmp_path):
+    from components.preprocess.spec import PreprocessSpec
+    from pipelines.preprocess import _landmarks, assign_all_splits, discover
+
+    params = project(tmp_path, *phantom_roots, histogram_reference="standard", size=32)
+    report = preprocess.run(params)
+    assert report["histogram_reference"].endswith("healthy training subjects (standard scale)")
+    spec = PreprocessSpec.from_json(tmp_path / "data" / "processed" / "preprocess_spec.json")
+    subjects = discover(params)
+    splits = assign_all_splits(subjects, params)
+    train = [s for s in subjects if s.cohort == "healthy" and splits[("healthy", s.subject_id)] == "train"]
+    expected = np.mean([_landmarks(s, params.preprocess.spec()) for s in train], axis=0)
+    np.testing.assert_allclose(spec.histogram_landmarks, expected, rtol=1e-5)
