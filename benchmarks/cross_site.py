@@ -49,7 +49,8 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(REPO / "params.yaml")
     compare.run(params, only=args.only)
-    results = json.loads(params.path(compare.REPORT_JSON).read_text())  # every detector compared so far
+    results = {name: row for name, row in json.loads(params.path(compare.REPORT_JSON).read_text()).items()
+               if row.get("sites")}  # every detector compared on today's data
     unseen = [s for s in next(iter(results.values()))["sites"] if s != params.phantoms.spec.training_site]
     report = {"machine": "a 2-core CPU machine", "training_site": params.phantoms.spec.training_site,
               "targets": {k: f"{op} {bound}" for k, (op, bound) in TARGETS.items()}, "detectors": {}}

@@ -49,10 +49,14 @@ def run(params: Params, site: str, healthy: Path) -> dict:
         raise ValueError(f"none of the {len(subjects)} scans in {healthy} could be used: {skipped[0]['error']}")
     target = params.calibrate.target_false_alarm_rate
     calibration = calibrate(reference, 100.0 * (1.0 - target))
-    store_site_calibration(client, name, str(version.version), site, calibration)
+    details = {"model": f"models:/{name}/{version.version}", "healthy": str(healthy), "scans": len(subjects) - len(skipped),
+               "slices": len(reference["scores"]), "target_false_alarm_rate": target}
+    run_id = store_site_calibration(client, tracking.experiment_id(params), name, str(version.version), site,
+                                    calibration, details)
     training = bundle.calibration
     return {
-        "site": site, "model": f"models:/{name}/{version.version}", "alias": alias, "target_false_alarm_rate": target,
+        "site": site, "model": f"models:/{name}/{version.version}", "alias": alias, "mlflow_run_id": run_id,
+        "target_false_alarm_rate": target,
         "scans": len(subjects) - len(skipped), "slices": len(reference["scores"]), "skipped": skipped,
         "thresholds": {k: {"site": getattr(calibration, k), "training": getattr(training, k)}
                        for k in ("slice_threshold", "volume_threshold", "pixel_threshold")},

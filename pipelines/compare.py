@@ -7,7 +7,7 @@ artifacts/compare/<name>/, whose params.yaml is this one with ``model.name`` set
 ``compare.overrides.<name>`` merged in (the processed data are linked, not copied). Results: reports/comparison.json (DVC metrics: every
 detector's metrics) and reports/comparison.md, and an MLflow run "comparison" holding both, with
 every detector's training run nested under it. ``only`` reruns some detectors and keeps the
-other rows of the existing reports/comparison.json.
+other rows of the existing reports/comparison.json that were evaluated on the same processed data.
 
 Each detector also runs the `sites` stage (its model on every site's held-out scans, at the
 deployed thresholds and after site calibration): the cross-site tables (rows detectors, columns
@@ -22,10 +22,11 @@ import json
 from pathlib import Path
 
 from components.atomic import write_text
+from components.data.slice_store import processed_fingerprint
 from components.reports.tables import markdown, site_markdown
 from pipelines import tracking
 from pipelines.errors import StageError
-from pipelines.evaluate import ALL_METRICS
+from pipelines.evaluate import ALL_METRICS, EVALUATION
 from pipelines.params import Params
 from pipelines.preprocess import PROCESSED_DIR
 from pipelines.sites import REPORT_JSON as SITES_JSON
@@ -70,10 +71,13 @@ def run(params: Params, only: list[str] | None = None) -> dict:
 
 
 def kept_results(params: Params, only: list[str] | None) -> dict:
-    """The existing report's rows of the detectors not rerun, in compare.detectors' order."""
+    """The existing report's rows of the detectors not rerun, in compare.detectors' order; a row
+    evaluated on other processed data than today's is dropped, not mixed in."""
     report = params.path(REPORT_JSON)
     previous = json.loads(report.read_text()) if only and report.is_file() else {}
-    return {name: previous[name] for name in params.compare.detectors if name in previous and name not in only}
+    current = processed_fingerprint(params.path(PROCESSED_DIR))
+    return {name: previous[name] for name in params.compare.detectors
+            if name in previous and name not in only and previous[name].get("data_fingerprint") == current}
 
 
 def train_and_evaluate(params: Params, name: str) -> dict:
@@ -88,6 +92,7 @@ def train_and_evaluate(params: Params, name: str) -> dict:
     trained = json.loads((folder / MODEL_DIR / "detector.json").read_text())
     return {
         **json.loads((folder / ALL_METRICS).read_text()),
+        "data_fingerprint": json.loads((folder / EVALUATION).read_text())["data_fingerprint"],
         "sites": across,
         "train_seconds": train_seconds,
         "train_slices_per_s": trained["final_metrics"].get("train_slices_per_s"),

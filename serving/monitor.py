@@ -37,7 +37,7 @@ class Monitor:
         self.description: dict | None = None
         self.load_error: str | None = None
         self.drift: dict[str, DriftMonitor] = {}  # by site; "" is the training calibration
-        self.calibrated: dict[str, str | None] = {}  # by site: when it was calibrated
+        self.calibrated: dict[str, str | None] = {}  # by site: the calibration run watched
 
     def record_request(self, route: str, status: int, seconds: float) -> None:
         self.metrics.requests.labels(route, str(status)).inc()
@@ -69,7 +69,7 @@ class Monitor:
             log.info("monitoring %s version %s against %d reference scores", *served[:2], len(reference))
         self.description = description
         thresholds = {"": (description["slice_threshold"], reference, None)} | {
-            site: (found["slice_threshold"], (site_references or {}).get(site, []), found.get("calibrated"))
+            site: (found["slice_threshold"], (site_references or {}).get(site, []), found.get("calibration_run"))
             for site, found in description.get("sites", {}).items()}
         for site, (threshold, scores, stamp) in thresholds.items():
             if site in self.drift and self.calibrated.get(site) == stamp:

@@ -35,7 +35,7 @@ class VolumePredictor:
     model_name: str = "unregistered"
     model_version: str = "0"
     sites: dict[str, Calibration] = field(default_factory=dict)  # `brainomaly calibrate --site`
-    sites_stamp: dict[str, str] = field(default_factory=dict)  # when each was calibrated
+    sites_stamp: dict[str, dict] = field(default_factory=dict)  # each one's calibration run and when it ran
 
     def calibration(self, site: str | None) -> Calibration:
         """The site's calibration; the training one without a site."""
@@ -61,7 +61,9 @@ class VolumePredictor:
             "threshold_percentile": calibration.percentile, "reference_scores": len(calibration.reference_scores),
             "slice_size": self.bundle.preprocess.size, "metrics": self.bundle.metrics,
             "sites": {site: {"slice_threshold": c.slice_threshold, "volume_threshold": c.volume_threshold,
-                             "reference_scores": len(c.reference_scores), "calibrated": self.sites_stamp.get(site)}
+                             "reference_scores": len(c.reference_scores),
+                             "calibrated": self.sites_stamp.get(site, {}).get("calibrated"),
+                             "calibration_run": self.sites_stamp.get(site, {}).get("run_id")}
                       for site, c in sorted(self.sites.items())},
         }
 

@@ -48,10 +48,10 @@ def test_every_site_is_reported_at_the_deployed_and_the_site_thresholds(pipeline
                 assert interval["low"] <= found[metric] <= interval["high"], (name, kind, metric)
         thresholds = site["thresholds"]
         assert thresholds["deployed"]["slice_threshold"] != thresholds["calibrated"]["slice_threshold"]
-    # The thick-slice site's own healthy scans hold its threshold near the target on held-out ones,
-    # where the training site's threshold does not.
-    thick = report["sites"]["thick_slices"]
-    assert thick["calibrated"]["slice_false_alarm_rate"] <= 0.15
+    # Each site's own 4 healthy scans hold its false alarms on the held-out tumour-free slices near
+    # the 5 % target (a loose bound: 4 test scans and 2 tumour scans per site here).
+    for name, site in report["sites"].items():
+        assert site["calibrated"]["slice_false_alarm_rate"] <= 0.2, name
     assert (pipeline_repo / "reports" / "sites.md").read_text().count("thick_slices") >= 6
     uri = f"sqlite:///{pipeline_repo / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)

@@ -67,3 +67,7 @@ def test_comparison_report_and_nested_runs(processed_project, phantom_roots, tmp
     assert list(rerun) == ["intensity", "spatial_ae", "latent_constrained"]
     assert rerun["latent_constrained"] == results["latent_constrained"]
     assert rerun["spatial_ae"]["epochs"] == 3 and rerun["spatial_ae"]["mlflow_run_id"] != results["spatial_ae"]["mlflow_run_id"]
+    # a row evaluated on other processed data is dropped, not mixed into today's table
+    stale = {**rerun, "intensity": {**rerun["intensity"], "data_fingerprint": "other data"}}
+    (tmp_path / "reports" / "comparison.json").write_text(json.dumps(stale))
+    assert list(compare.kept_results(params, ["spatial_ae"])) == ["latent_constrained"]

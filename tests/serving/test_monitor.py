@@ -54,7 +54,7 @@ def test_a_failed_load_is_shown_until_a_version_loads(monitor):
 
 
 def test_each_site_has_its_own_threshold_and_drift_window(monitor):
-    site_description = {**description("1"), "sites": {"b": {"slice_threshold": 0.2, "calibrated": "t1"}}}
+    site_description = {**description("1"), "sites": {"b": {"slice_threshold": 0.2, "calibration_run": "r1"}}}
     monitor.model_loaded(site_description, REFERENCE, {"b": [s * 2 for s in REFERENCE]})
     monitor.record_scores("1", list(np.random.default_rng(1).lognormal(-3, 0.3, 100) * 2), "b")  # site b's own level
     text = monitor.exposition().decode()
@@ -64,7 +64,7 @@ def test_each_site_has_its_own_threshold_and_drift_window(monitor):
     # a replica reporting the same version again keeps the windows; a recalibration restarts the site's
     monitor.model_loaded(site_description, REFERENCE, {"b": [s * 2 for s in REFERENCE]})
     assert sample(monitor.exposition().decode(), 'brainomaly_drift_window{site="b"}') == 100
-    recalibrated = {**description("1"), "sites": {"b": {"slice_threshold": 0.3, "calibrated": "t2"}}}
+    recalibrated = {**description("1"), "sites": {"b": {"slice_threshold": 0.3, "calibration_run": "r2"}}}
     monitor.model_loaded(recalibrated, REFERENCE, {"b": [s * 2 for s in REFERENCE]})
     text = monitor.exposition().decode()
     assert sample(text, 'brainomaly_drift_window{site="b"}') == 0 and sample(text, 'brainomaly_slice_threshold{site="b"}') == 0.3
