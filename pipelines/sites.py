@@ -86,8 +86,9 @@ def score_subjects(detector, subjects: list[Subject], spec: PreprocessSpec, work
             scored = score_slices(detector, slices.images, slices.brain)
             empty = np.zeros_like(slices.brain)
             parts.append({
-                "index": pd.DataFrame({"subject": f"{subject.cohort}/{subject.subject_id}", "cohort": subject.cohort, "slice": slices.slice_numbers,
-                                       "tumour_pixels": slices.tumour_pixels, "lesion_pixels": slices.lesion_pixels}),
+                "index": pd.DataFrame({"subject": f"{subject.cohort}/{subject.subject_id}", "cohort": subject.cohort,
+                                       "slice": slices.slice_numbers, "tumour_pixels": slices.tumour_pixels,
+                                       "lesion_pixels": slices.lesion_pixels}),
                 "scores": scored.scores, "smoothed": smooth_subject(scored.maps, slices.brain), "brain": slices.brain,
                 "tumour": slices.tumour if slices.tumour is not None else empty,
                 "lesions": slices.lesions if slices.lesions is not None else empty,
