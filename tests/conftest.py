@@ -47,7 +47,7 @@ def write_params(folder: Path, name: str = "params.yaml", **overrides: dict) -> 
 def phantom_roots(tmp_path_factory) -> tuple[Path, Path]:
     """(hcp_root, brats_root) of a tiny phantom population in the real layouts."""
     root = tmp_path_factory.mktemp("phantoms")
-    spec = PhantomSpec(n_healthy=4, n_tumour=3, voxel_size_mm=3.0, seed=5)
+    spec = PhantomSpec(n_healthy=4, n_tumour=3, voxel_size_mm=3.0, seed=5, tumour_radius_mm=(10.0, 30.0))
     generate_phantoms(root / "hcp", root / "brats", spec)
     return root / "hcp", root / "brats"
 

@@ -9,7 +9,7 @@ from components.metrics.detection import slice_truth
 from pipelines.slice_datasets import decode_shards, shard_truth
 
 
-@pytest.mark.parametrize("min_tumour_pixels", [0, 20, 150])
+@pytest.mark.parametrize("min_tumour_pixels", [0, 20, 50])
 def test_the_sweep_labels_slices_as_evaluate_does(processed_project, min_tumour_pixels):
     root = processed_project / "data" / "processed"
     index = read_index(root)
