@@ -28,8 +28,8 @@ def test_comparison_report_and_nested_runs(processed_project, phantom_roots, tmp
             "dual_vae": {"model": {**tiny, "latent_size": 16}, "train": {"epochs": 1, "batch_size": 4096}},
         },
     }
-    data = {"sites_root": str(tmp_path / "sites")}
-    params = load_params(write_params(tmp_path, compare=settings, data=data))
+    data, calibrate = {"sites_root": str(tmp_path / "sites")}, {"healthy_scans": 1}  # the site has 4 healthy scans
+    params = load_params(write_params(tmp_path, compare=settings, data=data, calibrate=calibrate))
     with pytest.raises(StageError, match=r"(?s)dual_vae.*a worker got fewer than one batch \(2048\) of unlabelled"):
         compare.run(params)
 
@@ -62,7 +62,7 @@ def test_comparison_report_and_nested_runs(processed_project, phantom_roots, tmp
     with pytest.raises(ValueError, match="--only nope: not in compare.detectors"):
         compare.run(params, only=["nope"])
     settings["overrides"]["spatial_ae"]["train"]["epochs"] = 3  # what changed since: spatial_ae's settings
-    compare.run(load_params(write_params(tmp_path, compare=settings, data=data)), only=["spatial_ae"])
+    compare.run(load_params(write_params(tmp_path, compare=settings, data=data, calibrate=calibrate)), only=["spatial_ae"])
     rerun = json.loads((tmp_path / "reports" / "comparison.json").read_text())
     assert list(rerun) == ["intensity", "spatial_ae", "latent_constrained"]
     assert rerun["latent_constrained"] == results["latent_constrained"]
