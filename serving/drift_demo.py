@@ -55,13 +55,16 @@ def upload(image: Path, shift: str | None) -> bytes:
     return nib.Nifti1Image(SHIFTS[shift](data), affine).to_bytes()
 
 
-def drift_gauges(url: str) -> dict[str, float]:
+def drift_gauges(url: str, site: str = "") -> dict[str, float]:
+    """One site's drift gauges (site "": requests without ?site=, the training calibration)."""
     text = requests.get(f"{url}/metrics", timeout=30).text
     values = {}
     for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name.startswith("brainomaly_drift_") and name.removeprefix("brainomaly_drift_") in DRIFT_GAUGES:
-            values[name.removeprefix("brainomaly_drift_")] = float(value)
+        series, _, value = line.partition(" ")
+        name, _, labels = series.partition("{")
+        field = name.removeprefix("brainomaly_drift_")
+        if name.startswith("brainomaly_drift_") and field in DRIFT_GAUGES and labels == f'site="{site}"}}':
+            values[field] = float(value)
     return values
 
 
