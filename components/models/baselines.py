@@ -5,9 +5,9 @@ bottom of the value range), so thresholding it at a percentile of healthy maps, 
 does for every detector, is the intensity threshold of Meissen et al., "Challenging Current
 Semi-Supervised Anomaly Segmentation Methods for Brain MRI" (2021), which beats many learned
 detectors on FLAIR, where lesions are bright and CSF dark. On T2, CSF is brighter than most
-lesions: it is a weak baseline there, and saying so is its job. The slice score is the mean of
-the slice's brightest ``top_fraction`` of brain pixels (a small lesion moves it; the mean would
-not).
+lesions: it is a weak baseline there, and saying so is its job. The slice score is every
+detector's default focal score with its own ``top_fraction``: the mean of the slice's brightest
+``top_fraction`` of median-filtered brain pixels (a small lesion moves it; the mean would not).
 
 ``denoising_ae``: Kascenas et al., "Denoising Autoencoders for Unsupervised Anomaly Detection in
 Brain MRI" (MIDL 2022). A U-Net learns to remove *coarse* noise from healthy slices: Gaussian
@@ -15,7 +15,7 @@ noise drawn on a ``noise_resolution`` x ``noise_resolution`` grid (the paper's 1
 with std ``noise_std`` (0.2 of the value range), upsampled bilinearly to the slice and added in
 the brain; the loss is the squared error to the clean slice, in the brain. Coarse noise looks
 like a lesion-sized blob, so the network learns to replace blobs by healthy tissue; the
-residual |x - f(x)| is the anomaly map and its mean in the brain the slice score. The paper
+residual |x - f(x)| is the anomaly map (its focal score the slice score). The paper
 reports Dice ~0.57 and pixel AUPRC ~0.43 on BraTS T2 trained on other scanners' healthy scans,
 above the autoencoders and DDPMs of its time.
 """
@@ -56,14 +56,6 @@ class IntensityThreshold(Detector):
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return torch.full_like(x, self.floor)  # the "normal" it compares with is the bottom of the range
-
-    def slice_score(self, x: torch.Tensor, maps: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
-        """Mean of each slice's brightest ``top_fraction`` of brain pixels."""
-        flat = maps.flatten(1).masked_fill(~brain.flatten(1), float("-inf"))
-        ordered = flat.sort(dim=1, descending=True).values
-        count = (brain.flatten(1).sum(1) * self.top_fraction).ceil().clamp(min=1)
-        kept = torch.arange(ordered.shape[1], device=maps.device)[None] < count[:, None]
-        return torch.where(kept, ordered, torch.zeros_like(ordered)).sum(1) / count
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:

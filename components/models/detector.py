@@ -11,8 +11,12 @@ never branch on the model name.
   tumour cohort's training split, their labels never read.
 - ``validation_losses(batch)``: the same loss parts without an update (the caller sets eval mode).
 - ``anomaly_map(x, brain)``: per-pixel anomaly, (N, 1, H, W); ``slice_score(x, maps, brain)``:
-  per slice, (N,), by default the mean of the map inside the brain; ``alternative_scores``:
-  other slice scores the detector's paper compares against (reported, never thresholded).
+  per slice, (N,), by default ``focal_score``: the mean of the brightest ``top_fraction`` of the
+  median-filtered map inside the eroded brain. A lesion is local: the map's mean dilutes a small
+  one by the brain's area and adds up diffuse residual (another scanner's noise, blur or
+  contrast), so it neither ranks slices nor holds its threshold on another site (README
+  "Across sites"). ``alternative_scores``: other slice scores the detector's paper compares
+  against, and by default the map's mean (reported, never thresholded).
   ``inspect(x, brain)`` returns all three (masked to the brain); a detector whose scores share
   costly work (a latent search) overrides it to do that work once. ``reconstruct(x)``: the
   normal-looking slice the detector compares x with (figures show it beside the map).
@@ -26,7 +30,9 @@ from typing import Callable, Iterable, NamedTuple, Optional
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
+MAP_MEDIAN = 5  # px: the pixel-wise protocol's median filter, in-plane (components/metrics/postprocess.py)
 Sync = Callable[[Iterable[nn.Parameter]], None]
 
 
@@ -52,8 +58,33 @@ def mean_in_brain(maps: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
     return (maps * brain).flatten(1).sum(1) / area
 
 
+def median_filter(maps: torch.Tensor, size: int) -> torch.Tensor:
+    """In-plane median of each (N, 1, H, W) map over size x size pixels (zero padding)."""
+    height, width = maps.shape[-2:]
+    patches = F.unfold(maps, size, padding=size // 2)  # (N, size**2, H*W)
+    return patches.median(dim=1).values.view(-1, 1, height, width)
+
+
+def erode(brain: torch.Tensor) -> torch.Tensor:
+    """The brain mask less its one-pixel rim, where another site's partial volume differs most."""
+    return brain & ~F.max_pool2d((~brain).float(), 3, stride=1, padding=1).bool()
+
+
+def focal_score(maps: torch.Tensor, brain: torch.Tensor, top_fraction: float, median: int = MAP_MEDIAN) -> torch.Tensor:
+    """Mean of each slice's brightest ``top_fraction`` of its median-filtered map inside the eroded
+    brain, (N,): a lesion-sized blob moves it, single-pixel noise and a diffuse residual do not."""
+    inner = erode(brain)
+    inner = torch.where(inner.flatten(1).any(1)[:, None, None, None], inner, brain)  # a brain too small to erode
+    flat = median_filter(maps, median).flatten(1).masked_fill(~inner.flatten(1), float("-inf"))
+    ordered = flat.sort(dim=1, descending=True).values
+    count = (inner.flatten(1).sum(1) * top_fraction).ceil().clamp(min=1)
+    kept = torch.arange(ordered.shape[1], device=maps.device)[None] < count[:, None]
+    return torch.where(kept, ordered, torch.zeros_like(ordered)).sum(1) / count
+
+
 class Detector(nn.Module, ABC):
     uses_unlabelled = False
+    top_fraction = 0.02  # of the brain the default slice score reads: a ~2 cm blob in a mid-brain slice
     trainable = True  # False: nothing to learn (the intensity baseline); training passes over the data once
 
     @property
@@ -79,12 +110,12 @@ class Detector(nn.Module, ABC):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor: ...
 
     def slice_score(self, x: torch.Tensor, maps: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
-        """Mean anomaly inside the brain, (N,)."""
-        return mean_in_brain(maps, brain)
+        """The focal score of the map, (N,)."""
+        return focal_score(maps, brain, self.top_fraction)
 
     def alternative_scores(self, x: torch.Tensor, maps: torch.Tensor, brain: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named (N,) slice scores to compare with ``slice_score`` (e.g. x - x' against z - z')."""
-        return {}
+        return {"map_mean": mean_in_brain(maps, brain)}
 
     def inspect(self, x: torch.Tensor, brain: torch.Tensor) -> Inspection:
         maps = (self.anomaly_map(x, brain) * brain).detach()

@@ -188,13 +188,14 @@ def test_multiscale_noise_has_unit_variance_and_more_coarse_energy_than_white_no
         build_detector("diffusion", noise="pink")
 
 
-def test_intensity_baseline_scores_a_slice_by_its_brightest_brain_pixels():
-    detector = tiny("intensity").eval()  # top_fraction 0.1: 10 of the 100 brain pixels
-    x, brain = torch.zeros(2, 1, SIZE, SIZE), batch(2).brain
-    x[1, 0, 5, 5:15] = 0.8  # a bright 10-pixel line (5 inside the brain) in the second slice
+def test_intensity_baseline_scores_a_slice_by_its_brightest_blob():
+    detector = tiny("intensity").eval()  # top_fraction 0.1: 7 of the 64 brain pixels inside the rim
+    x, brain = torch.zeros(3, 1, SIZE, SIZE), batch(3).brain
+    x[1, 0, 5:11, 5:11] = 0.8  # a bright 6 x 6 blob: its 16 inner pixels survive the median filter
+    x[2, 0, 8, 8] = 1.0  # one bright pixel: filtered away
     x[:, :, 0, 0] = 1.0  # outside the brain: never counts
     scores = detector.inspect(x, brain).scores
-    assert scores[0].item() == 0.0 and scores[1].item() == pytest.approx(0.8 * 8 / 10)
+    assert scores.tolist() == pytest.approx([0.0, 0.8, 0.0])
 
 
 def test_denoising_ae_noise_is_coarse_and_scaled_to_the_value_range():

@@ -52,10 +52,18 @@ def test_dice_per_subject_skips_tumour_free_subjects():
     assert out["dice_mean"] == pytest.approx((1.0 + 2 / 3) / 2)
 
 
-def test_slice_scores_are_means_inside_the_brain():
-    maps = torch.tensor([[[[1.0, 3.0], [9.0, 0.0]]]])
-    brain = torch.tensor([[[[1, 1], [0, 0]]]], dtype=torch.bool)
-    torch.testing.assert_close(SpatialAE().slice_score(maps, maps * brain, brain), torch.tensor([2.0]))
+def test_slice_scores_read_lesion_sized_blobs_not_pixels_or_the_rim():
+    """The default slice score: the brightest 2 % of the 5 x 5 median-filtered map in the eroded brain."""
+    brain = torch.zeros(3, 1, 40, 40, dtype=torch.bool)
+    brain[..., 5:35, 5:35] = True  # 900 px, 784 inside the rim: the top 16 px are read
+    maps = torch.zeros(3, 1, 40, 40)
+    maps[0, 0, 20, 20] = maps[0, 0, 10, 30] = 5.0  # speckle: gone after the median filter
+    maps[1, 0, 15:21, 15:21] = 1.0  # a 6 x 6 blob: its 16 inner pixels survive the filter
+    maps[2, 0, 5, 5:35] = 9.0  # the brain's rim: not read
+    maps[2, 0, 0:5, :] = 9.0  # outside the brain: not read
+    scores = SpatialAE().slice_score(maps, maps, brain)
+    torch.testing.assert_close(scores, torch.tensor([0.0, 1.0, 0.0]))
+    assert SpatialAE().alternative_scores(maps, maps * brain, brain)["map_mean"][1] == pytest.approx(36 / 900)
     assert volume_score(np.array([0.1, 0.7, 0.2])) == 0.7
 
 

@@ -45,7 +45,8 @@ def test_tumour_slices_score_higher_than_clean_ones(server, pipeline_repo):
     (> 20 pixels) outrank clean slices (no tumour, no other lesion), pooled and in most volumes.
     One small model on 7 healthy subjects, trained afresh each run: a single volume may tie, the
     pool must not. Within a volume this is harder than the evaluate stage's test split (clean
-    slices from the same scan, edge slices included): pooled AUROC 0.74-0.77 over repeated runs."""
+    slices from the same scan, edge slices included): pooled AUROC about 0.9 with the focal slice
+    score (0.67-0.70 with the map's mean, on the same model)."""
     labels, scores, separated = [], [], 0
     for case in read_brats(pipeline_repo / "data" / "raw" / "brats"):
         response = requests.post(f"{server}/v1/predict", data=case.image.read_bytes(), timeout=120)
@@ -65,7 +66,7 @@ def test_tumour_slices_score_higher_than_clean_ones(server, pipeline_repo):
         separated += np.mean(tumour) > np.mean(clean)
         labels += [1] * len(tumour) + [0] * len(clean)
         scores += tumour + clean
-    assert roc_auc_score(labels, scores) > 0.7
+    assert roc_auc_score(labels, scores) > 0.8
     assert separated >= 3
 
 
