@@ -24,7 +24,7 @@ from components.data.layouts import read_brats, read_hcp
 from components.data.nifti_io import load_volume
 from pipelines.params import load_params
 from pipelines.tracking import tracking_uri
-from serving.model_source import fetch_bundle
+from pipelines.model_store import fetch_bundle
 from serving.predictor import VolumePredictor
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,23 +15,15 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import mlflow
-
 from components.data.layouts import read_dataset
 from components.models.bundle import DetectorBundle
 from pipelines import tracking
 from pipelines.evaluate import calibrate
+from pipelines.model_store import fetch_bundle
 from pipelines.params import Params
 from pipelines.register import champion
 from pipelines.site_store import check_site_name, store_site_calibration
 from pipelines.sites import score_subjects
-
-
-def served_bundle(client, name: str, version: str, folder: Path) -> tuple[DetectorBundle, object]:
-    source = client.get_model_version_download_uri(name, version)
-    local = mlflow.artifacts.download_artifacts(artifact_uri=f"{source}/artifacts/bundle", dst_path=str(folder),
-                                                tracking_uri=client.tracking_uri)
-    return DetectorBundle.load(Path(local))
 
 
 def run(params: Params, site: str, healthy: Path) -> dict:
@@ -43,7 +35,8 @@ def run(params: Params, site: str, healthy: Path) -> dict:
         raise ValueError(f"no model has alias {alias!r} under {name!r}: run `make run` (or `brainomaly register`) first")
     subjects = read_dataset(healthy, "auto", params.data.modality, "healthy")
     with tempfile.TemporaryDirectory() as tmp:
-        bundle, detector = served_bundle(client, name, str(version.version), Path(tmp))
+        folder, _, _ = fetch_bundle(f"models:/{name}/{version.version}", client.tracking_uri, Path(tmp))
+        bundle, detector = DetectorBundle.load(folder)
     reference, skipped = score_subjects(detector, subjects, bundle.preprocess, params.preprocess.workers)
     if not reference:
         raise ValueError(f"none of the {len(subjects)} scans in {healthy} could be used: {skipped[0]['error']}")

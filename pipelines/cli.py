@@ -125,7 +125,7 @@ def serve(
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from pipelines.tracking import tracking_uri
-    from serving.model_source import ModelNotFoundError
+    from pipelines.model_store import ModelNotFoundError
     from serving.run import serve_forever  # Ray Serve is heavy: import only for this command
     from serving.settings import EndpointSettings
 

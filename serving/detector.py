@@ -17,7 +17,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from components.data.nifti_io import InvalidVolumeError
-from serving.model_source import load_predictor, resolve_version, sites_changed, with_sites
+from pipelines.model_store import resolve_version
+from serving.model_source import load_predictor, sites_changed, with_sites
 from serving.monitor import tell
 from serving.predictor import UnknownSiteError, VolumePredictor
 from serving.settings import EndpointSettings

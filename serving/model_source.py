@@ -1,61 +1,14 @@
-"""Fetch a registered detector from MLflow: ``models:/<name>@<alias>`` -> a local bundle folder."""
+"""A registered detector version as the endpoint holds it: loaded into memory with its site calibrations."""
 
 from __future__ import annotations
 
-import re
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-import mlflow
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-
+from pipelines.model_store import fetch_bundle, registry_client
 from pipelines.site_store import load_site_calibrations, sites_tag
 from serving.predictor import VolumePredictor
-
-_ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$")
-_VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
-
-
-class ModelNotFoundError(LookupError):
-    """No model answers to the URI in this tracking store."""
-
-
-def fetch_bundle(model_uri: str, tracking_uri: str, destination: Path) -> tuple[Path, str, str]:
-    """Download the model; returns (bundle folder, registered name, version)."""
-    name, version = resolve_version(model_uri, tracking_uri)
-    try:
-        # Download from the version's storage location: a models:/ URI would be resolved
-        # against MLflow's process-wide registry, not the store named here.
-        source = _client(tracking_uri).get_model_version_download_uri(name, version)
-        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(destination))
-    except MlflowException as err:
-        raise ModelNotFoundError(f"cannot download {model_uri} from {tracking_uri}: {err.message}") from err
-    bundle = Path(local) / "artifacts" / "bundle"
-    if not bundle.is_dir():
-        raise ModelNotFoundError(f"{model_uri} is not a Brainomaly detector (no artifacts/bundle inside)")
-    return bundle, name, version
-
-
-def resolve_version(model_uri: str, tracking_uri: str) -> tuple[str, str]:
-    """(name, version) of ``models:/name@alias`` or ``models:/name/version`` in that store."""
-    client = _client(tracking_uri)
-    if match := _ALIAS_URI.match(model_uri):
-        try:
-            found = client.get_model_version_by_alias(match["name"], match["alias"])
-        except MlflowException as err:
-            raise ModelNotFoundError(
-                f"no model version has alias {match['alias']!r} under {match['name']!r}: run `brainomaly register` first"
-            ) from err
-        return found.name, str(found.version)
-    if match := _VERSION_URI.match(model_uri):
-        return match["name"], match["version"]
-    raise ModelNotFoundError(f"model URI {model_uri!r} is not models:/<name>@<alias> or models:/<name>/<version>")
-
-
-def _client(tracking_uri: str) -> MlflowClient:
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 def load_predictor(name: str, version: str, tracking_uri: str) -> VolumePredictor:
@@ -68,12 +21,12 @@ def load_predictor(name: str, version: str, tracking_uri: str) -> VolumePredicto
 
 def sites_changed(predictor: VolumePredictor, tracking_uri: str) -> bool:
     """Whether the registry holds other site calibrations for the predictor's version than it has."""
-    return sites_tag(_client(tracking_uri), predictor.model_name, predictor.model_version) != predictor.sites_stamp
+    return sites_tag(registry_client(tracking_uri), predictor.model_name, predictor.model_version) != predictor.sites_stamp
 
 
 def with_sites(predictor: VolumePredictor, tracking_uri: str) -> VolumePredictor:
     """The predictor with its version's site calibrations as the registry holds them now."""
-    client = _client(tracking_uri)
+    client = registry_client(tracking_uri)
     stamp = sites_tag(client, predictor.model_name, predictor.model_version)
     sites = load_site_calibrations(client, predictor.model_name, predictor.model_version)
     return replace(predictor, sites=sites, sites_stamp=stamp)

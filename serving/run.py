@@ -9,7 +9,7 @@ from ray import serve
 
 from pipelines.ray_cluster import ray_session
 from serving.app import build_app
-from serving.model_source import resolve_version
+from pipelines.model_store import resolve_version
 from serving.settings import EndpointSettings
 
 

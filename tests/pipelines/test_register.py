@@ -135,7 +135,7 @@ def test_registered_model_is_self_describing_and_loads_as_pyfunc(project):
 
 def test_serving_fetches_the_champion_from_this_store_alone(project, tmp_path, monkeypatch):
     """As in a Serve replica: no MLflow globals set, a working directory elsewhere."""
-    from serving.model_source import ModelNotFoundError, fetch_bundle, resolve_version
+    from pipelines.model_store import ModelNotFoundError, fetch_bundle, resolve_version
 
     register_with(project, scores_with_separation(1.0, seed=0))
     uri = tracking.tracking_uri(project)
