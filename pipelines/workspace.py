@@ -32,8 +32,9 @@ def merged(base: dict, changes: dict) -> dict:
     return result
 
 
-def create(params: Params, folder: Path, changes: dict) -> Path:
-    """``folder`` with a params.yaml (the project's with ``changes`` merged in) and the links."""
+def create(params: Params, folder: Path, changes: dict, linked: tuple[Path, ...] = LINKED) -> Path:
+    """``folder`` with a params.yaml (the project's with ``changes`` merged in) and the ``linked``
+    paths of the project (a variant that preprocesses its own data leaves PROCESSED_DIR out)."""
     folder = params.path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     project = with_overrides(yaml.safe_load(params.path(params.source).read_text()), params.overrides)
@@ -41,7 +42,7 @@ def create(params: Params, folder: Path, changes: dict) -> Path:
     for key in ("healthy_root", "tumour_root", "sites_root"):  # absolute, so they resolve from the workspace too
         variant["data"][key] = str(params.path(variant["data"][key]))
     write_text(folder / "params.yaml", yaml.safe_dump(variant, sort_keys=False))
-    for relative in LINKED:
+    for relative in linked:
         link, target = folder / relative, params.path(relative)
         if target.exists() and not link.exists():
             link.parent.mkdir(parents=True, exist_ok=True)
