@@ -3,9 +3,10 @@ unlabelled healthy scans, stored with the served model in the registry.
 
 DIR holds the site's healthy scans in any supported layout, or is a plain folder of .nii /
 .nii.gz files. The model is the version ``register.alias`` names: what the endpoint serves.
-Every scan goes through that model's recipe and detector; the slice, volume and pixel
-thresholds are set so that ``calibrate.target_false_alarm_rate`` of the scans' slices, volumes
-and brain pixels lie above them, and their slice scores become the site's drift reference. The
+Every scan goes through that model's recipe and detector; the slice and volume thresholds are
+set so that ``calibrate.target_false_alarm_rate`` of the scans' slices and volumes lie above
+them, the pixel threshold at ``evaluate.pixel_threshold_percentile`` of their brain pixels, and
+their slice scores become the site's drift reference. The
 calibration is stored with the version (pipelines/site_store.py): replicas pick it up at their
 next registry poll, and ``POST /v1/predict?site=NAME`` applies it.
 """
@@ -41,7 +42,7 @@ def run(params: Params, site: str, healthy: Path) -> dict:
     if not reference:
         raise ValueError(f"none of the {len(subjects)} scans in {healthy} could be used: {skipped[0]['error']}")
     target = params.calibrate.target_false_alarm_rate
-    calibration = calibrate(reference, 100.0 * (1.0 - target))
+    calibration = calibrate(reference, 100.0 * (1.0 - target), params.evaluate.pixel_threshold_percentile)
     details = {"model": f"models:/{name}/{version.version}", "healthy": str(healthy), "scans": len(subjects) - len(skipped),
                "slices": len(reference["scores"]), "target_false_alarm_rate": target}
     run_id = store_site_calibration(client, tracking.experiment_id(params), name, str(version.version), site,

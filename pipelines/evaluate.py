@@ -97,13 +97,15 @@ def segment_subjects(split: dict, threshold: float, min_voxels: int) -> np.ndarr
     return prediction
 
 
-def calibrate(val: dict, percentile: float) -> Calibration:
+def calibrate(val: dict, percentile: float, pixel_percentile: float) -> Calibration:
+    """Slice and volume thresholds at ``percentile`` of healthy scores; the pixel threshold at
+    ``pixel_percentile`` of healthy brain pixels' post-processed maps."""
     volumes = val["index"].assign(score=val["scores"]).groupby("subject")["score"].agg(volume_score)
     return Calibration(
         percentile=percentile,
         slice_threshold=float(np.percentile(val["scores"], percentile)),
         volume_threshold=float(np.percentile(volumes, percentile)),
-        pixel_threshold=float(np.percentile(val["smoothed"][val["brain"]], percentile)),
+        pixel_threshold=float(np.percentile(val["smoothed"][val["brain"]], pixel_percentile)),
         reference_scores=[round(float(s), 6) for s in val["scores"]],
     )
 
@@ -114,7 +116,7 @@ def run(params: Params) -> dict:
     index = read_index(root)
     settings = params.evaluate
     healthy_val = score_split(detector, root, index[(index["cohort"] == "healthy") & (index["split"] == "val")])
-    calibration = calibrate(healthy_val, settings.threshold_percentile)
+    calibration = calibrate(healthy_val, settings.threshold_percentile, settings.pixel_threshold_percentile)
 
     test = score_split(detector, root, index[index["split"] == "test"])
     # Other (non-tumour) lesions are neither tumour nor normal tissue: left out of the tumour

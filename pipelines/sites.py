@@ -7,8 +7,9 @@ there). Per site, the healthy scans sorted by id are split: the first
 scan goes through the model's own recipe (the processed data's preprocessing spec, the one the
 registered model carries) and its detector, as the endpoint scores it.
 
-Reported per site: slice AUROC / AUPRC and pixel AUROC / AUPRC (threshold-free), and at two
-operating points, each with 95 % intervals over subjects (components/metrics/operating_point.py):
+Reported per site: slice AUROC / AUPRC and pixel AUROC / AUPRC (threshold-free), the slice
+AUROC of each alternative score (``alternative_slice_auroc``), and at two operating points,
+each with 95 % intervals over subjects (components/metrics/operating_point.py):
 
 - ``deployed``: the thresholds the model was calibrated with on the training site's healthy
   validation slices (models/calibration.json): what a site sees on its first day;
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score
 
 from components.atomic import write_json, write_text
 from components.data.layouts import Subject, read_dataset
@@ -52,7 +54,8 @@ RANKING = ("slice_auroc", "slice_auprc")  # threshold-free: reported once per si
 
 def site_names(root: Path) -> list[str]:
     if not root.is_dir():
-        raise FileNotFoundError(f"data.sites_root {root} is not a folder of sites (<site>/healthy, <site>/tumour)")
+        raise FileNotFoundError(f"data.sites_root {root} is not a folder of sites (<site>/healthy, <site>/tumour); "
+                                "with no other site's scans, make it an empty folder and the stage reports none")
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
@@ -89,14 +92,16 @@ def score_subjects(detector, subjects: list[Subject], spec: PreprocessSpec, work
                 "index": pd.DataFrame({"subject": f"{subject.cohort}/{subject.subject_id}", "cohort": subject.cohort,
                                        "slice": slices.slice_numbers, "tumour_pixels": slices.tumour_pixels,
                                        "lesion_pixels": slices.lesion_pixels}),
-                "scores": scored.scores, "smoothed": smooth_subject(scored.maps, slices.brain), "brain": slices.brain,
+                "scores": scored.scores, "alternatives": scored.alternatives,
+                "smoothed": smooth_subject(scored.maps, slices.brain), "brain": slices.brain,
                 "tumour": slices.tumour if slices.tumour is not None else empty,
                 "lesions": slices.lesions if slices.lesions is not None else empty,
             })
     if not parts:
         return {}, skipped
     joined = {key: np.concatenate([p[key] for p in parts]) for key in ("scores", "smoothed", "brain", "tumour", "lesions")}
-    return {**joined, "index": pd.concat([p["index"] for p in parts], ignore_index=True)}, skipped
+    alternatives = {name: np.concatenate([p["alternatives"][name] for p in parts]) for name in parts[0]["alternatives"]}
+    return {**joined, "alternatives": alternatives, "index": pd.concat([p["index"] for p in parts], ignore_index=True)}, skipped
 
 
 def at_thresholds(test: dict, calibration: Calibration, min_tumour_pixels: int, min_component_voxels: int,
@@ -112,6 +117,13 @@ def at_thresholds(test: dict, calibration: Calibration, min_tumour_pixels: int, 
                           ranking=ranking)
 
 
+def alternative_aurocs(test: dict, min_tumour_pixels: int) -> dict[str, float]:
+    """Slice AUROC of each of the detector's alternative scores (by default the map's mean): how
+    much the slice score itself transfers."""
+    labels, rated = slice_truth(test["index"]["tumour_pixels"], test["index"]["lesion_pixels"], min_tumour_pixels)
+    return {name: float(roc_auc_score(labels[rated], values[rated])) for name, values in test["alternatives"].items()}
+
+
 def evaluate_site(detector, root: Path, spec: PreprocessSpec, deployed: Calibration, params: Params) -> dict:
     healthy, tumour = site_subjects(root, params.data.modality)
     count = params.calibrate.healthy_scans
@@ -124,7 +136,7 @@ def evaluate_site(detector, root: Path, spec: PreprocessSpec, deployed: Calibrat
     if not reference or not test:
         raise ValueError(f"site {root.name}: no usable scan to {'calibrate' if not reference else 'test'} with")
     percentile = 100.0 * (1.0 - params.calibrate.target_false_alarm_rate)
-    site = calibrate(reference, percentile)
+    site = calibrate(reference, percentile, params.evaluate.pixel_threshold_percentile)
     settings = params.evaluate
     found = {kind: at_thresholds(test, calibration, settings.min_tumour_pixels, settings.min_component_voxels,
                                  settings.bootstrap_samples, ranking=kind == "deployed")
@@ -135,6 +147,7 @@ def evaluate_site(detector, root: Path, spec: PreprocessSpec, deployed: Calibrat
                   "tumour_test": int((cohorts == "tumour").sum()), "skipped": skipped + more},
         **_only(found["deployed"], RANKING),
         **pixel_metrics(test["smoothed"], test["tumour"], test["brain"] & ~test["lesions"]),
+        "alternative_slice_auroc": alternative_aurocs(test, settings.min_tumour_pixels),
         **{kind: _without(values, RANKING) for kind, values in found.items()},
         "thresholds": {kind: {k: getattr(c, k) for k in ("slice_threshold", "volume_threshold", "pixel_threshold")}
                        for kind, c in (("deployed", deployed), ("calibrated", site))},
@@ -156,6 +169,8 @@ def run(params: Params) -> dict:
     deployed = Calibration(**json.loads(params.path(CALIBRATION).read_text()))
     root = params.path(params.data.sites_root)
     report = {name: evaluate_site(detector, root / name, spec, deployed, params) for name in site_names(root)}
+    if not report:
+        log.warning("no site folders in %s: no other site to measure the model on", root)
     summary = {"model": description["model_name"], "target_false_alarm_rate": params.calibrate.target_false_alarm_rate,
                "sites": report}
     write_json(params.path(REPORT_JSON), summary)

@@ -48,6 +48,7 @@ def test_every_site_is_reported_at_the_deployed_and_the_site_thresholds(pipeline
                 assert interval["low"] <= found[metric] <= interval["high"], (name, kind, metric)
         thresholds = site["thresholds"]
         assert thresholds["deployed"]["slice_threshold"] != thresholds["calibrated"]["slice_threshold"]
+        assert 0.0 <= site["alternative_slice_auroc"]["map_mean"] <= 1.0, name  # the slice score it replaced
     # Each site's own 4 healthy scans hold its false alarms on the held-out tumour-free slices near
     # the 5 % target (a loose bound: 4 test scans and 2 tumour scans per site here).
     for name, site in report["sites"].items():
