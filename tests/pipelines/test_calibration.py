@@ -1,0 +1,20 @@
+"""Thresholds from healthy scans: slices and volumes at one percentile, pixels at their own."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.evaluate import calibrate
+
+
+def test_slice_volume_and_pixel_thresholds_take_their_own_percentiles():
+    rng = np.random.default_rng(0)
+    scores = rng.random(200)
+    smoothed = rng.random((200, 1, 8, 8)).astype(np.float32)
+    brain = np.ones_like(smoothed, bool)
+    index = pd.DataFrame({"subject": np.repeat([f"s{i}" for i in range(20)], 10)})
+    found = calibrate({"index": index, "scores": scores, "smoothed": smoothed, "brain": brain}, 95.0, 99.5)
+    assert found.slice_threshold == pytest.approx(np.percentile(scores, 95.0))
+    assert found.volume_threshold == pytest.approx(np.percentile(scores.reshape(20, 10).max(1), 95.0))
+    assert found.pixel_threshold == pytest.approx(np.percentile(smoothed, 99.5))
+    assert (smoothed > found.pixel_threshold).mean() == pytest.approx(0.005, abs=0.001)
