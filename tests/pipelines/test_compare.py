@@ -20,10 +20,9 @@ def test_comparison_report_and_nested_runs(processed_project, phantom_roots, tmp
         shutil.copytree(root, tmp_path / "sites" / "elsewhere" / cohort)
     tiny = {"base_channels": 8, "downsamplings": 3}
     settings = {
-        "detectors": ["intensity", "spatial_ae", "latent_constrained", "dual_vae"],
+        "detectors": ["intensity", "spatial_ae", "dual_vae"],
         "overrides": {
             "spatial_ae": {"model": {**tiny, "latent_channels": 8}, "train": {"epochs": 2}},
-            "latent_constrained": {"model": {**tiny, "latent_size": 16}, "train": {"epochs": 2}},
             # more unlabelled slices per batch than a worker holds: this one must fail, alone
             "dual_vae": {"model": {**tiny, "latent_size": 16}, "train": {"epochs": 1, "batch_size": 4096}},
         },
@@ -34,26 +33,24 @@ def test_comparison_report_and_nested_runs(processed_project, phantom_roots, tmp
         compare.run(params)
 
     results = json.loads((tmp_path / "reports" / "comparison.json").read_text())
-    assert set(results) == {"intensity", "spatial_ae", "latent_constrained"}
+    assert set(results) == {"intensity", "spatial_ae"}
     assert results["intensity"]["epochs"] == 1  # nothing to learn: one pass
     for name, row in results.items():  # the cross-site report of each detector
         site = row["sites"]["elsewhere"]
         assert site["scans"] == {"calibration": 1, "healthy_test": 3, "tumour_test": 3, "skipped": []}
         assert 0 <= site["deployed"]["slice_false_alarm_rate"] <= 1 and "slice_auroc" in site["ci95"]
-    assert "image_residual" in results["latent_constrained"]["alternative_scores"]
+    assert "map_mean" in results["spatial_ae"]["alternative_scores"]  # the slice score the focal one replaced
     assert results["spatial_ae"]["epochs"] == 2 and results["spatial_ae"]["train_slices_per_s"] > 0
     table = (tmp_path / "reports" / "comparison.md").read_text()
-    assert "latent_constrained (image_residual)" in table
+    assert "spatial_ae (map_mean)" in table
     assert "Dice" in table and "ROC-AUC" in table
-    beaten = [n for n in ("spatial_ae", "latent_constrained")
-              if results[n]["sites"]["elsewhere"]["slice_auroc"] < results["intensity"]["sites"]["elsewhere"]["slice_auroc"]]
+    beaten = results["spatial_ae"]["sites"]["elsewhere"]["slice_auroc"] < results["intensity"]["sites"]["elsewhere"]["slice_auroc"]
     ranking = table.split("### ")[1]  # the first table: slice AUROC per site, ▽ below the baseline
-    assert all((f"| {n} " in ranking) and ("▽" in ranking.split(f"| {n} ")[1].split("\n")[0]) == (n in beaten)
-               for n in ("spatial_ae", "latent_constrained"))
+    assert "| spatial_ae " in ranking and ("▽" in ranking.split("| spatial_ae ")[1].split("\n")[0]) == beaten
 
     client = tracking.client(params)
     parent = client.search_runs([tracking.experiment_id(params)], filter_string="tags.`brainomaly.comparison` = '1'")[0]
-    for name in ("spatial_ae", "latent_constrained"):
+    for name in ("intensity", "spatial_ae"):
         child = client.get_run(results[name]["mlflow_run_id"])
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.data.params["model.name"] == name
@@ -64,10 +61,11 @@ def test_comparison_report_and_nested_runs(processed_project, phantom_roots, tmp
     settings["overrides"]["spatial_ae"]["train"]["epochs"] = 3  # what changed since: spatial_ae's settings
     compare.run(load_params(write_params(tmp_path, compare=settings, data=data, calibrate=calibrate)), only=["spatial_ae"])
     rerun = json.loads((tmp_path / "reports" / "comparison.json").read_text())
-    assert list(rerun) == ["intensity", "spatial_ae", "latent_constrained"]
-    assert rerun["latent_constrained"] == results["latent_constrained"]
+    assert list(rerun) == ["intensity", "spatial_ae"]
+    assert rerun["intensity"] == results["intensity"]
     assert rerun["spatial_ae"]["epochs"] == 3 and rerun["spatial_ae"]["mlflow_run_id"] != results["spatial_ae"]["mlflow_run_id"]
+    assert list(compare.kept_results(params, ["spatial_ae"])) == ["intensity"]
     # a row evaluated on other processed data is dropped, not mixed into today's table
     stale = {**rerun, "intensity": {**rerun["intensity"], "data_fingerprint": "other data"}}
     (tmp_path / "reports" / "comparison.json").write_text(json.dumps(stale))
-    assert list(compare.kept_results(params, ["spatial_ae"])) == ["latent_constrained"]
+    assert list(compare.kept_results(params, ["spatial_ae"])) == []
