@@ -15,7 +15,9 @@ tumour-free slices flagged at two thresholds, each at the candidate's own scores
 Candidates: the default focal score (brightest 2 % of the 5 x 5 median-filtered map inside the
 eroded brain), the map's mean over the brain, the mean positive residual (brighter than the
 reconstruction; autoencoders only), the focal score without the median filter, without the rim
-erosion, with the brightest 5 %, and the filtered map's maximum.
+erosion, with the brightest 5 %, and the filtered map's maximum; and the focal score divided by
+the median focal score of the scan's slices (the scan as its own reference: a site's global
+gain on the maps cancels, at the price of a scan whose tumour spans most of its slices).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -42,6 +45,7 @@ from pipelines.sites import score_subjects, site_names, site_subjects
 
 REPO = Path(__file__).resolve().parents[1]
 TOP = 0.02
+SCAN_RELATIVE = "focal / the scan's median"
 
 
 def top_in_brain(maps: torch.Tensor, brain: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -81,6 +85,13 @@ class Candidates(torch.nn.Module):
         return Inspection(maps, found.scores, scores)
 
 
+def with_scan_relative(scored: dict) -> dict:
+    """``scored`` with the focal score divided by its scan's median focal score as one more candidate."""
+    focal = pd.Series(scored["alternatives"]["focal (default)"])
+    median = focal.groupby(scored["index"]["subject"].to_numpy()).transform("median").to_numpy()
+    return {**scored, "alternatives": {**scored["alternatives"], SCAN_RELATIVE: focal.to_numpy() / median}}
+
+
 def candidate_metrics(test: dict, name: str, thresholds: dict[str, float], params) -> dict:
     index, settings = test["index"], params.evaluate
     labels, rated = slice_truth(index["tumour_pixels"], index["lesion_pixels"], settings.min_tumour_pixels)
@@ -105,15 +116,16 @@ def main() -> None:
     model = Candidates(detector)
     spec = PreprocessSpec.from_json(params.path(PROCESSED_DIR / "preprocess_spec.json"))
     index = read_index(params.path(PROCESSED_DIR))
-    val = score_split(model, params.path(PROCESSED_DIR), index[(index["cohort"] == "healthy") & (index["split"] == "val")])
+    val = with_scan_relative(score_split(model, params.path(PROCESSED_DIR),
+                                         index[(index["cohort"] == "healthy") & (index["split"] == "val")]))
     deployed = {name: float(np.percentile(v, params.evaluate.threshold_percentile)) for name, v in val["alternatives"].items()}
     target, count = params.calibrate.target_false_alarm_rate, params.calibrate.healthy_scans
     root = params.path(params.data.sites_root)
     results = {}
     for site in site_names(root):
         healthy, tumour = site_subjects(root / site, params.data.modality)
-        reference, _ = score_subjects(model, healthy[:count], spec, params.preprocess.workers)
-        test, _ = score_subjects(model, healthy[count:] + tumour, spec, params.preprocess.workers)
+        reference, test = (with_scan_relative(score_subjects(model, scans, spec, params.preprocess.workers)[0])
+                           for scans in (healthy[:count], healthy[count:] + tumour))
         results[site] = {name: candidate_metrics(test, name, {
             "deployed": deployed[name],
             "calibrated": float(np.percentile(reference["alternatives"][name], 100 * (1 - target)))}, params)

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from pipelines.evaluate import calibrate
+from pipelines.sites import site_names
 
 
 def test_slice_volume_and_pixel_thresholds_take_their_own_percentiles():
@@ -18,3 +19,13 @@ def test_slice_volume_and_pixel_thresholds_take_their_own_percentiles():
     assert found.volume_threshold == pytest.approx(np.percentile(scores.reshape(20, 10).max(1), 95.0))
     assert found.pixel_threshold == pytest.approx(np.percentile(smoothed, 99.5))
     assert (smoothed > found.pixel_threshold).mean() == pytest.approx(0.005, abs=0.001)
+
+
+def test_a_project_without_other_sites_has_an_empty_sites_folder_and_a_missing_one_is_named(tmp_path):
+    (tmp_path / "sites").mkdir()
+    assert site_names(tmp_path / "sites") == []
+    (tmp_path / "sites" / "hospital_b").mkdir()
+    (tmp_path / "sites" / ".cache").mkdir()
+    assert site_names(tmp_path / "sites") == ["hospital_b"]
+    with pytest.raises(FileNotFoundError, match="make it an empty folder"):
+        site_names(tmp_path / "nowhere")
