@@ -6,8 +6,9 @@ Train, MLflow, the full protocol) in its own workspace (pipelines/workspace.py),
 artifacts/compare/<name>/, whose params.yaml is this one with ``model.name`` set and
 ``compare.overrides.<name>`` merged in (the processed data are linked, not copied). Results: reports/comparison.json (DVC metrics: every
 detector's metrics) and reports/comparison.md, and an MLflow run "comparison" holding both, with
-every detector's training run nested under it. ``only`` reruns some detectors and keeps the
-other rows of the existing reports/comparison.json that were evaluated on the same processed data.
+every detector's training run nested under it. The reports are rewritten after each detector, so
+an interrupted comparison keeps the rows it finished; each detector trains from scratch. ``only`` reruns some detectors and keeps
+the other rows of the existing reports/comparison.json that were evaluated on the same processed data.
 
 Each detector also runs the `sites` stage (its model on every site's held-out scans, at the
 deployed thresholds and after site calibration): the cross-site tables (rows detectors, columns
@@ -19,6 +20,7 @@ row of reports/comparison.json.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from components.atomic import write_text
@@ -57,17 +59,22 @@ def run(params: Params, only: list[str] | None = None) -> dict:
             results[name] = train_and_evaluate(params, name)
         except StageError as err:  # one detector's failure must not cost the others' results
             failures[name] = str(err)
-    if results:
+            continue
         results = {name: results[name] for name in params.compare.detectors if name in results}
-        across = {name: m["sites"] for name, m in results.items() if m.get("sites")}
-        table = (site_markdown(across) + "\n" if across else "") + markdown(results, params.evaluate.tumour_pixel_sizes)
-        for path, text in ((REPORT_JSON, json.dumps(results, indent=2)), (REPORT_MD, table)):
-            write_text(params.path(path), text)
+        write_reports(params, results)  # after each detector: an interrupted comparison keeps what it finished
+    if results:
         _log_to_mlflow(params, results)
     if failures:
         raise StageError("; ".join(f"{name}: {error}" for name, error in failures.items()))
     return {name: {k: round(m[k], 4) for k in ("slice_auroc", "cv_auroc_mean_t20", "dice_mean") if k in m}
             for name, m in results.items()}
+
+
+def write_reports(params: Params, results: dict) -> None:
+    across = {name: m["sites"] for name, m in results.items() if m.get("sites")}
+    table = (site_markdown(across) + "\n" if across else "") + markdown(results, params.evaluate.tumour_pixel_sizes)
+    for path, text in ((REPORT_JSON, json.dumps(results, indent=2)), (REPORT_MD, table)):
+        write_text(params.path(path), text)
 
 
 def kept_results(params: Params, only: list[str] | None) -> dict:
@@ -83,6 +90,8 @@ def kept_results(params: Params, only: list[str] | None) -> dict:
 def train_and_evaluate(params: Params, name: str) -> dict:
     """One detector's evaluation metrics, training time and throughput, from its workspace."""
     folder = workspace(params, name)
+    if "://" not in params.train.storage_path:  # from scratch, so that its training time is one
+        shutil.rmtree(folder / params.train.storage_path, ignore_errors=True)
     train_seconds = run_stage("train", folder, params)
     run_stage("evaluate", folder, params)
     across = {}
