@@ -51,12 +51,13 @@ def main() -> None:
     params = load_params(REPO / "params.yaml")
     detector, description = load_trained(params)
     spec = PreprocessSpec.from_json(params.path(PROCESSED_DIR / "preprocess_spec.json"))
-    deployed = json.loads(params.path(CALIBRATION).read_text())["slice_threshold"]
+    calibration = json.loads(params.path(CALIBRATION).read_text())
+    deployed, rule = calibration["slice_threshold"], calibration.get("score_reference", "none")
     target, rng = params.calibrate.target_false_alarm_rate, np.random.default_rng(0)
     results = {}
     for site in site_names(params.path(params.data.sites_root)):
         healthy, _ = site_subjects(params.path(params.data.sites_root) / site, params.data.modality)
-        scored, _ = score_subjects(detector, healthy, spec, params.preprocess.workers)
+        scored, _ = score_subjects(detector, healthy, spec, params.preprocess.workers, rule)
         subjects = scored["index"]["subject"].to_numpy()
         scores = [scored["scores"][subjects == s] for s in dict.fromkeys(subjects)]
         everything = np.concatenate(scores)

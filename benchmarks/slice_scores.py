@@ -23,7 +23,6 @@ gain on the maps cancels, at the price of a scan whose tumour spans most of its 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np

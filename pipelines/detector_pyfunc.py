@@ -12,7 +12,8 @@ nothing installed but torch, nibabel, scipy and mlflow. It scores through the sa
 ``volume`` is an (X, Y, Z) skull-stripped scan with its (4, 4) ``affine``; it goes through the
 model's own preprocessing recipe, as an upload to the endpoint does, and ``slice`` is each
 model slice's index on the scan's axial axis. ``images`` (N, 1, S, S) float32 must come from
-that recipe (the processed shards) with their ``brain`` (N, 1, S, S) bool masks.
+that recipe (the processed shards) with their ``brain`` (N, 1, S, S) bool masks, all of one
+scan where the model scores relative to its scan (``calibration.score_reference``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class DetectorPyfunc(mlflow.pyfunc.PythonModel):
         self.bundle, self.detector = DetectorBundle.load(context.artifacts["bundle"])
 
     def predict(self, context, model_input, params=None):
-        from components.models.inference import score_slices, score_volume
+        from components.models.inference import score_slices, score_volume, with_reference
 
         if not isinstance(model_input, dict) or not ({"volume", "affine"} <= set(model_input)
                                                      or {"images", "brain"} <= set(model_input)):
@@ -39,14 +40,16 @@ class DetectorPyfunc(mlflow.pyfunc.PythonModel):
                              "told from intensities")
         if "volume" in model_input:
             slices, scored = score_volume(self.detector, self.bundle.preprocess, np.asarray(model_input["volume"]),
-                                          np.asarray(model_input["affine"], dtype=np.float64))
+                                          np.asarray(model_input["affine"], dtype=np.float64),
+                                          self.bundle.calibration.score_reference)
             return pd.DataFrame({"slice": slices.slice_numbers, "score": scored.scores})
         images = np.asarray(model_input["images"], dtype=np.float32)
         brain = np.asarray(model_input["brain"], dtype=bool)
         size = self.bundle.preprocess.size
         if images.shape[1:] != (1, size, size) or brain.shape != images.shape:
             raise ValueError(f"expected images and brain of shape (N, 1, {size}, {size}), got {images.shape} and {brain.shape}")
-        return score_slices(self.detector, images, brain).scores
+        scored = score_slices(self.detector, images, brain)
+        return with_reference(scored, self.bundle.calibration.score_reference).scores
 
 
 set_model(DetectorPyfunc())

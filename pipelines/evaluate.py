@@ -43,7 +43,7 @@ from components.metrics.operating_point import OPERATING_POINT, metric_frames, w
 from components.reports import figures
 from components.metrics.postprocess import segment, smooth_subject, subject_blocks
 from components.models.bundle import Calibration
-from components.models.inference import score_slices
+from components.models.inference import score_slices, with_reference
 from components.models.registry import build_detector
 from components.scoring.volume import volume_score
 from pipelines import tracking
@@ -73,13 +73,15 @@ def load_trained(params: Params) -> tuple[torch.nn.Module, dict]:
     return detector.eval(), description
 
 
-def score_split(detector, root: Path, index: pd.DataFrame) -> dict:
-    """Slices of ``index`` with their anomaly maps, slice scores and post-processed maps
-    (the pixel-wise protocol's per-subject median filter inside an eroded brain)."""
+def score_split(detector, root: Path, index: pd.DataFrame, reference: str = "none") -> dict:
+    """Slices of ``index`` with their anomaly maps, slice scores (relative to ``reference``, per
+    subject) and post-processed maps (the pixel-wise protocol's per-subject median filter inside
+    an eroded brain)."""
     arrays = load_slices(root, index)
     start = time.perf_counter()
-    maps, scores, alternatives = score_slices(detector, arrays["images"], arrays["brain"])
+    scored = score_slices(detector, arrays["images"], arrays["brain"])
     seconds = time.perf_counter() - start
+    maps, scores, alternatives = with_reference(scored, reference, index["subject"].to_numpy())
     index = index.reset_index(drop=True)
     blocks = subject_blocks(index["subject"].to_numpy())
     smoothed = np.concatenate([smooth_subject(maps[rows], arrays["brain"][rows]) for rows in blocks])
@@ -97,9 +99,10 @@ def segment_subjects(split: dict, threshold: float, min_voxels: int) -> np.ndarr
     return prediction
 
 
-def calibrate(val: dict, percentile: float, pixel_percentile: float) -> Calibration:
-    """Slice and volume thresholds at ``percentile`` of healthy scores; the pixel threshold at
-    ``pixel_percentile`` of healthy brain pixels' post-processed maps."""
+def calibrate(val: dict, percentile: float, pixel_percentile: float, score_reference: str = "none") -> Calibration:
+    """Slice and volume thresholds at ``percentile`` of healthy scores (relative to
+    ``score_reference``, as ``val``'s were scored); the pixel threshold at ``pixel_percentile`` of
+    healthy brain pixels' post-processed maps."""
     volumes = val["index"].assign(score=val["scores"]).groupby("subject")["score"].agg(volume_score)
     return Calibration(
         percentile=percentile,
@@ -107,6 +110,7 @@ def calibrate(val: dict, percentile: float, pixel_percentile: float) -> Calibrat
         volume_threshold=float(np.percentile(volumes, percentile)),
         pixel_threshold=float(np.percentile(val["smoothed"][val["brain"]], pixel_percentile)),
         reference_scores=[round(float(s), 6) for s in val["scores"]],
+        score_reference=score_reference,
     )
 
 
@@ -115,16 +119,17 @@ def run(params: Params) -> dict:
     root = params.path(PROCESSED_DIR)
     index = read_index(root)
     settings = params.evaluate
-    healthy_val = score_split(detector, root, index[(index["cohort"] == "healthy") & (index["split"] == "val")])
-    calibration = calibrate(healthy_val, settings.threshold_percentile, settings.pixel_threshold_percentile)
+    reference = settings.score_reference
+    healthy_val = score_split(detector, root, index[(index["cohort"] == "healthy") & (index["split"] == "val")], reference)
+    calibration = calibrate(healthy_val, settings.threshold_percentile, settings.pixel_threshold_percentile, reference)
 
-    test = score_split(detector, root, index[index["split"] == "test"])
+    test = score_split(detector, root, index[index["split"] == "test"], reference)
     # Other (non-tumour) lesions are neither tumour nor normal tissue: left out of the tumour
     # metrics, and scored on their own against lesion-free, tumour-free slices.
     labels, rated = slice_truth(test["index"]["tumour_pixels"], test["index"]["lesion_pixels"], settings.min_tumour_pixels)
     brain = test["brain"] & ~test["lesions"]
     segmented = segment_subjects(test, calibration.pixel_threshold, settings.min_component_voxels) & brain
-    tumour_val = score_split(detector, root, index[(index["cohort"] == "tumour") & (index["split"] == "val")])
+    tumour_val = score_split(detector, root, index[(index["cohort"] == "tumour") & (index["split"] == "val")], reference)
     tumour_cohort = pooled(tumour_val, test, test["index"]["cohort"].to_numpy() == "tumour")
     metrics = {
         **slice_metrics(test["scores"][rated], labels[rated], calibration.slice_threshold),

@@ -38,7 +38,7 @@ from components.metrics.detection import dice_by_subject, pixel_metrics, slice_t
 from components.metrics.operating_point import metric_frames, with_intervals
 from components.metrics.postprocess import smooth_subject
 from components.models.bundle import Calibration
-from components.models.inference import score_slices
+from components.models.inference import score_slices, with_reference
 from components.preprocess.spec import PreprocessSpec
 from components.reports.tables import site_markdown
 from pipelines import tracking
@@ -76,9 +76,11 @@ def _preprocess(subject: Subject, spec: PreprocessSpec):
         return str(err)
 
 
-def score_subjects(detector, subjects: list[Subject], spec: PreprocessSpec, workers: int) -> tuple[dict, list[dict]]:
-    """The subjects' slices through the recipe and the detector: the arrays `evaluate` works on
-    (index, scores, maps smoothed per subject, brain, tumour, lesions), and the skipped scans."""
+def score_subjects(detector, subjects: list[Subject], spec: PreprocessSpec, workers: int,
+                   reference: str = "none") -> tuple[dict, list[dict]]:
+    """The subjects' slices through the recipe and the detector (scores relative to
+    ``reference``, per scan): the arrays `evaluate` works on (index, scores, maps smoothed per
+    subject, brain, tumour, lesions), and the skipped scans."""
     parts, skipped = [], []
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for subject, slices in zip(subjects, pool.map(_preprocess, subjects, repeat(spec))):
@@ -86,7 +88,7 @@ def score_subjects(detector, subjects: list[Subject], spec: PreprocessSpec, work
                 log.warning("skipping %s: %s", subject.subject_id, slices)
                 skipped.append({"subject": subject.subject_id, "error": slices})
                 continue
-            scored = score_slices(detector, slices.images, slices.brain)
+            scored = with_reference(score_slices(detector, slices.images, slices.brain), reference)
             empty = np.zeros_like(slices.brain)
             parts.append({
                 "index": pd.DataFrame({"subject": f"{subject.cohort}/{subject.subject_id}", "cohort": subject.cohort,
@@ -131,12 +133,13 @@ def evaluate_site(detector, root: Path, spec: PreprocessSpec, deployed: Calibrat
         raise ValueError(f"site {root.name}: needs more than calibrate.healthy_scans={count} healthy scans and at least "
                          f"one tumour scan, found {len(healthy)} and {len(tumour)}")
     workers = params.preprocess.workers
-    reference, skipped = score_subjects(detector, healthy[:count], spec, workers)
-    test, more = score_subjects(detector, healthy[count:] + tumour, spec, workers)
+    rule = deployed.score_reference  # the model's: its thresholds are in those units
+    reference, skipped = score_subjects(detector, healthy[:count], spec, workers, rule)
+    test, more = score_subjects(detector, healthy[count:] + tumour, spec, workers, rule)
     if not reference or not test:
         raise ValueError(f"site {root.name}: no usable scan to {'calibrate' if not reference else 'test'} with")
     percentile = 100.0 * (1.0 - params.calibrate.target_false_alarm_rate)
-    site = calibrate(reference, percentile, params.evaluate.pixel_threshold_percentile)
+    site = calibrate(reference, percentile, params.evaluate.pixel_threshold_percentile, rule)
     settings = params.evaluate
     found = {kind: at_thresholds(test, calibration, settings.min_tumour_pixels, settings.min_component_voxels,
                                  settings.bootstrap_samples, ranking=kind == "deployed")

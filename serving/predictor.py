@@ -79,7 +79,8 @@ class VolumePredictor:
         ``OVERLAY_SLICES`` most anomalous model slices with their maps over them.
         """
         calibration = self.calibration(site)  # an unknown site is refused before any work
-        slices, scored = score_volume(self.detector, self.bundle.preprocess, data, affine)
+        slices, scored = score_volume(self.detector, self.bundle.preprocess, data, affine,
+                                      self.bundle.calibration.score_reference)
         scores = scored.scores
         per_slice: dict[int, float] = {}
         for index, value in zip(slices.slice_numbers.tolist(), scores.tolist()):

@@ -37,6 +37,9 @@ class Calibration:
     slice_threshold: on slice scores; volume_threshold: on volume scores (max over slices);
     pixel_threshold: on post-processed anomaly-map voxels inside the brain (see components/metrics/postprocess.py).
     reference_scores: the healthy validation slice scores (the drift reference).
+    score_reference: what the slice scores are relative to ("none", or "scan_median": each
+    divided by the median of its scan's, components/models/inference.py); the thresholds and
+    the reference scores are in those units, so every scorer of the model applies it.
     """
 
     percentile: float
@@ -44,6 +47,7 @@ class Calibration:
     volume_threshold: float
     pixel_threshold: float
     reference_scores: list[float]
+    score_reference: str = "none"  # bundles saved before the field scored as "none"
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,33 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+import pandas as pd
 import torch
 
 from components.models.detector import Detector
 from components.preprocess.spec import PreprocessSpec
 from components.preprocess.volume import ProcessedSlices, preprocess_volume
+
+
+SCORE_REFERENCES = ("none", "scan_median")
+
+
+def relative_to_scan(scores: np.ndarray, scans: np.ndarray | None = None) -> np.ndarray:
+    """Each slice score divided by the median slice score of its scan (``scans``: each slice's
+    scan id; None: all one scan). A scanner that raises a whole map (its noise, blur or contrast)
+    raises the scan's median with it, so a threshold on these scores travels between sites; a
+    tumour spanning half a scan's slices raises it too, the price paid."""
+    scores = np.asarray(scores, np.float64)
+    scans = np.zeros(len(scores), int) if scans is None else np.asarray(scans)
+    medians = pd.Series(scores).groupby(scans).transform("median").to_numpy()
+    return (scores / np.maximum(medians, np.finfo(np.float32).tiny)).astype(np.float32)
+
+
+def with_reference(scored: "Scored", reference: str, scans: np.ndarray | None = None) -> "Scored":
+    """``scored`` with its slice scores relative to ``reference`` ("none": as the detector gave them)."""
+    if reference not in SCORE_REFERENCES:
+        raise ValueError(f"score reference {reference!r}: expected one of {', '.join(SCORE_REFERENCES)}")
+    return scored if reference == "none" else scored._replace(scores=relative_to_scan(scored.scores, scans))
 
 
 class Scored(NamedTuple):
@@ -37,9 +59,10 @@ def score_slices(detector: Detector, images: np.ndarray, brain: np.ndarray, batc
     return Scored(np.concatenate(maps), np.concatenate(scores), {k: np.concatenate(v) for k, v in alternatives.items()})
 
 
-def score_volume(detector: Detector, spec: PreprocessSpec, data: np.ndarray, affine: np.ndarray) -> tuple[ProcessedSlices, Scored]:
-    """One (X, Y, Z) skull-stripped volume through the model's own recipe, then scored: the
-    single path from a scan to slice scores that the endpoint and the registered model share
-    (the brain mask comes from the recipe, never from the intensities' sign)."""
+def score_volume(detector: Detector, spec: PreprocessSpec, data: np.ndarray, affine: np.ndarray,
+                 reference: str = "none") -> tuple[ProcessedSlices, Scored]:
+    """One (X, Y, Z) skull-stripped volume through the model's own recipe, then scored (relative
+    to ``reference``): the single path from a scan to slice scores that the endpoint and the
+    registered model share (the brain mask comes from the recipe, never from the intensities' sign)."""
     slices = preprocess_volume(data, affine, spec)
-    return slices, score_slices(detector, slices.images, slices.brain)
+    return slices, with_reference(score_slices(detector, slices.images, slices.brain), reference)

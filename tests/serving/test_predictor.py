@@ -1,5 +1,7 @@
 """The predictor without Ray or HTTP: a bundle folder and a volume in any orientation."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -87,3 +89,21 @@ def test_every_detector_serves_from_its_bundle(name, phantom_roots, tmp_path):
     result = VolumePredictor.from_folder(folder).predict(image, affine)
     assert result["model"]["detector"] == name and result["slices_scored"] > 0
     assert all(np.isfinite(s["score"]) for s in result["slices"])
+
+
+def test_a_model_that_scores_relative_to_the_scan_serves_its_scores_over_the_scans_median(predictor, tmp_path, phantom_roots):
+    """The rule travels in the bundle's calibration: the endpoint's scores are the detector's own
+    divided by their median over the scan, and a bundle saved before the rule existed scores as before."""
+    relative = DetectorBundle(**{**predictor.bundle.__dict__, "calibration": Calibration(
+        98.0, slice_threshold=1.5, volume_threshold=2.0, pixel_threshold=0.3, reference_scores=[1.0],
+        score_reference="scan_median")})
+    folder = relative.save(tmp_path / "relative", predictor.detector.state_dict())
+    image, affine = load_volume(read_brats(phantom_roots[1])[0].image)
+    plain = [s["score"] for s in predictor.predict(image, affine)["slices"]]
+    served = VolumePredictor.from_folder(folder).predict(image, affine)
+    np.testing.assert_allclose([s["score"] for s in served["slices"]], np.asarray(plain) / np.median(plain), rtol=1e-5)
+    assert [s["verdict"] for s in served["slices"]] == ["anomalous" if s["score"] > 1.5 else "normal" for s in served["slices"]]
+    saved = json.loads((folder / "bundle.json").read_text())
+    del saved["calibration"]["score_reference"]
+    (folder / "bundle.json").write_text(json.dumps(saved))
+    assert VolumePredictor.from_folder(folder).bundle.calibration.score_reference == "none"
