@@ -26,7 +26,6 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -36,6 +35,7 @@ from components.data.slice_store import read_index
 from components.metrics.detection import slice_truth
 from components.metrics.operating_point import metric_frames, with_intervals
 from components.models.detector import MAP_MEDIAN, Inspection, focal_score, mean_in_brain, median_filter
+from components.models.inference import relative_to_scan
 from components.preprocess.spec import PreprocessSpec
 from pipelines.evaluate import load_trained, score_split
 from pipelines.params import load_params
@@ -86,9 +86,8 @@ class Candidates(torch.nn.Module):
 
 def with_scan_relative(scored: dict) -> dict:
     """``scored`` with the focal score divided by its scan's median focal score as one more candidate."""
-    focal = pd.Series(scored["alternatives"]["focal (default)"])
-    median = focal.groupby(scored["index"]["subject"].to_numpy()).transform("median").to_numpy()
-    return {**scored, "alternatives": {**scored["alternatives"], SCAN_RELATIVE: focal.to_numpy() / median}}
+    relative = relative_to_scan(scored["alternatives"]["focal (default)"], scored["index"]["subject"].to_numpy())
+    return {**scored, "alternatives": {**scored["alternatives"], SCAN_RELATIVE: relative}}
 
 
 def candidate_metrics(test: dict, name: str, thresholds: dict[str, float], params) -> dict:

@@ -90,8 +90,10 @@ def kept_results(params: Params, only: list[str] | None) -> dict:
 def train_and_evaluate(params: Params, name: str) -> dict:
     """One detector's evaluation metrics, training time and throughput, from its workspace."""
     folder = workspace(params, name)
-    if "://" not in params.train.storage_path:  # from scratch, so that its training time is one
-        shutil.rmtree(folder / params.train.storage_path, ignore_errors=True)
+    checkpoints = Path(params.train.storage_path)
+    if "://" not in params.train.storage_path and not checkpoints.is_absolute():
+        # from scratch, so that its training time is one; only the workspace's own folder, never a shared one
+        shutil.rmtree(folder / checkpoints, ignore_errors=True)
     train_seconds = run_stage("train", folder, params)
     run_stage("evaluate", folder, params)
     across = {}

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from components.atomic import atomic_path, write_json
+from components.models.inference import SCORE_REFERENCES
 from components.models.registry import build_detector
 from components.preprocess.spec import PreprocessSpec
 
@@ -48,6 +49,11 @@ class Calibration:
     pixel_threshold: float
     reference_scores: list[float]
     score_reference: str = "none"  # bundles saved before the field scored as "none"
+
+    def __post_init__(self) -> None:
+        if self.score_reference not in SCORE_REFERENCES:  # refused at load, not at every prediction
+            raise ValueError(f"calibration.score_reference {self.score_reference!r}: expected one of "
+                             f"{', '.join(SCORE_REFERENCES)}")
 
 
 @dataclass(frozen=True)

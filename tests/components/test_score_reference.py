@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from components.models.bundle import Calibration
 from components.models.inference import Scored, relative_to_scan, with_reference
 
 
@@ -29,3 +30,8 @@ def test_a_scan_of_zero_scores_stays_zero_and_an_unknown_rule_is_named():
     assert relative.alternatives is scored.alternatives  # alternatives stay the detector's own
     with pytest.raises(ValueError, match="scan_median"):
         with_reference(scored, "scan_mean")
+
+
+def test_a_calibration_with_an_unknown_rule_is_refused_when_it_is_built():
+    with pytest.raises(ValueError, match="calibration.score_reference 'scan_mean'"):
+        Calibration(98.0, 0.1, 0.2, 0.3, [0.1], score_reference="scan_mean")
