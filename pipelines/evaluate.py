@@ -81,7 +81,7 @@ def score_split(detector, root: Path, index: pd.DataFrame, reference: str = "non
     start = time.perf_counter()
     scored = score_slices(detector, arrays["images"], arrays["brain"])
     seconds = time.perf_counter() - start
-    maps, scores, alternatives = with_reference(scored, reference, index["subject"].to_numpy())
+    maps, scores, alternatives, _ = with_reference(scored, reference, index["subject"].to_numpy())
     index = index.reset_index(drop=True)
     blocks = subject_blocks(index["subject"].to_numpy())
     smoothed = np.concatenate([smooth_subject(maps[rows], arrays["brain"][rows]) for rows in blocks])

@@ -169,7 +169,7 @@ class EvaluateParams(Section):
     min_tumour_pixels: int = Field(20, ge=0)
     threshold_percentile: float = Field(98.0, gt=0.0, lt=100.0)
     pixel_threshold_percentile: float = Field(99.5, gt=0.0, lt=100.0)
-    score_reference: Literal["none", "scan_median"] = "none"
+    score_reference: Literal["none", "scan_median", "brain_median"] = "brain_median"
     min_component_voxels: int = Field(6, ge=1)
     tumour_pixel_sizes: list[int] = [0, 20, 50, 150]
     lesion_kinds: dict[int, str] = {1: "focus", 2: "cavity"}

@@ -38,9 +38,9 @@ class Calibration:
     slice_threshold: on slice scores; volume_threshold: on volume scores (max over slices);
     pixel_threshold: on post-processed anomaly-map voxels inside the brain (see components/metrics/postprocess.py).
     reference_scores: the healthy validation slice scores (the drift reference).
-    score_reference: what the slice scores are relative to ("none", or "scan_median": each
-    divided by the median of its scan's, components/models/inference.py); the thresholds and
-    the reference scores are in those units, so every scorer of the model applies it.
+    score_reference: what the slice scores are relative to ("none"; "scan_median", the median of
+    the scan's; "brain_median", the slice's own typical residual: components/models/inference.py);
+    the thresholds and the reference scores are in those units, so every scorer of the model applies it.
     """
 
     percentile: float

@@ -58,6 +58,12 @@ def mean_in_brain(maps: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
     return (maps * brain).flatten(1).sum(1) / area
 
 
+def median_in_brain(maps: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
+    """Median of each map inside its brain mask, (N,); 0 for a slice without brain."""
+    inside = maps.flatten(1).float().masked_fill(~brain.flatten(1), float("nan"))
+    return inside.nanmedian(dim=1).values.nan_to_num(0.0)
+
+
 def median_filter(maps: torch.Tensor, size: int) -> torch.Tensor:
     """In-plane median of each (N, 1, H, W) map over size x size pixels (zero padding)."""
     height, width = maps.shape[-2:]
@@ -112,6 +118,11 @@ class Detector(nn.Module, ABC):
     def slice_score(self, x: torch.Tensor, maps: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
         """The focal score of the map, (N,)."""
         return focal_score(maps, brain, self.top_fraction)
+
+    def map_level(self, maps: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
+        """Each slice's typical residual, (N,): its map's median inside the brain, which another
+        scanner's noise, blur or contrast raises with the rest of the map, a lesion hardly."""
+        return median_in_brain(maps, brain)
 
     def alternative_scores(self, x: torch.Tensor, maps: torch.Tensor, brain: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named (N,) slice scores to compare with ``slice_score`` (e.g. x - x' against z - z')."""

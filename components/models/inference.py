@@ -13,7 +13,7 @@ from components.preprocess.spec import PreprocessSpec
 from components.preprocess.volume import ProcessedSlices, preprocess_volume
 
 
-SCORE_REFERENCES = ("none", "scan_median")
+SCORE_REFERENCES = ("none", "scan_median", "brain_median")
 
 
 def relative_to_scan(scores: np.ndarray, scans: np.ndarray | None = None) -> np.ndarray:
@@ -27,17 +27,34 @@ def relative_to_scan(scores: np.ndarray, scans: np.ndarray | None = None) -> np.
     return (scores / np.maximum(medians, np.finfo(np.float32).tiny)).astype(np.float32)
 
 
+def relative_to_level(scores: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Each slice score divided by its slice's typical residual (``Detector.map_level``): how far
+    the map's brightest part stands above the rest of the same slice. A scanner that raises the
+    whole map raises both, and a tumour, a few per cent of the brain, barely moves the median;
+    a slice with no residual at all scores 0."""
+    scores, levels = np.asarray(scores, np.float64), np.asarray(levels, np.float64)
+    relative = np.divide(scores, levels, out=np.zeros_like(scores), where=levels > np.finfo(np.float32).tiny)
+    return relative.astype(np.float32)
+
+
 def with_reference(scored: "Scored", reference: str, scans: np.ndarray | None = None) -> "Scored":
-    """``scored`` with its slice scores relative to ``reference`` ("none": as the detector gave them)."""
+    """``scored`` with its slice scores relative to ``reference``: "none", as the detector gave
+    them; "scan_median", its scan's median slice score (``scans``: each slice's scan id);
+    "brain_median", its own slice's typical residual."""
     if reference not in SCORE_REFERENCES:
         raise ValueError(f"score reference {reference!r}: expected one of {', '.join(SCORE_REFERENCES)}")
-    return scored if reference == "none" else scored._replace(scores=relative_to_scan(scored.scores, scans))
+    if reference == "scan_median":
+        return scored._replace(scores=relative_to_scan(scored.scores, scans))
+    if reference == "brain_median":
+        return scored._replace(scores=relative_to_level(scored.scores, scored.levels))
+    return scored
 
 
 class Scored(NamedTuple):
     maps: np.ndarray  # (N, 1, S, S) anomaly maps, zero outside the brain
     scores: np.ndarray  # (N,) slice scores
     alternatives: dict[str, np.ndarray]  # the detector's other slice scores, by name
+    levels: np.ndarray  # (N,) each slice's typical residual (Detector.map_level)
 
 
 def score_slices(detector: Detector, images: np.ndarray, brain: np.ndarray, batch_size: int = 64) -> Scored:
@@ -45,18 +62,20 @@ def score_slices(detector: Detector, images: np.ndarray, brain: np.ndarray, batc
     ``no_grad`` as a whole: a detector may optimise at inference (a latent search)."""
     detector.eval()
     device = detector.device
-    maps, scores, alternatives = [], [], {}
+    maps, scores, levels, alternatives = [], [], [], {}
     for start in range(0, len(images), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)
         m = torch.from_numpy(np.ascontiguousarray(brain[start : start + batch_size])).to(device)
         inspection = detector.inspect(x, m)
         maps.append(inspection.maps.float().cpu().numpy())
         scores.append(inspection.scores.float().cpu().numpy())
+        levels.append(detector.map_level(inspection.maps, m).float().cpu().numpy())
         for name, values in inspection.alternatives.items():
             alternatives.setdefault(name, []).append(values.float().cpu().numpy())
     if not maps:
-        return Scored(np.zeros_like(images), np.zeros(0, np.float32), {})
-    return Scored(np.concatenate(maps), np.concatenate(scores), {k: np.concatenate(v) for k, v in alternatives.items()})
+        return Scored(np.zeros_like(images), np.zeros(0, np.float32), {}, np.zeros(0, np.float32))
+    return Scored(np.concatenate(maps), np.concatenate(scores), {k: np.concatenate(v) for k, v in alternatives.items()},
+                  np.concatenate(levels))
 
 
 def score_volume(detector: Detector, spec: PreprocessSpec, data: np.ndarray, affine: np.ndarray,

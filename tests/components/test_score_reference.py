@@ -1,10 +1,14 @@
-"""Slice scores relative to their scan: what makes a threshold travel between sites."""
+"""Slice scores relative to their scan or to their own slice's residual: what makes a threshold
+travel between sites."""
 
 import numpy as np
 import pytest
+import torch
 
 from components.models.bundle import Calibration
-from components.models.inference import Scored, relative_to_scan, with_reference
+from components.models.detector import focal_score
+from components.models.inference import Scored, relative_to_level, relative_to_scan, score_slices, with_reference
+from components.models.registry import build_detector
 
 
 def test_each_score_is_divided_by_its_own_scans_median():
@@ -23,7 +27,7 @@ def test_a_site_that_scales_a_whole_scans_scores_leaves_them_unchanged():
 
 def test_a_scan_of_zero_scores_stays_zero_and_an_unknown_rule_is_named():
     assert np.all(relative_to_scan(np.zeros(4)) == 0)
-    scored = Scored(np.zeros((2, 1, 4, 4)), np.array([1.0, 3.0]), {"map_mean": np.array([0.1, 0.2])})
+    scored = Scored(np.zeros((2, 1, 4, 4)), np.array([1.0, 3.0]), {"map_mean": np.array([0.1, 0.2])}, np.array([0.5, 0.0]))
     assert with_reference(scored, "none") is scored
     relative = with_reference(scored, "scan_median")
     np.testing.assert_allclose(relative.scores, [0.5, 1.5])
@@ -35,3 +39,37 @@ def test_a_scan_of_zero_scores_stays_zero_and_an_unknown_rule_is_named():
 def test_a_calibration_with_an_unknown_rule_is_refused_when_it_is_built():
     with pytest.raises(ValueError, match="calibration.score_reference 'scan_mean'"):
         Calibration(98.0, 0.1, 0.2, 0.3, [0.1], score_reference="scan_mean")
+
+
+def test_a_slice_scored_against_its_own_residual_ignores_a_scanners_gain_but_not_a_lesion():
+    """The focal score over the map's median inside the brain: a map raised as a whole (another
+    site's noise or contrast) scores as before; a bright blob on the same map still stands out."""
+    rng = np.random.default_rng(0)
+    maps = torch.from_numpy(rng.gamma(2.0, 0.05, (6, 1, 32, 32)).astype(np.float32))
+    brain = torch.zeros(6, 1, 32, 32, dtype=torch.bool)
+    brain[..., 4:28, 4:28] = True
+    maps = maps * brain
+    detector = build_detector("dense_ae", base_channels=4, latent_size=4, downsamplings=2, image_size=32)
+
+    def relative(m):
+        return relative_to_level(focal_score(m, brain, 0.02).numpy(), detector.map_level(m, brain).numpy())
+
+    np.testing.assert_allclose(relative(maps * 3.0), relative(maps), rtol=1e-5)
+    lesion = maps.clone()
+    lesion[:3, :, 12:16, 12:16] += 1.0  # 16 of 576 brain pixels: the median barely moves
+    assert np.all(relative(lesion)[:3] > 2 * relative(maps)[:3])
+    np.testing.assert_allclose(relative(lesion)[3:], relative(maps)[3:])
+
+
+def test_levels_are_the_maps_median_in_the_brain_and_a_slice_without_residual_scores_zero():
+    detector = build_detector("dense_ae", base_channels=4, latent_size=4, downsamplings=2, image_size=32)
+    images = np.random.default_rng(1).uniform(0, 1, (4, 1, 32, 32)).astype(np.float32)
+    brain = np.zeros_like(images, bool)
+    brain[..., 8:24, 8:24] = True
+    scored = score_slices(detector, images, brain)
+    expected = [np.quantile(m[b], 0.5, method="lower") for m, b in zip(scored.maps, brain)]  # torch: the lower middle
+    np.testing.assert_allclose(scored.levels, expected, rtol=1e-5)
+    relative = with_reference(scored, "brain_median")
+    np.testing.assert_allclose(relative.scores, scored.scores / scored.levels, rtol=1e-5)
+    np.testing.assert_allclose(relative_to_level([0.0, 2.0], [0.0, 0.5]), [0.0, 4.0])
+

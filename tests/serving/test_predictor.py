@@ -9,6 +9,7 @@ import torch
 from components.data.layouts import read_brats
 from components.data.nifti_io import load_volume
 from components.models.bundle import Calibration, DetectorBundle
+from components.models.inference import relative_to_level, score_volume
 from components.models.registry import DETECTORS, build_detector, data_hyperparams
 from components.preprocess.spec import PreprocessSpec
 from components.preprocess.geometry import to_ras
@@ -107,3 +108,18 @@ def test_a_model_that_scores_relative_to_the_scan_serves_its_scores_over_the_sca
     del saved["calibration"]["score_reference"]
     (folder / "bundle.json").write_text(json.dumps(saved))
     assert VolumePredictor.from_folder(folder).bundle.calibration.score_reference == "none"
+
+
+
+def test_a_model_that_scores_against_each_slices_residual_serves_its_scores_over_that_level(predictor, tmp_path, phantom_roots):
+    """"brain_median" travels in the bundle too: each served score is the detector's own over the
+    median of that slice's map inside the brain, as `evaluate` calibrated it."""
+    relative = DetectorBundle(**{**predictor.bundle.__dict__, "calibration": Calibration(
+        98.0, slice_threshold=3.0, volume_threshold=4.0, pixel_threshold=0.3, reference_scores=[1.0],
+        score_reference="brain_median")})
+    folder = relative.save(tmp_path / "brain_median", predictor.detector.state_dict())
+    image, affine = load_volume(read_brats(phantom_roots[1])[0].image)
+    slices, scored = score_volume(predictor.detector, predictor.bundle.preprocess, image, affine)
+    served = VolumePredictor.from_folder(folder).predict(image, affine)["slices"]
+    np.testing.assert_allclose([s["score"] for s in served], relative_to_level(scored.scores, scored.levels), rtol=1e-4)
+    assert [s["verdict"] for s in served] == ["anomalous" if s["score"] > 3.0 else "normal" for s in served]
