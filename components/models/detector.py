@@ -121,7 +121,11 @@ class Detector(nn.Module, ABC):
 
     def map_level(self, maps: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
         """Each slice's typical residual, (N,): its map's median inside the brain, which another
-        scanner's noise, blur or contrast raises with the rest of the map, a lesion hardly."""
+        scanner's noise, blur or contrast raises with the rest of the map, a lesion hardly. 1 for
+        a detector that scores slices its paper's own way, not off the map (a latent distance, a
+        patch metric over Z-scored maps): its scores stay as the paper defines them."""
+        if type(self).slice_score is not Detector.slice_score:
+            return torch.ones(len(maps), device=maps.device)
         return median_in_brain(maps, brain)
 
     def alternative_scores(self, x: torch.Tensor, maps: torch.Tensor, brain: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from components.models.bundle import Calibration
-from components.models.detector import focal_score
+from components.models.detector import Detector, focal_score
 from components.models.inference import Scored, relative_to_level, relative_to_scan, score_slices, with_reference
-from components.models.registry import build_detector
+from components.models.registry import DETECTORS, build_detector
+from tests.components.test_detectors import batch, tiny
 
 
 def test_each_score_is_divided_by_its_own_scans_median():
@@ -73,3 +74,19 @@ def test_levels_are_the_maps_median_in_the_brain_and_a_slice_without_residual_sc
     np.testing.assert_allclose(relative.scores, scored.scores / scored.levels, rtol=1e-5)
     np.testing.assert_allclose(relative_to_level([0.0, 2.0], [0.0, 0.5]), [0.0, 4.0])
 
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_only_a_score_read_off_the_map_is_divided_by_the_maps_level(name):
+    """A paper's own slice score (a latent distance, a patch metric over Z-scored maps) keeps its
+    definition: its level is 1; the focal score's level is the map's median in the brain."""
+    detector = tiny(name).eval()
+    slices = batch(4)
+    scored = score_slices(detector, slices.image.numpy(), slices.brain.numpy())
+    if type(detector).slice_score is Detector.slice_score:
+        assert np.all(scored.levels > 0)
+        np.testing.assert_allclose(scored.levels, [np.quantile(m[b], 0.5, method="lower")
+                                                   for m, b in zip(scored.maps, slices.brain.numpy())], rtol=1e-5)
+    else:
+        np.testing.assert_array_equal(scored.levels, 1.0)
+        np.testing.assert_allclose(with_reference(scored, "brain_median").scores, scored.scores)
