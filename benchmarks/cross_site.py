@@ -2,6 +2,7 @@
 
     python benchmarks/cross_site.py [--only intensity denoising_ae ...] [--output benchmarks/results/cross_site.json]
     python benchmarks/cross_site.py --from-report   # the table of the rows reports/comparison.json holds
+    python benchmarks/cross_site.py --rescore       # the trained models again, under today's evaluate settings
 
 Runs `brainomaly compare` (each detector trained on the training site, evaluated, then scored on
 every site's held-out scans at the deployed thresholds and after site calibration; see README
@@ -48,10 +49,11 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="some of compare.detectors (default: all)")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks/results/cross_site.json")
     parser.add_argument("--from-report", action="store_true", help="train nothing: check the rows the report holds")
+    parser.add_argument("--rescore", action="store_true", help="train nothing: evaluate the trained models again")
     args = parser.parse_args()
     params = load_params(REPO / "params.yaml")
     if not args.from_report:
-        compare.run(params, only=args.only)
+        compare.run(params, only=args.only, rescore=args.rescore)
     results = {name: row for name, row in json.loads(params.path(compare.REPORT_JSON).read_text()).items()
                if row.get("sites")}  # every detector compared on today's data
     unseen = [s for s in next(iter(results.values()))["sites"] if s != params.phantoms.spec.training_site]

@@ -93,9 +93,11 @@ def compare(
     params: Path = PARAMS_OPTION,
     overrides: list[str] = SET_OPTION,
     only: list[str] = typer.Option([], "--only", help="rerun this detector alone, keeping the others' rows (repeatable)"),
+    rescore: bool = typer.Option(False, "--rescore", help="evaluate the models already trained again (today's "
+                                                          "evaluate settings), without training"),
 ) -> None:
     """Train and evaluate every detector of compare.detectors; write the comparison tables."""
-    _run_stage("compare", params, overrides, only=only or None)
+    _run_stage("compare", params, overrides, only=only or None, rescore=rescore)
 
 
 @app.command()

@@ -47,16 +47,19 @@ def workspace(params: Params, name: str) -> Path:
     return create(params, WORKSPACES / name, changes)
 
 
-def run(params: Params, only: list[str] | None = None) -> dict:
+def run(params: Params, only: list[str] | None = None, rescore: bool = False) -> dict:
+    """Train and evaluate each detector (``only``: these, the others' rows kept); ``rescore``:
+    evaluate the models an earlier comparison trained again, under today's evaluate settings."""
     if not params.path(PROCESSED_DIR / "index.parquet").is_file():
         raise FileNotFoundError("no processed data: run `brainomaly preprocess` (or `dvc repro validate`) first")
     unknown = sorted(set(only or ()) - set(params.compare.detectors))
     if unknown:
         raise ValueError(f"--only {', '.join(unknown)}: not in compare.detectors {params.compare.detectors}")
     results, failures = kept_results(params, only), {}
+    earlier = earlier_rows(params) if rescore else {}
     for name in only or params.compare.detectors:
         try:
-            results[name] = train_and_evaluate(params, name)
+            results[name] = train_and_evaluate(params, name, earlier.get(name, {}) if rescore else None)
         except StageError as err:  # one detector's failure must not cost the others' results
             failures[name] = str(err)
             continue
@@ -87,14 +90,29 @@ def kept_results(params: Params, only: list[str] | None) -> dict:
             if name in previous and name not in only and previous[name].get("data_fingerprint") == current}
 
 
-def train_and_evaluate(params: Params, name: str) -> dict:
-    """One detector's evaluation metrics, training time and throughput, from its workspace."""
+def earlier_rows(params: Params) -> dict:
+    """The report's rows, where it has any: what a rescore keeps of each detector's training."""
+    report = params.path(REPORT_JSON)
+    return json.loads(report.read_text()) if report.is_file() else {}
+
+
+def train_and_evaluate(params: Params, name: str, trained: dict | None = None) -> dict:
+    """One detector's evaluation metrics, training time and throughput, from its workspace.
+    ``trained``: its row of an earlier comparison, whose model is evaluated again instead of
+    training a new one (it must have been trained on today's processed data)."""
     folder = workspace(params, name)
-    checkpoints = Path(params.train.storage_path)
-    if "://" not in params.train.storage_path and not checkpoints.is_absolute():
-        # from scratch, so that its training time is one; only the workspace's own folder, never a shared one
-        shutil.rmtree(folder / checkpoints, ignore_errors=True)
-    train_seconds = run_stage("train", folder, params)
+    if trained is not None:
+        current = processed_fingerprint(params.path(PROCESSED_DIR))
+        if not (folder / MODEL_DIR / "weights.pt").is_file() or trained.get("data_fingerprint") != current:
+            raise StageError(f"{name}: no model trained on today's data in {folder} to rescore; "
+                             f"run `brainomaly compare --only {name}` to train one")
+        train_seconds = trained["train_seconds"]
+    else:
+        checkpoints = Path(params.train.storage_path)
+        if "://" not in params.train.storage_path and not checkpoints.is_absolute():
+            # from scratch, so that its training time is one; only the workspace's own folder, never a shared one
+            shutil.rmtree(folder / checkpoints, ignore_errors=True)
+        train_seconds = run_stage("train", folder, params)
     run_stage("evaluate", folder, params)
     across = {}
     if params.path(params.data.sites_root).is_dir():  # scans from other sites, where the project has them

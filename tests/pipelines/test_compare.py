@@ -65,6 +65,16 @@ def test_comparison_report_and_nested_runs(processed_project, phantom_roots, tmp
     assert rerun["intensity"] == results["intensity"]
     assert rerun["spatial_ae"]["epochs"] == 3 and rerun["spatial_ae"]["mlflow_run_id"] != results["spatial_ae"]["mlflow_run_id"]
     assert list(compare.kept_results(params, ["spatial_ae"])) == ["intensity"]
+    # --rescore: the trained model evaluated again under today's evaluate settings, not retrained
+    evaluate = {"score_reference": "none"}  # the thresholds in the detector's own units again
+    rescored_params = load_params(write_params(tmp_path, compare=settings, data=data, calibrate=calibrate, evaluate=evaluate))
+    compare.run(rescored_params, only=["spatial_ae"], rescore=True)
+    rescored = json.loads((tmp_path / "reports" / "comparison.json").read_text())["spatial_ae"]
+    assert rescored["mlflow_run_id"] == rerun["spatial_ae"]["mlflow_run_id"]  # the same training run: no new one
+    assert rescored["train_seconds"] == rerun["spatial_ae"]["train_seconds"]
+    assert rescored["slice_threshold"] != rerun["spatial_ae"]["slice_threshold"]  # scored under the new setting
+    with pytest.raises(StageError, match="no model trained on today's data .* to rescore"):
+        compare.run(rescored_params, only=["dual_vae"], rescore=True)  # its training failed: nothing to rescore
     # a row evaluated on other processed data is dropped, not mixed into today's table
     stale = {**rerun, "intensity": {**rerun["intensity"], "data_fingerprint": "other data"}}
     (tmp_path / "reports" / "comparison.json").write_text(json.dumps(stale))
