@@ -6,7 +6,8 @@
 
 Runs `brainomaly compare` (each detector trained on the training site, evaluated, then scored on
 every site's held-out scans at the deployed thresholds and after site calibration; see README
-"Across sites"), then checks each detector on the unseen sites (every site but
+"Across sites"), then checks each detector, and the pipeline's own model as `make run` registers
+it (``reports/sites.json``), on the unseen sites (every site but
 ``phantoms.training_site``) against the targets below, after calibration. Writes the JSON and
 prints the table; reports/comparison.md holds the full tables.
 """
@@ -23,6 +24,7 @@ from rich.table import Table
 from components.atomic import write_json
 from pipelines import compare
 from pipelines.params import load_params
+from pipelines.sites import REPORT_JSON as SITES_JSON
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {  # on the unseen sites, after calibrating with at most 10 healthy scans each
@@ -56,6 +58,10 @@ def main() -> None:
         compare.run(params, only=args.only, rescore=args.rescore)
     results = {name: row for name, row in json.loads(params.path(compare.REPORT_JSON).read_text()).items()
                if row.get("sites")}  # every detector compared on today's data
+    served = params.path(SITES_JSON)  # and the pipeline's own model, as `make run` registers it
+    if served.is_file():
+        found = json.loads(served.read_text())
+        results[f"{found['model']} as served"] = {"sites": found["sites"]}
     unseen = [s for s in next(iter(results.values()))["sites"] if s != params.phantoms.spec.training_site]
     report = {"machine": "a 2-core CPU machine", "training_site": params.phantoms.spec.training_site,
               "targets": {k: f"{op} {bound}" for k, (op, bound) in TARGETS.items()}, "detectors": {}}
