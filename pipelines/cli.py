@@ -149,7 +149,7 @@ def serve(
 def drift_demo(
     params: Path = PARAMS_OPTION,
     url: str = typer.Option(None, help="a running endpoint (default: http://<serve.host>:<serve.port>)"),
-    shift: str = typer.Option("bias_field", help="bias_field, gamma, rescale, or contrast (the other modality)"),
+    shift: str = typer.Option("contrast", help="contrast (the other modality), bias_field, gamma or rescale"),
 ) -> None:
     """Send healthy scans, then shifted ones, to a running endpoint and print its drift gauges.
 
@@ -159,20 +159,16 @@ def drift_demo(
     import requests
     from rich.table import Table
 
-    from components.data.layouts import read_dataset
     from pipelines.preprocess import PROCESSED_DIR
-    from serving.drift_demo import OTHER_CONTRAST, check_shift, held_out_healthy, run_drill
+    from serving.drift_demo import check_shift, held_out_healthy, other_contrast_scans, run_drill
 
     try:
         check_shift(shift)
         p = load_params(params)
         data = p.data
         subjects = held_out_healthy(p.path(PROCESSED_DIR), p.path(data.healthy_root), data.healthy_layout, data.modality)
-        other = None
-        if shift == "contrast":
-            wanted = {s.subject_id for s in subjects}
-            other = [s for s in read_dataset(p.path(data.healthy_root), data.healthy_layout, OTHER_CONTRAST[data.modality])
-                     if s.subject_id in wanted]
+        other = other_contrast_scans(subjects, p.path(data.healthy_root), data.healthy_layout, data.modality) \
+            if shift == "contrast" else None
         phases = run_drill(url or f"http://{p.serve.host}:{p.serve.port}", subjects, window=p.serve.drift.window,
                            shift=shift, other_contrast=other, api_key=os.environ.get(API_KEY_VARIABLE) or None)
     except (ParamsError, ValueError, FileNotFoundError, RuntimeError, requests.RequestException) as err:

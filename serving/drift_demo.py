@@ -48,6 +48,12 @@ def held_out_healthy(processed: Path, root: Path, layout: str, modality: str) ->
     return subjects
 
 
+def other_contrast_scans(subjects: list, root: Path, layout: str, modality: str) -> list:
+    """The same subjects' scans of the other contrast (T1 for a T2 model): the wrong-sequence upload."""
+    wanted = {s.subject_id for s in subjects}
+    return [s for s in read_dataset(root, layout, OTHER_CONTRAST[modality]) if s.subject_id in wanted]
+
+
 def upload(image: Path, shift: str | None) -> bytes:
     if shift is None:
         return image.read_bytes()
