@@ -128,6 +128,7 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from pipelines.tracking import tracking_uri
     from pipelines.model_store import ModelNotFoundError
+    from components.data.nifti_io import VolumeLimits
     from serving.run import serve_forever  # Ray Serve is heavy: import only for this command
     from serving.settings import EndpointSettings
 
@@ -136,6 +137,7 @@ def serve(
         settings = EndpointSettings(
             model_uri=model_uri or f"models:/{p.registry.model_name}@{p.registry.alias}",
             tracking_uri=tracking_uri(p), max_upload_bytes=int(p.serve.max_upload_mb * 2**20),
+            limits=VolumeLimits(p.serve.max_voxels, p.serve.max_axis),
             registry_poll_s=p.serve.registry_poll_s, api_key=os.environ.get(API_KEY_VARIABLE) or None,
             drift=p.serve.drift,
         )

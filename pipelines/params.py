@@ -297,6 +297,8 @@ class ServeParams(Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     max_upload_mb: float = Field(256, gt=0)
+    max_voxels: int = Field(2**26, ge=8)
+    max_axis: int = Field(1024, ge=2)
     num_replicas: int = Field(1, ge=1)
     autoscaling: AutoscalingParams | None = None
     max_ongoing_requests: int = Field(4, ge=1)

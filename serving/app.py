@@ -179,7 +179,7 @@ class Ingress:
         payload = await upload_payload(request, self.settings.max_upload_bytes)
         try:
             # in a thread: gunzipping a 240x240x155 scan takes a while, probes must not wait on it
-            data, affine = await asyncio.to_thread(volume_from_bytes, payload,
+            data, affine = await asyncio.to_thread(volume_from_bytes, payload, limits=self.settings.limits,
                                                    max_uncompressed_bytes=4 * self.settings.max_upload_bytes)
         except InvalidVolumeError as err:
             raise RequestError(400, str(err)) from None

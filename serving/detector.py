@@ -40,7 +40,7 @@ class DetectorModel:
         if predictor is None:
             return {"unavailable": "no model loaded yet; see /readyz"}
         try:
-            return await asyncio.to_thread(predictor.predict, data, affine, with_map, site)
+            return await asyncio.to_thread(predictor.predict, data, affine, with_map, site, self.settings.limits)
         except (InvalidVolumeError, UnknownSiteError) as err:
             return {"error": str(err)}
 

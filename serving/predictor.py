@@ -15,9 +15,10 @@ import nibabel as nib
 import numpy as np
 from torch import nn
 
+from components.data.nifti_io import VolumeLimits
 from components.models.bundle import Calibration, DetectorBundle
 from components.models.inference import score_volume
-from components.preprocess.geometry import axial_axis, to_input_grid
+from components.preprocess.geometry import axial_axis, resampled_shape, to_input_grid
 from components.reports.figures import overlay_strip
 from components.scoring.volume import volume_score
 
@@ -68,7 +69,7 @@ class VolumePredictor:
         }
 
     def predict(self, data: np.ndarray, affine: np.ndarray, with_map: Literal["nifti", "png"] | None = None,
-                site: str | None = None) -> dict:
+                site: str | None = None, limits: VolumeLimits = VolumeLimits()) -> dict:
         """Scores of one (X, Y, Z) skull-stripped volume; slice indices are the input's own;
         verdicts at ``site``'s thresholds (the training calibration's without a site).
 
@@ -76,9 +77,14 @@ class VolumePredictor:
         input slice: that slice's score is the highest of theirs. ``with_map="nifti"`` adds
         ``map``: the anomaly map on the input's grid with its affine, as .nii.gz bytes in a fresh
         header (none of the upload's header text is carried over); ``"png"`` a PNG of the
-        ``OVERLAY_SLICES`` most anomalous model slices with their maps over them.
+        ``OVERLAY_SLICES`` most anomalous model slices with their maps over them. ``limits`` bound
+        the volume the recipe resamples the scan to, checked before any work.
         """
         calibration = self.calibration(site)  # an unknown site is refused before any work
+        target = self.bundle.preprocess.spacing_mm
+        if target is not None:  # 2 voxels of 50 mm become 100 of 1 mm: the grid, not the upload, sets the cost
+            limits.check(resampled_shape(data.shape, nib.affines.voxel_sizes(affine), target), "upload",
+                         f"resampled to {target} mm, the volume shape")
         slices, scored = score_volume(self.detector, self.bundle.preprocess, data, affine,
                                       self.bundle.calibration.score_reference)
         scores = scored.scores

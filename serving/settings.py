@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from components.data.nifti_io import VolumeLimits
 from components.monitoring.drift import DriftSettings
 
 
@@ -12,6 +13,7 @@ class EndpointSettings:
     model_uri: str  # models:/<name>@<alias> follows the alias; models:/<name>/<version> pins one
     tracking_uri: str
     max_upload_bytes: int = 256 * 2**20
+    limits: VolumeLimits = VolumeLimits()  # each upload's voxels, as sent and as resampled
     registry_poll_s: float = 30.0
     api_key: str | None = field(default=None, repr=False)  # required in X-API-Key when set
     drift: DriftSettings = DriftSettings()

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -24,7 +26,25 @@ class InvalidVolumeError(ValueError):
     """The bytes or file given are not a usable 3-D NIfTI volume; the message says why."""
 
 
-def _check_image(img: nib.Nifti1Image, name: str) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class VolumeLimits:
+    """What one volume may cost, checked on its header before a voxel is read (nibabel allocates
+    what the header claims before it finds the data missing)."""
+
+    max_voxels: int = 2**26  # 67 M voxels, 256 MiB as float32: a 512 x 512 x 256 scan
+    max_axis: int = 1024
+
+    def check(self, shape: tuple[int, ...], name: str, what: str = "volume shape") -> None:
+        if max(shape) > self.max_axis:
+            raise InvalidVolumeError(f"{name}: {what} {tuple(shape)} has an axis longer than {self.max_axis} voxels")
+        if math.prod(shape) > self.max_voxels:
+            raise InvalidVolumeError(
+                f"{name}: {what} {tuple(shape)} holds {math.prod(shape):,} voxels, over the limit of {self.max_voxels:,}")
+
+
+def _check_image(img: nib.Nifti1Image, name: str, limits: VolumeLimits,
+                 data_bytes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``data_bytes``: the image data actually present after the header, where known."""
     shape = img.shape
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
@@ -34,6 +54,11 @@ def _check_image(img: nib.Nifti1Image, name: str) -> tuple[np.ndarray, np.ndarra
         )
     if min(shape) < 2:
         raise InvalidVolumeError(f"{name}: volume shape {img.shape} has an axis shorter than 2")
+    limits.check(shape, name)
+    claimed = math.prod(shape) * img.get_data_dtype().itemsize
+    if data_bytes is not None and claimed > data_bytes:
+        raise InvalidVolumeError(f"{name}: the header claims {shape} {img.get_data_dtype()} voxels "
+                                 f"({claimed:,} bytes) but {max(data_bytes, 0):,} bytes of image data follow it")
     try:
         affine = img.affine
     except Exception as err:  # hostile quaternion/srow values overflow nibabel's arithmetic
@@ -61,7 +86,12 @@ def _check_image(img: nib.Nifti1Image, name: str) -> tuple[np.ndarray, np.ndarra
     return data, affine.astype(np.float64)
 
 
-def load_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+def _data_bytes(img: nib.Nifti1Image, size: int) -> int:
+    """Bytes after the header and its extensions, in a single-file NIfTI of ``size`` bytes."""
+    return size - max(int(img.header["vox_offset"]), img.header.single_vox_offset)
+
+
+def load_volume(path: str | Path, limits: VolumeLimits = VolumeLimits()) -> tuple[np.ndarray, np.ndarray]:
     """Load a 3-D NIfTI file (.nii or .nii.gz) as (float32 data, 4x4 affine)."""
     path = Path(path)
     if not path.is_file():
@@ -70,16 +100,20 @@ def load_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         img = nib.load(str(path))
     except Exception as err:  # nibabel raises many types for a bad header
         raise InvalidVolumeError(f"{path}: not a readable NIfTI file ({err})") from err
-    return _check_image(img, str(path))
+    with path.open("rb") as file:
+        compressed = file.read(2) == b"\x1f\x8b"  # a gzip stream's data size is known only once inflated
+    return _check_image(img, str(path), limits, None if compressed else _data_bytes(img, path.stat().st_size))
 
 
 def volume_from_bytes(
-    payload: bytes, *, name: str = "upload", max_uncompressed_bytes: int = 1 << 30
+    payload: bytes, *, name: str = "upload", max_uncompressed_bytes: int = 1 << 30,
+    limits: VolumeLimits = VolumeLimits(),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Parse an uploaded .nii or .nii.gz body as (float32 data, 4x4 affine).
 
     Gzip is detected from its magic bytes, decompressed with a bound (so a small upload cannot
-    expand without limit) and parsed in memory: nothing is written to disk.
+    expand without limit) and parsed in memory: nothing is written to disk. A header that claims
+    more voxels than ``limits`` allow or than the bytes that follow it is refused unread.
     """
     if payload[:2] == b"\x1f\x8b":
         payload = _gunzip_bounded(payload, name, max_uncompressed_bytes)
@@ -92,18 +126,18 @@ def volume_from_bytes(
             img = nib.Nifti2Image.from_bytes(payload)
         except Exception as err:
             raise InvalidVolumeError(f"{name}: not a NIfTI-1 or NIfTI-2 file ({err})") from err
-    return _check_image(img, name)
+    return _check_image(img, name, limits, _data_bytes(img, len(payload)))
 
 
 def _gunzip_bounded(payload: bytes, name: str, limit: int) -> bytes:
-    reader = gzip.GzipFile(fileobj=io.BytesIO(payload))
-    try:
-        data = reader.read(limit + 1)
+    reader, data = gzip.GzipFile(fileobj=io.BytesIO(payload)), io.BytesIO()
+    try:  # in 1 MiB blocks: read(limit) would reserve the whole limit up front
+        while block := reader.read(2**20):
+            if data.write(block) and data.tell() > limit:
+                raise InvalidVolumeError(f"{name}: decompresses to more than {limit // 2**20} MiB")
     except (EOFError, OSError, zlib.error) as err:
         raise InvalidVolumeError(f"{name}: the gzip stream is truncated or corrupt ({err})") from err
-    if len(data) > limit:
-        raise InvalidVolumeError(f"{name}: decompresses to more than {limit // 2**20} MiB")
-    return data
+    return data.getvalue()
 
 
 def save_volume(data: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:

@@ -33,10 +33,14 @@ def ras_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(sizes[int(np.flatnonzero(ornt[:, 0] == axis)[0])]) for axis in range(3))
 
 
+def resampled_shape(shape: tuple[int, ...], spacing: tuple[float, ...], target_mm: float) -> tuple[int, ...]:
+    """The shape of a volume of ``spacing`` mm voxels once resampled to ``target_mm``."""
+    return tuple(max(1, int(round(n * (s / target_mm)))) for n, s in zip(shape, spacing))
+
+
 def resample(volume: np.ndarray, spacing: tuple[float, ...], target_mm: float, order: int) -> np.ndarray:
     """Resample a RAS volume to isotropic ``target_mm`` voxels (order 3 = cubic, 0 = nearest)."""
-    zoom = [s / target_mm for s in spacing]
-    shape = [max(1, int(round(n * z))) for n, z in zip(volume.shape, zoom)]
+    shape = resampled_shape(volume.shape, spacing, target_mm)
     source = volume.astype(np.float32) if volume.dtype == bool else volume
     return ndimage.zoom(source, [n / m for n, m in zip(shape, volume.shape)], order=order, grid_mode=True, mode="nearest")
 

@@ -14,6 +14,7 @@ from components.data.layouts import read_brats
 from components.data.nifti_io import load_volume
 from serving.local_server import running_server
 from tests.conftest import venv_env
+from tests.components.test_nifti_io import header_claiming
 
 pytestmark = pytest.mark.slow
 
@@ -94,8 +95,11 @@ def truncated_upload(pipeline_repo) -> bytes:
         (lambda repo: nifti(np.pad(np.ones((3, 3, 3), np.float32), 8)), 400, "fewer than 100 brain voxels"),
         (lambda repo: os.urandom(3 * 2**20), 413, "exceeds"),
         (lambda repo: b"", 400, "empty body"),
+        (lambda repo: gzip.compress(header_claiming((1024, 1024, 1000))), 400, "over the limit of"),
+        (lambda repo: gzip.compress(header_claiming((400, 400, 400))), 400, "bytes of image data follow it"),
     ],
-    ids=["not-nifti", "truncated-gzip", "2d", "5d", "nan", "constant", "tiny-brain", "too-large", "empty"],
+    ids=["not-nifti", "truncated-gzip", "2d", "5d", "nan", "constant", "tiny-brain", "too-large", "empty", "header-bomb",
+         "header-claims-more-than-sent"],
 )
 def test_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(server, pipeline_repo, make, status, message):
     response = requests.post(f"{server}/v1/predict", data=make(pipeline_repo), timeout=60)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from components.data.layouts import read_brats
-from components.data.nifti_io import load_volume
+from components.data.nifti_io import InvalidVolumeError, VolumeLimits, load_volume
 from components.models.bundle import Calibration, DetectorBundle
 from components.models.inference import relative_to_level, score_volume
 from components.models.registry import DETECTORS, build_detector, data_hyperparams
@@ -123,3 +123,12 @@ def test_a_model_that_scores_against_each_slices_residual_serves_its_scores_over
     served = VolumePredictor.from_folder(folder).predict(image, affine)["slices"]
     np.testing.assert_allclose([s["score"] for s in served], relative_to_level(scored.scores, scored.levels), rtol=1e-4)
     assert [s["verdict"] for s in served] == ["anomalous" if s["score"] > 3.0 else "normal" for s in served]
+
+def test_a_volume_the_recipe_would_blow_up_is_refused_before_resampling(predictor):
+    """A small upload is no small job when the recipe resamples it: its grid, not its bytes, sets the cost."""
+    from dataclasses import replace
+
+    resampling = replace(predictor, bundle=replace(predictor.bundle, preprocess=PreprocessSpec(size=32, spacing_mm=1.0)))
+    coarse = np.diag([40.0, 40.0, 40.0, 1.0])  # 4 voxels of 40 mm along each axis: 160 of 1 mm
+    with pytest.raises(InvalidVolumeError, match=r"resampled to 1.0 mm, the volume shape \(160, 160, 160\) holds"):
+        resampling.predict(np.ones((4, 4, 4), np.float32), coarse, limits=VolumeLimits(max_voxels=10**6))
