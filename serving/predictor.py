@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 from torch import nn
 
-from components.data.nifti_io import VolumeLimits
+from components.data.nifti_io import InvalidVolumeError, VolumeLimits
 from components.models.bundle import Calibration, DetectorBundle
 from components.models.inference import score_volume
 from components.preprocess.geometry import axial_axis, resampled_shape, to_input_grid
@@ -88,6 +88,8 @@ class VolumePredictor:
         slices, scored = score_volume(self.detector, self.bundle.preprocess, data, affine,
                                       self.bundle.calibration.score_reference)
         scores = scored.scores
+        if not (np.isfinite(scores).all() and np.isfinite(scored.maps).all()):  # never a NaN answer, metric or drift
+            raise InvalidVolumeError("the model gave non-finite scores for this scan: are its intensities a scanner's?")
         per_slice: dict[int, float] = {}
         for index, value in zip(slices.slice_numbers.tolist(), scores.tolist()):
             per_slice[index] = max(value, per_slice.get(index, value))

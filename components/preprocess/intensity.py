@@ -22,7 +22,8 @@ def percentile_scale(
     """Map the (low, high) percentiles of the brain's intensities to ``value_range`` and clip."""
     low, high = np.percentile(image[brain], percentiles)
     if high - low <= 1e-6 * max(abs(high), 1.0):
-        raise InvalidVolumeError("the brain's intensities are constant: nothing to normalise")
+        raise InvalidVolumeError(f"the brain's intensities are flat ({percentiles[0]:g}th to {percentiles[1]:g}th "
+                                 f"percentile: {low:g} to {high:g}): nothing to normalise")
     unit = np.clip((image - low) / (high - low), 0.0, 1.0)
     return (value_range[0] + unit * (value_range[1] - value_range[0])).astype(np.float32)
 
@@ -31,8 +32,12 @@ def zscore(image: np.ndarray, brain: np.ndarray) -> np.ndarray:
     """(image - mean) / std of the brain's intensities."""
     values = image[brain]
     std = float(values.std())
+    if not np.isfinite(std):  # a float32 sum of squares overflows near float32's limits
+        raise InvalidVolumeError(f"intensities up to {float(np.abs(values).max()):g} are too extreme to normalise: "
+                                 "rescale the scan to its scanner's usual range")
     if std <= 1e-6 * max(abs(float(values.mean())), 1.0):
-        raise InvalidVolumeError("the brain's intensities are constant: nothing to normalise")
+        raise InvalidVolumeError(f"the brain's intensities are flat (mean {float(values.mean()):g}, standard deviation "
+                                 f"{std:g}): nothing to normalise")
     return ((image - values.mean()) / std).astype(np.float32)
 
 

@@ -89,7 +89,9 @@ def _check_inputs(image: np.ndarray, **others: np.ndarray | None) -> None:
 
 
 def normalise(image: np.ndarray, brain: np.ndarray, spec: PreprocessSpec, spacing: tuple[float, ...]) -> np.ndarray:
-    """N4 (optional), then percentile scaling or z-score, then histogram matching (optional)."""
+    """N4 (optional), then percentile scaling or z-score, then histogram matching (optional).
+    Intensities whose arithmetic leaves float32 (finite, yet near its limits) are refused."""
+    source = image
     if spec.bias_correction:
         image = n4_bias_correct(image, brain, spacing)
     if spec.normalisation == "zscore":
@@ -98,6 +100,9 @@ def normalise(image: np.ndarray, brain: np.ndarray, spec: PreprocessSpec, spacin
         image = percentile_scale(image, brain, spec.percentiles, spec.value_range)
     if spec.histogram_landmarks is not None:
         image = match_histogram(image, brain, spec.histogram_landmarks)
+    if not np.isfinite(image).all():
+        raise InvalidVolumeError(f"intensities from {source.min():g} to {source.max():g} do not normalise to finite "
+                                 "values: rescale the scan to its scanner's usual range")
     return image
 
 

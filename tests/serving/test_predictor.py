@@ -132,3 +132,24 @@ def test_a_volume_the_recipe_would_blow_up_is_refused_before_resampling(predicto
     coarse = np.diag([40.0, 40.0, 40.0, 1.0])  # 4 voxels of 40 mm along each axis: 160 of 1 mm
     with pytest.raises(InvalidVolumeError, match=r"resampled to 1.0 mm, the volume shape \(160, 160, 160\) holds"):
         resampling.predict(np.ones((4, 4, 4), np.float32), coarse, limits=VolumeLimits(max_voxels=10**6))
+
+
+@pytest.mark.parametrize("preset", [None, "dual_vae_improved", "latent_constrained"])  # percentile, N4, z-score
+def test_extreme_but_finite_intensities_get_a_clear_error_never_a_nan(preset, tmp_path):
+    """Voxels near float32's limit are finite, so they pass the upload checks; the recipe's
+    arithmetic must not turn them into NaN scores."""
+    from pipelines.params import PreprocessParams
+
+    spec = PreprocessParams(size=32, **({"preset": preset} if preset else {})).spec()
+    hyperparams = {**TINY["spatial_ae"], **data_hyperparams("spatial_ae", 32, spec.output_range)}
+    calibration = Calibration(98.0, slice_threshold=0.1, volume_threshold=0.2, pixel_threshold=0.3, reference_scores=[0.1])
+    folder = DetectorBundle("spatial_ae", hyperparams, spec, calibration).save(
+        tmp_path, build_detector("spatial_ae", **hyperparams).state_dict())
+    volume = np.zeros((40, 40, 40), np.float32)
+    volume[8:32, 8:32, 8:32] = np.random.default_rng(0).random((24, 24, 24)) * 3e38
+    try:
+        result = VolumePredictor.from_folder(folder).predict(volume, np.eye(4))
+    except InvalidVolumeError as err:
+        assert "too extreme" in str(err) or "finite" in str(err)
+    else:
+        assert np.isfinite([s["score"] for s in result["slices"]]).all() and np.isfinite(result["volume_score"])
