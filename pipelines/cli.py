@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import json
 import logging
 import os
@@ -120,10 +121,13 @@ def serve(
     params: Path = PARAMS_OPTION,
     port: int = typer.Option(None, help="HTTP port (default: serve.port of params)"),
     model_uri: str = typer.Option(None, help="MLflow model URI (default: models:/<name>@<alias>, followed as it moves)"),
+    allow_no_key: bool = typer.Option(False, "--allow-no-key",
+                                      help="serve on a non-loopback address without BRAINOMALY_API_KEY"),
 ) -> None:
     """Serve the champion model over HTTP with Ray Serve until interrupted.
 
-    Set BRAINOMALY_API_KEY to require that key in the X-API-Key header of /v1/* requests.
+    Set BRAINOMALY_API_KEY to require that key in the X-API-Key header of every request but the
+    probes (and /metrics unless serve.metrics_require_key).
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from pipelines.tracking import tracking_uri
@@ -134,17 +138,30 @@ def serve(
 
     try:
         p = load_params(params)
+        key = os.environ.get(API_KEY_VARIABLE) or None
+        if key is None and not allow_no_key and not is_loopback(p.serve.host):
+            raise ValueError(f"serve.host {p.serve.host} is reachable from other machines: set {API_KEY_VARIABLE}, "
+                             "or pass --allow-no-key to serve it unauthenticated")
         settings = EndpointSettings(
             model_uri=model_uri or f"models:/{p.registry.model_name}@{p.registry.alias}",
             tracking_uri=tracking_uri(p), max_upload_bytes=int(p.serve.max_upload_mb * 2**20),
             limits=VolumeLimits(p.serve.max_voxels, p.serve.max_axis),
-            registry_poll_s=p.serve.registry_poll_s, api_key=os.environ.get(API_KEY_VARIABLE) or None,
+            registry_poll_s=p.serve.registry_poll_s, api_key=key, metrics_require_key=p.serve.metrics_require_key,
             drift=p.serve.drift,
         )
-        serve_forever(settings, host=p.serve.host, port=port or p.serve.port, deployment_options=p.serve.deployment_options())
+        serve_forever(settings, host=p.serve.host, port=port or p.serve.port, deployment_options=p.serve.deployment_options(),
+                      route_prefix=p.serve.route_prefix)
     except (ParamsError, ModelNotFoundError, ValueError, FileNotFoundError) as err:
         console.print(f"[bold red]brainomaly serve: {err}")
         raise typer.Exit(1) from None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach ``host`` (a name other than localhost may resolve anywhere)."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @app.command("drift-demo")

@@ -299,6 +299,8 @@ class ServeParams(Section):
     max_upload_mb: float = Field(256, gt=0)
     max_voxels: int = Field(2**26, ge=8)
     max_axis: int = Field(1024, ge=2)
+    route_prefix: str = Field("/", pattern=r"^/[A-Za-z0-9._~/-]*$")
+    metrics_require_key: bool = False
     num_replicas: int = Field(1, ge=1)
     autoscaling: AutoscalingParams | None = None
     max_ongoing_requests: int = Field(4, ge=1)

@@ -46,6 +46,7 @@ log = logging.getLogger("brainomaly.serving")
 logging.getLogger("nibabel").setLevel(logging.ERROR)  # its header fix-up notes, one per odd upload
 api = FastAPI(title="Brainomaly", description="Unsupervised brain-MRI anomaly detection", version="1")
 ROUTES = {"/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"}
+OPEN_ROUTES = {"/healthz", "/readyz"}  # the orchestrator's probes; /metrics too unless serve.metrics_require_key
 API_KEY_HEADER = "X-API-Key"
 PROBE_HEADROOM = 8  # requests the ingress admits beyond the model's capacity: probes, /metrics
 MAP_FORMATS = {"nifti": ("application/gzip", "anomaly_map.nii.gz"), "png": ("image/png", "anomaly_overlay.png")}
@@ -65,11 +66,13 @@ async def request_error(_: Request, err: RequestError) -> JSONResponse:
 
 @api.middleware("http")
 async def guard_and_observe(request: Request, call_next):
-    """API key on /v1/*, one answer for any failure, and every request counted by the monitor."""
+    """The API key on every route but the open ones (denied by default, whatever the prefix the
+    endpoint is served under), one answer for any failure, and every request counted."""
     start = time.perf_counter()
-    route = request.url.path if request.url.path in ROUTES else "other"  # bounded label values
+    path = request.url.path.removeprefix(request.scope.get("root_path", "").rstrip("/")) or "/"
+    route = path if path in ROUTES else "other"  # bounded label values
     endpoint: Ingress = request.app.state.endpoint
-    if route.startswith("/v1/") and not endpoint.authorised(request.headers.get(API_KEY_HEADER)):
+    if not endpoint.open(path) and not endpoint.authorised(request.headers.get(API_KEY_HEADER)):
         response = JSONResponse({"error": f"missing or wrong {API_KEY_HEADER} header"}, status_code=401)
     else:
         try:
@@ -127,6 +130,9 @@ class Ingress:
         # a multipart file part spools to a temporary file past 1 MB by default: uploads stay in memory
         MultiPartParser.spool_max_size = settings.max_upload_bytes
         api.state.endpoint = self
+
+    def open(self, path: str) -> bool:
+        return path in OPEN_ROUTES or (path == "/metrics" and not self.settings.metrics_require_key)
 
     def authorised(self, key: str | None) -> bool:
         expected = self.settings.api_key

@@ -66,7 +66,9 @@ class DetectorModel:
         except Exception as err:  # a broken version must never take the serving one down
             serving = self.predictor.model_version if self.predictor else "nothing"
             log.error("version %s of %s failed to load; still serving %s: %s", version, name, serving, err)
-            await tell(self.monitor, "model_load_failed", version, f"version {version}: {err}")
+            # the reason stays in the log: its text may hold the registry's URI and credentials
+            await tell(self.monitor, "model_load_failed", version,
+                       f"version {version} failed to load ({type(err).__name__}); the server log says why")
             return
         self.predictor = predictor
         references = {site: c.reference_scores for site, c in predictor.sites.items()}

@@ -22,10 +22,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(folder: Path, params: str = "params.yaml", env: dict | None = None, timeout: float = 300) -> Iterator[str]:
+def running_server(folder: Path, params: str = "params.yaml", env: dict | None = None, timeout: float = 300,
+                   route_prefix: str = "") -> Iterator[str]:
     """Start the endpoint on a free port with ``folder``'s params and registry, in ``env`` (this
-    process's environment by default); yields its URL once /readyz answers 200 and stops the
-    whole process group afterwards. The log is ``folder/serve-<port>.log``."""
+    process's environment by default); yields its URL (with the params' ``route_prefix``) once
+    /readyz answers 200 and stops the whole process group afterwards. The log is
+    ``folder/serve-<port>.log``."""
     port = free_port()
     log_path = Path(folder) / f"serve-{port}.log"
     command = [str(Path(sys.executable).parent / "brainomaly"), "serve", "--params", params, "--port", str(port)]
@@ -33,7 +35,7 @@ def running_server(folder: Path, params: str = "params.yaml", env: dict | None =
         process = subprocess.Popen(command, cwd=folder, env=os.environ if env is None else env, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            url = f"http://127.0.0.1:{port}"
+            url = f"http://127.0.0.1:{port}{route_prefix.rstrip('/')}"
             _wait_until_ready(url, process, log_path, timeout)
             yield url
         finally:

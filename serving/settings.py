@@ -16,4 +16,5 @@ class EndpointSettings:
     limits: VolumeLimits = VolumeLimits()  # each upload's voxels, as sent and as resampled
     registry_poll_s: float = 30.0
     api_key: str | None = field(default=None, repr=False)  # required in X-API-Key when set
+    metrics_require_key: bool = False  # /metrics behind the key too (Prometheus then sends it)
     drift: DriftSettings = DriftSettings()

@@ -79,3 +79,15 @@ def test_oneclass_names_a_bad_npz(tmp_path):
     np.savez(tmp_path / "one_class.npz", images=np.zeros((5, 8, 8)), labels=np.zeros(5))
     result = invoke("oneclass", "--params", str(write_params(tmp_path)), "--data", str(tmp_path / "one_class.npz"))
     assert result.exit_code == 1 and "at least two classes" in result.output
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "scanner-gateway.local"])
+def test_serve_refuses_a_reachable_address_without_a_key(tmp_path, monkeypatch, host):
+    monkeypatch.delenv("BRAINOMALY_API_KEY", raising=False)
+    result = invoke("serve", "--params", str(write_params(tmp_path, serve={"host": host})))
+    assert result.exit_code == 1 and "BRAINOMALY_API_KEY" in result.output and "--allow-no-key" in result.output
+
+
+def test_a_route_prefix_must_be_a_path(tmp_path):
+    result = invoke("serve", "--params", str(write_params(tmp_path, serve={"route_prefix": "brainomaly; rm"})))
+    assert result.exit_code == 1 and "serve.route_prefix" in result.output

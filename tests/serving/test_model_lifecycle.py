@@ -21,6 +21,7 @@ from tests.conftest import venv_env, write_params
 
 pytestmark = pytest.mark.slow
 KEY = {"X-API-Key": "s3cret-test-key"}
+PREFIX = "/brainomaly"  # behind a reverse proxy's path: the key must guard every route all the same
 NAME, ALIAS = "brainomaly-detector", "champion"
 
 
@@ -28,13 +29,14 @@ NAME, ALIAS = "brainomaly-detector", "champion"
 def project(pipeline_repo, tmp_path_factory):
     folder = tmp_path_factory.mktemp("lifecycle")
     shutil.copy2(pipeline_repo / "mlflow.db", folder / "mlflow.db")  # artifacts stay where they are
-    write_params(folder, serve={"max_upload_mb": 2, "registry_poll_s": 1, "max_ongoing_requests": 1, "max_queued_requests": 1})
+    write_params(folder, serve={"max_upload_mb": 2, "registry_poll_s": 1, "max_ongoing_requests": 1, "max_queued_requests": 1,
+                                "route_prefix": PREFIX})
     return folder
 
 
 @pytest.fixture(scope="module")
 def server(project):
-    with running_server(project, env={**venv_env(), "BRAINOMALY_API_KEY": KEY["X-API-Key"]}) as url:
+    with running_server(project, env={**venv_env(), "BRAINOMALY_API_KEY": KEY["X-API-Key"]}, route_prefix=PREFIX) as url:
         yield url
 
 
@@ -54,11 +56,15 @@ def metric(server: str, name: str) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
 
-def test_the_api_key_guards_the_api_but_not_the_probes(server, scan):
+def test_the_api_key_guards_every_route_but_the_probes(server, scan):
+    assert server.endswith(PREFIX)
     assert requests.post(f"{server}/v1/predict", data=scan, timeout=60).status_code == 401
     wrong = requests.get(f"{server}/v1/model", headers={"X-API-Key": "nope"}, timeout=10)
     assert wrong.status_code == 401 and "X-API-Key" in wrong.json()["error"]
     assert requests.post(f"{server}/v1/predict", data=scan, headers=KEY, timeout=120).status_code == 200
+    for route in ("/docs", "/openapi.json", "/v2/predict", "/"):  # denied by default, not only /v1/*
+        assert requests.get(f"{server}{route}", timeout=10).status_code == 401, route
+    assert requests.get(f"{server}/openapi.json", headers=KEY, timeout=10).status_code == 200
     for probe in ("/healthz", "/readyz", "/metrics"):
         assert requests.get(f"{server}{probe}", timeout=10).status_code == 200, probe
 
@@ -91,6 +97,7 @@ def test_a_broken_version_leaves_the_old_one_serving_and_raises_the_alert_metric
     assert answer.status_code == 200 and answer.json()["model"]["version"] == "1"
     model = requests.get(f"{server}/v1/model", headers=KEY, timeout=10).json()
     assert model["version"] == "1" and f"version {broken.version}" in model["last_load_error"]
+    assert str(tmp_path) not in model["last_load_error"]  # the reason, with its paths and URIs, stays in the log
 
 
 def test_a_moved_alias_is_swapped_in_without_dropping_requests(server, registry, scan):
