@@ -143,7 +143,8 @@ def serve(
             raise ValueError(f"serve.host {p.serve.host} is reachable from other machines: set {API_KEY_VARIABLE}, "
                              "or pass --allow-no-key to serve it unauthenticated")
         settings = EndpointSettings(
-            model_uri=model_uri or f"models:/{p.registry.model_name}@{p.registry.alias}",
+            model_uri=model_uri or (f"models:/{p.registry.model_name}/{p.serve.model_version}" if p.serve.model_version
+                                    else f"models:/{p.registry.model_name}@{p.registry.alias}"),
             tracking_uri=tracking_uri(p), max_upload_bytes=int(p.serve.max_upload_mb * 2**20),
             limits=VolumeLimits(p.serve.max_voxels, p.serve.max_axis),
             registry_poll_s=p.serve.registry_poll_s, api_key=key, metrics_require_key=p.serve.metrics_require_key,

@@ -12,12 +12,19 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from components.models.bundle import bundle_digests
+
 _ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$")
 _VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
+DIGEST_TAGS = ("weights_sha256", "bundle_sha256")  # what `register` records of each version
 
 
 class ModelNotFoundError(LookupError):
     """No model answers to the URI in this tracking store."""
+
+
+class ModelIntegrityError(ModelNotFoundError):
+    """A version answers, but its files are not the ones registered (or cannot be checked)."""
 
 
 def fetch_bundle(model_uri: str, tracking_uri: str, destination: Path) -> tuple[Path, str, str]:
@@ -33,7 +40,21 @@ def fetch_bundle(model_uri: str, tracking_uri: str, destination: Path) -> tuple[
     bundle = Path(local) / "artifacts" / "bundle"
     if not bundle.is_dir():
         raise ModelNotFoundError(f"{model_uri} is not a Brainomaly detector (no artifacts/bundle inside)")
+    verify(bundle, registry_client(tracking_uri).get_model_version(name, version).tags, f"{name} version {version}")
     return bundle, name, version
+
+
+def verify(bundle: Path, tags: dict, label: str) -> None:
+    """Refuse a bundle whose digests differ from those recorded at registration, or that has none."""
+    recorded = {key: tags.get(key) for key in DIGEST_TAGS}
+    if None in recorded.values():
+        raise ModelIntegrityError(f"{label} carries no {' / '.join(DIGEST_TAGS)} tags to check it against: "
+                                  "register it again with `brainomaly register`")
+    found = bundle_digests(bundle)
+    changed = [key.removesuffix("_sha256") for key in DIGEST_TAGS if found[key] != recorded[key]]
+    if changed:
+        raise ModelIntegrityError(f"{label}: the {' and '.join(changed)} downloaded differ from the SHA-256 recorded "
+                                  "at registration; refusing to load it")
 
 
 def resolve_version(model_uri: str, tracking_uri: str) -> tuple[str, str]:
@@ -48,6 +69,11 @@ def resolve_version(model_uri: str, tracking_uri: str) -> tuple[str, str]:
             ) from err
         return found.name, str(found.version)
     if match := _VERSION_URI.match(model_uri):
+        try:
+            client.get_model_version(match["name"], match["version"])
+        except MlflowException as err:
+            raise ModelNotFoundError(f"{match['name']!r} has no version {match['version']}: run `brainomaly register` "
+                                     "or pin a version that exists") from err
         return match["name"], match["version"]
     raise ModelNotFoundError(f"model URI {model_uri!r} is not models:/<name>@<alias> or models:/<name>/<version>")
 

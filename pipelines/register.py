@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 import components
 from components.atomic import write_json
 from components.metrics.promotion import Decision, decide
-from components.models.bundle import TEST_SCORES, Calibration, DetectorBundle
+from components.models.bundle import TEST_SCORES, Calibration, DetectorBundle, bundle_digests
 from components.preprocess.spec import PreprocessSpec
 from pipelines import tracking
 from pipelines.evaluate import ALL_METRICS, CALIBRATION, EVALUATION
@@ -115,6 +115,7 @@ def run(params: Params) -> dict:
     name, alias, primary = params.registry.model_name, params.registry.alias, params.evaluate.primary_metric
     with tempfile.TemporaryDirectory() as tmp:
         bundle, description = build_bundle(params, Path(tmp) / "bundle")
+        digests = bundle_digests(Path(tmp) / "bundle")  # the endpoint loads a version only if these still match
         scores = pd.read_parquet(Path(tmp) / "bundle" / TEST_SCORES)
         decision, current = gate(params, client, bundle, scores)
         with mlflow.start_run(run_id=tracking.training_run(params, description["ray_run_name"])):
@@ -125,7 +126,7 @@ def run(params: Params) -> dict:
     tags = {"primary_metric": primary, "primary_metric_value": repr(value),  # full precision: ties must tie
             "evaluation_data": bundle.evaluation.get("data_fingerprint", "unknown"), **bundle.data_version,
             "compared_with": str(current.version) if current else "none", "promoted": str(decision.promote).lower(),
-            "decision": decision.reason}
+            "decision": decision.reason, **digests}
     if decision.difference is not None:
         tags["difference"] = repr(decision.difference)
     if decision.interval is not None:

@@ -14,6 +14,7 @@ Serving and notebooks rebuild the detector and its preprocessing from this folde
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,6 +55,19 @@ class Calibration:
         if self.score_reference not in SCORE_REFERENCES:  # refused at load, not at every prediction
             raise ValueError(f"calibration.score_reference {self.score_reference!r}: expected one of "
                              f"{', '.join(SCORE_REFERENCES)}")
+
+
+def bundle_digests(folder: Path) -> dict[str, str]:
+    """SHA-256 of the weights and of the whole bundle (every file's relative path and bytes):
+    recorded at registration, checked before a version is served."""
+    folder, whole = Path(folder), hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        whole.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        with path.open("rb") as file:
+            whole.update(hashlib.file_digest(file, "sha256").digest())
+    with (folder / WEIGHTS).open("rb") as file:
+        weights = hashlib.file_digest(file, "sha256").hexdigest()
+    return {"weights_sha256": weights, "bundle_sha256": whole.hexdigest()}
 
 
 @dataclass(frozen=True)

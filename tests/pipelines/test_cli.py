@@ -62,6 +62,11 @@ def test_serve_without_a_registered_model(tmp_path):
     assert result.exit_code == 1 and "run `brainomaly register` first" in result.output
 
 
+def test_serve_pinned_to_a_version_that_does_not_exist(tmp_path):
+    result = invoke("serve", "--params", str(write_params(tmp_path, serve={"model_version": 7})))
+    assert result.exit_code == 1 and "'brainomaly-detector' has no version 7" in result.output
+
+
 @pytest.mark.parametrize("command", ["phantoms", "preprocess", "validate", "train", "evaluate", "register", "serve", "drift-demo"])
 def test_every_stage_has_help(command):
     result = invoke(command, "--help")

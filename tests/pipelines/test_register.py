@@ -3,6 +3,7 @@ the champion by more than noise, on the same evaluation data."""
 
 import json
 import shutil
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -161,3 +162,22 @@ def test_a_model_pulled_into_another_store_gets_a_run_there(project):
         tracking.client(project).get_model_version("brainomaly-detector", report["version"]).run_id
     )
     assert run.data.tags["ray_run_name"] == "trained-elsewhere"
+
+
+def test_a_version_whose_files_changed_since_registration_is_refused(project, tmp_path):
+    from urllib.parse import urlparse
+
+    from pipelines.model_store import DIGEST_TAGS, ModelIntegrityError, fetch_bundle
+
+    register_with(project, scores_with_separation(1.0, seed=0))
+    uri, client = tracking.tracking_uri(project), tracking.client(project)
+    fetch_bundle("models:/brainomaly-detector/1", uri, tmp_path / "intact")
+    stored = Path(urlparse(client.get_model_version_download_uri("brainomaly-detector", "1")).path)
+    weights = stored / "artifacts" / "bundle" / "weights.pt"
+    weights.write_bytes(weights.read_bytes() + b"\0")  # one byte more than was registered
+    with pytest.raises(ModelIntegrityError, match="the weights and bundle downloaded differ from the SHA-256"):
+        fetch_bundle("models:/brainomaly-detector/1", uri, tmp_path / "tampered")
+    unverifiable = client.create_model_version("brainomaly-detector", source=stored.as_uri())  # no digests recorded
+    assert not set(DIGEST_TAGS) & set(unverifiable.tags)
+    with pytest.raises(ModelIntegrityError, match="carries no weights_sha256 / bundle_sha256 tags"):
+        fetch_bundle(f"models:/brainomaly-detector/{unverifiable.version}", uri, tmp_path / "untagged")

@@ -16,6 +16,7 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from components.data.layouts import read_brats, read_hcp
+from pipelines.model_store import DIGEST_TAGS
 from serving.local_server import running_server
 from tests.conftest import venv_env, write_params
 
@@ -103,7 +104,9 @@ def test_a_broken_version_leaves_the_old_one_serving_and_raises_the_alert_metric
 def test_a_moved_alias_is_swapped_in_without_dropping_requests(server, registry, scan):
     # the same artifacts as version 1, registered again (by location: a models:/ source would be
     # looked up in MLflow's process-wide store, not this copy)
-    successor = registry.create_model_version(NAME, source=registry.get_model_version_download_uri(NAME, "1"))
+    recorded = registry.get_model_version(NAME, "1").tags
+    successor = registry.create_model_version(NAME, source=registry.get_model_version_download_uri(NAME, "1"),
+                                              tags={key: recorded[key] for key in DIGEST_TAGS})
     new = str(successor.version)
     answers: list[tuple[int, str]] = []
     done = threading.Event()
