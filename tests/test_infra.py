@@ -102,3 +102,29 @@ def test_alerts_and_dashboard_use_only_metrics_the_endpoint_exports():
     assert used and used <= exported, f"not exported: {sorted(used - exported)}"
     drift = {name for name in exported if name.startswith("brainomaly_drift_")}
     assert drift <= {name for expr in panels for name in PROMQL_NAME.findall(expr)} | {"brainomaly_drift_window"}
+
+
+@pytest.mark.parametrize("name, spec", ray_clusters())
+def test_kuberay_clusters_require_rays_token(name, spec):
+    assert spec.get("authOptions", {}).get("mode") == "token", f"{name}: Ray token authentication is off"
+
+
+def test_the_launched_cluster_requires_rays_token_and_keeps_its_dashboard_local():
+    config = yaml.safe_load((INFRA / "ray" / "cluster.yaml").read_text())
+    starts = config["head_start_ray_commands"][-1:] + config["worker_start_ray_commands"][-1:]
+    assert all("RAY_AUTH_MODE=token" in command for command in starts), starts
+    assert "--dashboard-host=127.0.0.1" in starts[0]
+    assert any(target.endswith(".ray/auth_token") for target in config["file_mounts"])
+
+
+def test_the_image_leaves_data_databases_and_history_out():
+    ignored = set((INFRA.parent / ".dockerignore").read_text().split())
+    assert {".git", "data", "mlflow.db", "mlartifacts", ".dvc/cache", ".venv"} <= ignored
+
+
+def test_the_mlflow_server_starts_with_authentication():
+    script = (INFRA / "mlflow" / "server.sh").read_text()
+    assert "--app-name basic-auth" in script and "MLFLOW_ADMIN_PASSWORD:?" in script
+    result = subprocess.run(["bash", str(INFRA / "mlflow" / "server.sh")], capture_output=True, text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode != 0 and "MLFLOW_ADMIN_PASSWORD" in result.stderr  # no password, no server
