@@ -151,7 +151,8 @@ def serve(
             drift=p.serve.drift,
         )
         serve_forever(settings, host=p.serve.host, port=port or p.serve.port, deployment_options=p.serve.deployment_options(),
-                      route_prefix=p.serve.route_prefix)
+                      route_prefix=p.serve.route_prefix,
+                      spill_to=p.path(p.serve.spill_directory) if p.serve.spill_directory else None)
     except (ParamsError, ModelNotFoundError, ValueError, FileNotFoundError) as err:
         console.print(f"[bold red]brainomaly serve: {err}")
         raise typer.Exit(1) from None

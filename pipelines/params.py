@@ -301,6 +301,7 @@ class ServeParams(Section):
     max_axis: int = Field(1024, ge=2)
     route_prefix: str = Field("/", pattern=r"^/[A-Za-z0-9._~/-]*$")
     model_version: int | None = Field(None, ge=1)  # pin this registered version; None follows register.alias
+    spill_directory: Path | None = None  # where Ray may spill scans under memory pressure; None: nowhere
     metrics_require_key: bool = False
     num_replicas: int = Field(1, ge=1)
     autoscaling: AutoscalingParams | None = None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+from pathlib import Path
 from typing import Iterator
 
 import ray
@@ -12,16 +14,30 @@ import ray
 log = logging.getLogger(__name__)
 
 
+def spilling_config(spill_to: Path | None) -> dict:
+    """Ray's object-spilling settings: objects spilled, and those that overflow a full store,
+    go to ``spill_to``; None keeps Ray's default (its temporary folder, on disk)."""
+    if spill_to is None:
+        return {}
+    spec = {"type": "filesystem", "params": {"directory_path": str(Path(spill_to).resolve())}}
+    return {"object_spilling_config": json.dumps(spec)}
+
+
 @contextlib.contextmanager
-def ray_session() -> Iterator[None]:
-    """Initialise Ray for the duration of a stage; shut it down only if this stage started it."""
+def ray_session(spill_to: Path | None = None) -> Iterator[None]:
+    """Initialise Ray for the duration of a stage; shut it down only if this stage started it.
+    ``spill_to`` (see spilling_config) applies to a local instance; a cluster named by
+    ``RAY_ADDRESS`` keeps its own."""
     if ray.is_initialized():
         yield
         return
     address = os.environ.get("RAY_ADDRESS")
+    if address and spill_to is not None:
+        log.warning("RAY_ADDRESS is set: objects spill where that cluster was told, not to %s", spill_to)
     # "local", not None: Ray would otherwise join the last `ray start` cluster recorded in
     # /tmp/ray, and hang on connecting when that cluster is gone
-    ray.init(address=address or "local", logging_level=logging.WARNING)
+    ray.init(address=address or "local", logging_level=logging.WARNING,
+             _system_config=None if address else spilling_config(spill_to) or None)
     log.info("Ray: %s", address or f"local, {ray.cluster_resources().get('CPU', 0):.0f} CPUs")
     try:
         yield

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import signal
+import tempfile
 import threading
+from pathlib import Path
+from typing import Iterator
 
 from ray import serve
 
@@ -13,15 +18,35 @@ from pipelines.model_store import resolve_version
 from serving.settings import EndpointSettings
 
 
+SHARED_MEMORY = Path("/dev/shm")
+
+
+@contextlib.contextmanager
+def spill_folder(chosen: Path | None) -> Iterator[Path]:
+    """Where Ray may put the scans its object store cannot hold: ``chosen``, or a fresh folder in
+    shared memory (RAM), removed afterwards, so that no scan reaches a disk."""
+    if chosen is not None:
+        yield chosen
+        return
+    if not SHARED_MEMORY.is_dir():
+        raise ValueError(f"no {SHARED_MEMORY} here: set serve.spill_directory to where Ray may spill scans")
+    folder = Path(tempfile.mkdtemp(prefix="brainomaly-spill-", dir=SHARED_MEMORY))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def serve_forever(settings: EndpointSettings, *, host: str, port: int, deployment_options: dict,
-                  route_prefix: str = "/") -> None:
+                  route_prefix: str = "/", spill_to: Path | None = None) -> None:
     """Serve ``settings.model_uri`` at http://host:port<route_prefix> until SIGINT/SIGTERM. Uses
-    ``RAY_ADDRESS`` if set."""
+    ``RAY_ADDRESS`` if set; otherwise a local Ray whose object store spills and overflows to
+    ``spill_to`` (None: shared memory, never a disk)."""
     name, version = resolve_version(settings.model_uri, settings.tracking_uri)  # fail here, clearly, before starting anything
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with ray_session():
+    with spill_folder(spill_to) as spill, ray_session(spill):
         try:
             serve.start(http_options={"host": host, "port": port})
             serve.run(build_app(settings, deployment_options), name="brainomaly", route_prefix=route_prefix)
