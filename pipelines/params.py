@@ -308,6 +308,8 @@ class ServeParams(Section):
     max_ongoing_requests: int = Field(4, ge=1)
     max_queued_requests: int = Field(8, ge=1)  # Ray Serve: a positive bound (-1, unbounded, is not offered)
     registry_poll_s: float = Field(30, gt=0)
+    upload_timeout_s: float = Field(60, gt=0)
+    predict_timeout_s: float = Field(120, gt=0)
     drift: DriftSettings = DriftSettings()
 
     def deployment_options(self) -> dict:

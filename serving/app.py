@@ -176,13 +176,24 @@ class Ingress:
         if self.in_flight >= self.capacity:  # answer before reading the upload: that is what keeps 503s fast
             raise RequestError(503, f"over capacity: {self.in_flight} predictions in progress; retry shortly")
         self.in_flight += 1
-        try:
-            return await self.answer(request, map_format, site)
-        finally:
-            self.in_flight -= 1
+        # The slot is freed when the work stops, not when the client does: a client that drops
+        # the connection cancels this await, not the work, so drop-and-retry cannot stack work.
+        work = asyncio.ensure_future(self.answer(request, map_format, site))
+        work.add_done_callback(self.release)
+        return await asyncio.shield(work)
+
+    def release(self, work: asyncio.Future) -> None:
+        self.in_flight -= 1
+        if not work.cancelled():
+            work.exception()  # retrieved: a client that left is not an error to log
 
     async def answer(self, request: Request, map_format: str | None, site: str | None) -> Response:
-        payload = await upload_payload(request, self.settings.max_upload_bytes)
+        try:  # a deadline for the whole body: a client trickling bytes cannot hold its slot for long
+            payload = await asyncio.wait_for(upload_payload(request, self.settings.max_upload_bytes),
+                                             self.settings.upload_timeout_s)
+        except TimeoutError:
+            raise RequestError(408, f"the upload took longer than {self.settings.upload_timeout_s:g} s; "
+                                    "send it again on a faster connection") from None
         try:
             # in a thread: gunzipping a 240x240x155 scan takes a while, probes must not wait on it
             data, affine = await asyncio.to_thread(volume_from_bytes, payload, limits=self.settings.limits,
@@ -191,13 +202,15 @@ class Ingress:
             raise RequestError(400, str(err)) from None
         del payload
         try:
-            result = await self.model.predict.remote(data, affine, map_format, site)
+            result = await self.model.predict.remote(data, affine, map_format, site, self.settings.predict_timeout_s)
         except BackPressureError:
             raise RequestError(503, "over capacity: every model replica is busy and the queue is full; retry shortly") from None
         if "error" in result:
             raise RequestError(400, result["error"])
         if "unavailable" in result:
             raise RequestError(503, result["unavailable"])
+        if "timeout" in result:
+            raise RequestError(504, result["timeout"])
         version = result["model"]["version"]
         await tell(self.monitor, "record_scores", version, [s["score"] for s in result["slices"]], site)
         if map_format is None:

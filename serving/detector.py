@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import numpy as np
 from ray import serve
@@ -33,16 +34,22 @@ class DetectorModel:
         self.predictor: VolumePredictor | None = None
         self.follower = asyncio.get_running_loop().create_task(self.follow_registry())
 
-    async def predict(self, data: np.ndarray, affine: np.ndarray, with_map: str | None, site: str | None = None) -> dict:
+    async def predict(self, data: np.ndarray, affine: np.ndarray, with_map: str | None, site: str | None = None,
+                      timeout_s: float | None = None) -> dict:
         """The predictor's result, or {"error": ...} for a volume it cannot use or a site it does
-        not know, or {"unavailable": ...} before any version has loaded."""
+        not know, {"unavailable": ...} before any version has loaded, or {"timeout": ...} when
+        scoring ran past ``timeout_s`` (it stops there: a thread cannot be cancelled, so the
+        predictor checks the deadline between batches)."""
         predictor = self.predictor  # this request keeps this version even if a swap happens now
         if predictor is None:
             return {"unavailable": "no model loaded yet; see /readyz"}
+        deadline = time.monotonic() + timeout_s if timeout_s else None
         try:
-            return await asyncio.to_thread(predictor.predict, data, affine, with_map, site, self.settings.limits)
+            return await asyncio.to_thread(predictor.predict, data, affine, with_map, site, self.settings.limits, deadline)
         except (InvalidVolumeError, UnknownSiteError) as err:
             return {"error": str(err)}
+        except TimeoutError as err:
+            return {"timeout": str(err)}
 
     async def follow_registry(self) -> None:
         while True:  # a fixed version too: sites may be calibrated for it while it serves

@@ -69,7 +69,7 @@ class VolumePredictor:
         }
 
     def predict(self, data: np.ndarray, affine: np.ndarray, with_map: Literal["nifti", "png"] | None = None,
-                site: str | None = None, limits: VolumeLimits = VolumeLimits()) -> dict:
+                site: str | None = None, limits: VolumeLimits = VolumeLimits(), deadline: float | None = None) -> dict:
         """Scores of one (X, Y, Z) skull-stripped volume; slice indices are the input's own;
         verdicts at ``site``'s thresholds (the training calibration's without a site).
 
@@ -78,7 +78,8 @@ class VolumePredictor:
         ``map``: the anomaly map on the input's grid with its affine, as .nii.gz bytes in a fresh
         header (none of the upload's header text is carried over); ``"png"`` a PNG of the
         ``OVERLAY_SLICES`` most anomalous model slices with their maps over them. ``limits`` bound
-        the volume the recipe resamples the scan to, checked before any work.
+        the volume the recipe resamples the scan to, checked before any work; past ``deadline``
+        (time.monotonic()) scoring stops with TimeoutError.
         """
         calibration = self.calibration(site)  # an unknown site is refused before any work
         target = self.bundle.preprocess.spacing_mm
@@ -86,7 +87,7 @@ class VolumePredictor:
             limits.check(resampled_shape(data.shape, nib.affines.voxel_sizes(affine), target), "upload",
                          f"resampled to {target} mm, the volume shape")
         slices, scored = score_volume(self.detector, self.bundle.preprocess, data, affine,
-                                      self.bundle.calibration.score_reference)
+                                      self.bundle.calibration.score_reference, deadline)
         scores = scored.scores
         if not (np.isfinite(scores).all() and np.isfinite(scored.maps).all()):  # never a NaN answer, metric or drift
             raise InvalidVolumeError("the model gave non-finite scores for this scan: are its intensities a scanner's?")

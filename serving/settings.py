@@ -15,6 +15,8 @@ class EndpointSettings:
     max_upload_bytes: int = 256 * 2**20
     limits: VolumeLimits = VolumeLimits()  # each upload's voxels, as sent and as resampled
     registry_poll_s: float = 30.0
+    upload_timeout_s: float = 60.0  # to receive a whole upload (408 past it)
+    predict_timeout_s: float = 120.0  # to score a volume once a replica starts it (504 past it)
     api_key: str | None = field(default=None, repr=False)  # required in X-API-Key when set
     metrics_require_key: bool = False  # /metrics behind the key too (Prometheus then sends it)
     drift: DriftSettings = DriftSettings()

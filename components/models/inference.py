@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import NamedTuple
 
 import numpy as np
@@ -57,13 +58,17 @@ class Scored(NamedTuple):
     levels: np.ndarray  # (N,) each slice's typical residual (Detector.map_level)
 
 
-def score_slices(detector: Detector, images: np.ndarray, brain: np.ndarray, batch_size: int = 64) -> Scored:
+def score_slices(detector: Detector, images: np.ndarray, brain: np.ndarray, batch_size: int = 64,
+                 deadline: float | None = None) -> Scored:
     """Maps and scores of preprocessed slices, in batches on the detector's device. Not under
-    ``no_grad`` as a whole: a detector may optimise at inference (a latent search)."""
+    ``no_grad`` as a whole: a detector may optimise at inference (a latent search). Past
+    ``deadline`` (time.monotonic()) it stops before the next batch with TimeoutError."""
     detector.eval()
     device = detector.device
     maps, scores, levels, alternatives = [], [], [], {}
     for start in range(0, len(images), batch_size):
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"scoring stopped past its deadline, {start} of {len(images)} slices done")
         x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)
         m = torch.from_numpy(np.ascontiguousarray(brain[start : start + batch_size])).to(device)
         inspection = detector.inspect(x, m)
@@ -79,9 +84,9 @@ def score_slices(detector: Detector, images: np.ndarray, brain: np.ndarray, batc
 
 
 def score_volume(detector: Detector, spec: PreprocessSpec, data: np.ndarray, affine: np.ndarray,
-                 reference: str = "none") -> tuple[ProcessedSlices, Scored]:
+                 reference: str = "none", deadline: float | None = None) -> tuple[ProcessedSlices, Scored]:
     """One (X, Y, Z) skull-stripped volume through the model's own recipe, then scored (relative
     to ``reference``): the single path from a scan to slice scores that the endpoint and the
     registered model share (the brain mask comes from the recipe, never from the intensities' sign)."""
     slices = preprocess_volume(data, affine, spec)
-    return slices, with_reference(score_slices(detector, slices.images, slices.brain), reference)
+    return slices, with_reference(score_slices(detector, slices.images, slices.brain, deadline=deadline), reference)

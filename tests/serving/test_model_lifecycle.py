@@ -3,6 +3,7 @@ broken version that never replaces the serving one, and a moved alias swapped in
 requests keep being answered. Its own server, on a copy of the pipeline's registry."""
 
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -10,6 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 import requests
@@ -23,6 +25,7 @@ from tests.conftest import venv_env, write_params
 pytestmark = pytest.mark.slow
 KEY = {"X-API-Key": "s3cret-test-key"}
 PREFIX = "/brainomaly"  # behind a reverse proxy's path: the key must guard every route all the same
+UPLOAD_TIMEOUT_S = 4
 NAME, ALIAS = "brainomaly-detector", "champion"
 
 
@@ -31,7 +34,7 @@ def project(pipeline_repo, tmp_path_factory):
     folder = tmp_path_factory.mktemp("lifecycle")
     shutil.copy2(pipeline_repo / "mlflow.db", folder / "mlflow.db")  # artifacts stay where they are
     write_params(folder, serve={"max_upload_mb": 2, "registry_poll_s": 1, "max_ongoing_requests": 1, "max_queued_requests": 1,
-                                "route_prefix": PREFIX})
+                                "route_prefix": PREFIX, "upload_timeout_s": UPLOAD_TIMEOUT_S})
     return folder
 
 
@@ -82,6 +85,30 @@ def test_over_capacity_the_endpoint_answers_503_at_once(server, scan):
     assert set(statuses) == {200, 503}, statuses
     assert max(seconds for status, seconds in answers if status == 503) < 2.0
     assert requests.get(f"{server}/readyz", timeout=10).status_code == 200
+
+
+def test_slow_uploads_cannot_lock_out_a_normal_client(server, scan):
+    """Twelve clients that send a few bytes of their upload and then stall: they hold the slots
+    they got only until the upload deadline, then a normal client is served."""
+    address = urlparse(server)
+    head = (f"POST {PREFIX}/v1/predict HTTP/1.1\r\nHost: {address.netloc}\r\nX-API-Key: {KEY['X-API-Key']}\r\n"
+            f"Content-Length: {len(scan)}\r\n\r\n").encode()
+    stalled = [socket.create_connection((address.hostname, address.port), timeout=60) for _ in range(12)]
+    try:
+        for connection in stalled:
+            connection.sendall(head + scan[:100])
+        start = time.monotonic()
+        status = None
+        while status != 200 and time.monotonic() - start < UPLOAD_TIMEOUT_S + 20:
+            status = requests.post(f"{server}/v1/predict", data=scan, headers=KEY, timeout=120).status_code
+            time.sleep(0.5)
+        assert status == 200 and time.monotonic() - start < UPLOAD_TIMEOUT_S + 20
+        answers = [connection.recv(64) for connection in stalled]
+        assert all(b" 408 " in a or b" 503 " in a for a in answers), answers  # cut at the deadline, or turned away
+        assert any(b" 408 " in a for a in answers), answers
+    finally:
+        for connection in stalled:
+            connection.close()
 
 
 def test_a_broken_version_leaves_the_old_one_serving_and_raises_the_alert_metric(server, registry, scan, tmp_path):

@@ -153,3 +153,13 @@ def test_extreme_but_finite_intensities_get_a_clear_error_never_a_nan(preset, tm
         assert "too extreme" in str(err) or "finite" in str(err)
     else:
         assert np.isfinite([s["score"] for s in result["slices"]]).all() and np.isfinite(result["volume_score"])
+
+
+def test_scoring_stops_at_its_deadline(predictor, phantom_roots):
+    """A replica's thread cannot be cancelled: the predictor itself stops past the deadline."""
+    import time
+
+    image, affine = load_volume(read_brats(phantom_roots[1])[0].image)
+    with pytest.raises(TimeoutError, match="past its deadline, 0 of"):
+        predictor.predict(image, affine, deadline=time.monotonic() - 1)
+    assert predictor.predict(image, affine, deadline=time.monotonic() + 600)["slices_scored"] > 0
