@@ -7,8 +7,11 @@ Runs after `make run`: serves this repo's champion on a free port of 127.0.0.1 a
 hypothesis-generated uploads: random bytes; a small valid scan truncated, bit-flipped, or with
 header fields set to hostile values (dimensions, data type, voxel offset, voxel sizes, scaling,
 orientation matrices), raw or gzipped; gzip bombs; broken multipart bodies. The run is bounded
-by its example count and stops by itself. tests/serving/test_http_endpoint.py runs a few hundred
-of the same examples in the test suite.
+by its example count and stops by itself. It records each answer's time and the server's memory
+(every process of it, Ray's included) after each answer, and fails when that memory grows past
+``--rss-budget-mb`` over its warmed-up size; first, twelve header bombs at once (uploads of under 70 bytes
+whose header claims a 4 GB volume) measure the refusal's time and the server's peak memory.
+tests/serving/test_http_endpoint.py runs a few hundred of the same examples in the test suite.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import numpy as np
 import requests
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from rich.console import Console
+from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,8 +106,9 @@ def uploads(draw) -> tuple[bytes, dict]:
     return part, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
-def fuzz(url: str, examples: int, seed: int = 0) -> Counter:
-    """Post ``examples`` generated uploads; raises AssertionError on a 5xx or a lost answer."""
+def fuzz(url: str, examples: int, seed: int = 0, after_each=None) -> Counter:
+    """Post ``examples`` generated uploads; raises AssertionError on a 5xx or a lost answer.
+    ``after_each(seconds)`` is called with each answer's time."""
     statuses: Counter = Counter()
 
     @settings(max_examples=examples, deadline=None, database=None, phases=[Phase.generate],
@@ -110,10 +116,13 @@ def fuzz(url: str, examples: int, seed: int = 0) -> Counter:
     @given(upload=uploads())
     def post(upload):
         body, headers = upload
+        start = time.perf_counter()
         try:
             status = requests.post(f"{url}/v1/predict", data=body, headers=headers, timeout=60).status_code
         except requests.RequestException as err:
             raise AssertionError(f"no answer to a {len(body)}-byte upload: {err}") from None
+        if after_each:
+            after_each(time.perf_counter() - start)
         statuses[status] += 1
         assert status < 500, f"{status} for a {len(body)}-byte upload starting {body[:64]!r}"
 
@@ -121,24 +130,99 @@ def fuzz(url: str, examples: int, seed: int = 0) -> Counter:
     return statuses
 
 
+def header_bomb(shape: tuple[int, ...] = (1024, 1024, 1000), data: bytes = b"") -> bytes:
+    """A gzipped NIfTI header that claims ``shape`` float32 voxels, followed by only ``data``
+    (under 70 bytes without)."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.float32)
+    return gzip.compress(header.binaryblock + b"\0" * 4 + data)
+
+
+def server_memory(pid: int, field: str = "VmRSS") -> int:
+    """Bytes of ``field`` (VmRSS now, VmHWM its peak) summed over ``pid`` and its descendants:
+    the `brainomaly serve` process, Ray's daemons and the replicas' workers."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # a process that just ended
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        tree.update(children)
+        frontier = children
+    total = 0
+    for member in tree:
+        try:
+            lines = Path(f"/proc/{member}/status").read_text().splitlines()
+        except OSError:
+            continue
+        total += sum(int(line.split()[1]) * 1024 for line in lines if line.startswith(f"{field}:"))
+    return total
+
+
+def bomb_drill(url: str, pid: int, count: int = 12) -> dict:
+    """``count`` header bombs at once: each answer's time and the server's peak memory growth."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def post(_):
+        start = time.perf_counter()
+        status = requests.post(f"{url}/v1/predict", data=header_bomb(), timeout=60).status_code
+        return status, time.perf_counter() - start
+
+    peak_before = server_memory(pid, "VmHWM")
+    with ThreadPoolExecutor(count) as pool:
+        answers = list(pool.map(post, range(count)))
+    return {"uploads": count, "bytes_each": len(header_bomb()), "statuses": sorted({s for s, _ in answers}),
+            "slowest_s": round(max(t for _, t in answers), 3),
+            "peak_memory_growth_mb": round((server_memory(pid, "VmHWM") - peak_before) / 2**20, 1),
+            "ready_after": requests.get(f"{url}/readyz", timeout=30).status_code == 200}
+
+
 def main() -> None:
-    from serving.local_server import running_server
+    from serving.local_server import server_process
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", type=int, default=10_000)
+    parser.add_argument("--rss-budget-mb", type=float, default=512,
+                        help="fail when the server's memory grows past its warmed-up size by more than this")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "fuzz_upload.json")
     args = parser.parse_args()
-    with running_server(REPO) as url:
+    times, growth = [], []
+    with server_process(REPO) as (url, process):
+        requests.post(f"{url}/v1/predict", data=VALID, timeout=120).raise_for_status()  # warmed up: model, caches
+        baseline = server_memory(process.pid)
+        bombs = bomb_drill(url, process.pid)
+
+        def after_each(seconds: float) -> None:
+            times.append(seconds)
+            growth.append(server_memory(process.pid) - baseline)
+            assert growth[-1] <= args.rss_budget_mb * 2**20, f"server memory grew {growth[-1] / 2**20:.0f} MB"
+
         start = time.perf_counter()
-        statuses = fuzz(url, args.examples)
+        statuses = fuzz(url, args.examples, after_each=after_each)
         seconds = time.perf_counter() - start
         alive = requests.get(f"{url}/readyz", timeout=30).status_code == 200
-    result = {"examples": sum(statuses.values()), "statuses": {str(k): v for k, v in sorted(statuses.items())},
+    result = {"machine": "a 2-core CPU machine", "examples": sum(statuses.values()),
+              "statuses": {str(k): v for k, v in sorted(statuses.items())},
               "server_errors": sum(v for k, v in statuses.items() if k >= 500), "ready_after": alive,
-              "seconds": round(seconds, 1)}
+              "seconds": round(seconds, 1),
+              "answer_seconds": {"median": round(float(np.median(times)), 3), "p99": round(float(np.percentile(times, 99)), 3),
+                                 "max": round(max(times), 3)},
+              "server_memory_mb": {"warmed_up": round(baseline / 2**20), "max_growth": round(max(growth) / 2**20, 1),
+                                   "budget": args.rss_budget_mb},
+              "header_bombs_at_once": bombs}
     args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{result['examples']} uploads in {result['seconds']} s: statuses {result['statuses']}, "
-          f"5xx {result['server_errors']}, server ready after: {alive}")
+    table = Table(title=f"{result['examples']} fuzzed uploads in {result['seconds']} s")
+    for column in ("statuses", "5xx", "answer s (median / p99 / max)", "memory growth MB (max / budget)",
+                   f"{bombs['uploads']} header bombs at once: slowest s, peak growth MB"):
+        table.add_column(column)
+    a, m = result["answer_seconds"], result["server_memory_mb"]
+    table.add_row(str(result["statuses"]), str(result["server_errors"]), f"{a['median']} / {a['p99']} / {a['max']}",
+                  f"{m['max_growth']} / {m['budget']:g}", f"{bombs['slowest_s']}, {bombs['peak_memory_growth_mb']}")
+    Console().print(table)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,15 @@ def running_server(folder: Path, params: str = "params.yaml", env: dict | None =
     process's environment by default); yields its URL (with the params' ``route_prefix``) once
     /readyz answers 200 and stops the whole process group afterwards. The log is
     ``folder/serve-<port>.log``."""
+    with server_process(folder, params, env, timeout, route_prefix) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def server_process(folder: Path, params: str = "params.yaml", env: dict | None = None, timeout: float = 300,
+                   route_prefix: str = "") -> Iterator[tuple[str, subprocess.Popen]]:
+    """running_server's URL and the `brainomaly serve` process, whose session holds every
+    process of the server (Ray's included): what a benchmark measures the memory of."""
     port = free_port()
     log_path = Path(folder) / f"serve-{port}.log"
     command = [str(Path(sys.executable).parent / "brainomaly"), "serve", "--params", params, "--port", str(port)]
@@ -37,7 +46,7 @@ def running_server(folder: Path, params: str = "params.yaml", env: dict | None =
         try:
             url = f"http://127.0.0.1:{port}{route_prefix.rstrip('/')}"
             _wait_until_ready(url, process, log_path, timeout)
-            yield url
+            yield url, process
         finally:
             process.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
