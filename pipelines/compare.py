@@ -102,11 +102,10 @@ def train_and_evaluate(params: Params, name: str, trained: dict | None = None) -
     training a new one (it must have been trained on today's processed data)."""
     folder = workspace(params, name)
     if trained is not None:
-        current = processed_fingerprint(params.path(PROCESSED_DIR))
-        if not (folder / MODEL_DIR / "weights.pt").is_file() or trained.get("data_fingerprint") != current:
+        train_seconds = trained_seconds(params, folder, trained)
+        if train_seconds is None:
             raise StageError(f"{name}: no model trained on today's data in {folder} to rescore; "
                              f"run `brainomaly compare --only {name}` to train one")
-        train_seconds = trained["train_seconds"]
     else:
         checkpoints = Path(params.train.storage_path)
         if "://" not in params.train.storage_path and not checkpoints.is_absolute():
@@ -128,6 +127,21 @@ def train_and_evaluate(params: Params, name: str, trained: dict | None = None) -
         "epochs": trained["epochs_trained"],
         "mlflow_run_id": trained["mlflow_run_id"],
     }
+
+
+def trained_seconds(params: Params, folder: Path, row: dict) -> float | None:
+    """The training time of the model in ``folder``, if it was trained on today's processed data:
+    its report row's, or, where an interrupted comparison left a model but no row, the length of
+    the training run whose ``data.fingerprint`` MLflow recorded."""
+    if not (folder / MODEL_DIR / "weights.pt").is_file():
+        return None
+    current = processed_fingerprint(params.path(PROCESSED_DIR))
+    if row:
+        return row["train_seconds"] if row.get("data_fingerprint") == current else None
+    run = tracking.client(params).get_run(json.loads((folder / MODEL_DIR / "detector.json").read_text())["mlflow_run_id"])
+    if run.data.params.get("data.fingerprint") != current or not run.info.end_time:
+        return None
+    return (run.info.end_time - run.info.start_time) / 1000
 
 
 def _log_to_mlflow(params: Params, results: dict) -> None:

@@ -55,26 +55,26 @@ def test_comparison_report_and_nested_runs(processed_project, phantom_roots, tmp
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.data.params["model.name"] == name
 
-    # --only: one detector rerun, the other row kept as it was, the order of compare.detectors
+    # --only --rescore: one detector's model evaluated again under today's evaluate settings, not
+    # retrained; the other row kept as it was, in the order of compare.detectors
     with pytest.raises(ValueError, match="--only nope: not in compare.detectors"):
         compare.run(params, only=["nope"])
-    settings["overrides"]["spatial_ae"]["train"]["epochs"] = 3  # what changed since: spatial_ae's settings
-    compare.run(load_params(write_params(tmp_path, compare=settings, data=data, calibrate=calibrate)), only=["spatial_ae"])
-    rerun = json.loads((tmp_path / "reports" / "comparison.json").read_text())
-    assert list(rerun) == ["intensity", "spatial_ae"]
-    assert rerun["intensity"] == results["intensity"]
-    assert rerun["spatial_ae"]["epochs"] == 3 and rerun["spatial_ae"]["mlflow_run_id"] != results["spatial_ae"]["mlflow_run_id"]
-    assert list(compare.kept_results(params, ["spatial_ae"])) == ["intensity"]
-    # --rescore: the trained model evaluated again under today's evaluate settings, not retrained
+    interrupted = {"intensity": results["intensity"]}  # as a comparison stopped after training spatial_ae leaves it
+    (tmp_path / "reports" / "comparison.json").write_text(json.dumps(interrupted))
     evaluate = {"score_reference": "none"}  # the thresholds in the detector's own units again
     rescored_params = load_params(write_params(tmp_path, compare=settings, data=data, calibrate=calibrate, evaluate=evaluate))
     compare.run(rescored_params, only=["spatial_ae"], rescore=True)
-    rescored = json.loads((tmp_path / "reports" / "comparison.json").read_text())["spatial_ae"]
-    assert rescored["mlflow_run_id"] == rerun["spatial_ae"]["mlflow_run_id"]  # the same training run: no new one
-    assert rescored["train_seconds"] == rerun["spatial_ae"]["train_seconds"]
-    assert rescored["slice_threshold"] != rerun["spatial_ae"]["slice_threshold"]  # scored under the new setting
+    rerun = json.loads((tmp_path / "reports" / "comparison.json").read_text())
+    assert list(rerun) == ["intensity", "spatial_ae"] and rerun["intensity"] == results["intensity"]
+    rescored = rerun["spatial_ae"]
+    assert rescored["mlflow_run_id"] == results["spatial_ae"]["mlflow_run_id"]  # the same training run: no new one
+    # with no row to keep, the training time is the training run's, which the stage's time contains
+    assert 0 < rescored["train_seconds"] < results["spatial_ae"]["train_seconds"]
+    assert rescored["slice_threshold"] != results["spatial_ae"]["slice_threshold"]  # scored under the new setting
+    assert compare.trained_seconds(params, compare.workspace(params, "spatial_ae"), rescored) == rescored["train_seconds"]
     with pytest.raises(StageError, match="no model trained on today's data .* to rescore"):
         compare.run(rescored_params, only=["dual_vae"], rescore=True)  # its training failed: nothing to rescore
+    assert list(compare.kept_results(params, ["spatial_ae"])) == ["intensity"]
     # a row evaluated on other processed data is dropped, not mixed into today's table
     stale = {**rerun, "intensity": {**rerun["intensity"], "data_fingerprint": "other data"}}
     (tmp_path / "reports" / "comparison.json").write_text(json.dumps(stale))
