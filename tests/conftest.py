@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,19 @@ import yaml
 from components.data.phantoms import PhantomSpec, generate_phantoms
 
 REPO = Path(__file__).resolve().parents[1]
+# Set by .ci/run: there a service test whose program is missing fails instead of skipping.
+REQUIRE_PROGRAMS = os.environ.get("BRAINOMALY_REQUIRE_PROGRAMS") == "1"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``@pytest.mark.program(name, ..., package=...)``: the test needs one of these programs
+    (a Debian package's); where none is installed it skips, saying which, or fails in CI."""
+    for mark in item.iter_markers("program"):
+        if not any(shutil.which(name) for name in mark.args):
+            message = f"{mark.args[0]} not installed (Debian package {mark.kwargs['package']}; .ci/run installs it)"
+            if REQUIRE_PROGRAMS:
+                pytest.fail(f"{message}, and BRAINOMALY_REQUIRE_PROGRAMS=1 requires it", pytrace=False)
+            pytest.skip(message)
 
 # Small enough for seconds per stage on 2 cores, large enough to train a detector that works.
 # Tumours of 10-30 mm: the one val and one test tumour subject of this tiny population must hold

@@ -3,7 +3,6 @@ cluster launcher's own schema, and the shape and versions of the KubeRay manifes
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -86,7 +85,7 @@ def exported_series() -> set[str]:
     return {m.name + s for m in EndpointMetrics().registry.collect() for s in suffixes[m.type]}
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian package prometheus; .ci/run installs it)")
+@pytest.mark.program("promtool", package="prometheus")
 def test_alert_rules_pass_their_promtool_unit_tests():
     for command in (["check", "rules", "alerts.yml"], ["test", "rules", "alerts_test.yml"], ["check", "config", "prometheus.yml"]):
         run = subprocess.run(["promtool", *command], cwd=PROMETHEUS, capture_output=True, text=True)

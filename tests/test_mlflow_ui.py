@@ -16,7 +16,7 @@ from tests.conftest import venv_env
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (Debian package chromium; .ci/run installs it)"),
+    pytest.mark.program("chromium", "chromium-browser", package="chromium"),
 ]
 # as a headless root process on a machine with no outside network
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

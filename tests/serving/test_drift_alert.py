@@ -3,7 +3,6 @@ it with the project's alert rules, healthy scans and then shifted ones, and the 
 alert firing in Prometheus."""
 
 import contextlib
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -20,8 +19,7 @@ from tests.conftest import venv_env
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("prometheus") is None,
-                       reason="prometheus not installed (Debian package prometheus; .ci/run installs it)"),
+    pytest.mark.program("prometheus", package="prometheus"),
 ]
 RULES = Path(__file__).resolve().parents[2] / "infra" / "prometheus" / "alerts.yml"
 
