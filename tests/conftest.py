@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,20 +84,29 @@ def processed_project(tmp_path_factory, phantom_roots) -> Path:
 
 def venv_env() -> dict:
     """The environment for subprocesses: this interpreter's bin first on PATH (dvc, brainomaly)."""
-    import os
-    import sys
-
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 
 
+# Under pytest-timeout's 900 s (pyproject.toml), whose stack dump would hide the command's output.
+COMMAND_TIMEOUT_S = 840
+
+
+def run_command(command: list[str], cwd: Path, timeout: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """A command of the virtualenv's, output captured; past ``timeout`` the test fails showing
+    the output so far."""
+    try:
+        return subprocess.run(command, cwd=cwd, env=venv_env(), capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        said = "".join(part.decode(errors="replace") if isinstance(part, bytes) else part
+                       for part in (err.stdout or "", err.stderr or ""))
+        pytest.fail(f"`{' '.join(command)}` ran past {timeout:g} s:\n{said[-5000:]}", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def pipeline_repo(tmp_path_factory) -> Path:
     """A copy of this repository with tiny params on which `dvc repro` has run end to end."""
-    import shutil
-    import subprocess
-
     repo = tmp_path_factory.mktemp("repo")
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
@@ -109,7 +120,7 @@ def pipeline_repo(tmp_path_factory) -> Path:
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
     subprocess.run([*git, "commit", "-qm", "tiny pipeline"], cwd=repo, check=True)
-    result = subprocess.run(["dvc", "repro"], cwd=repo, env=venv_env(), capture_output=True, text=True, timeout=1500)
+    result = run_command(["dvc", "repro"], repo)
     (repo / "repro.log").write_text(result.stdout + result.stderr)
     assert result.returncode == 0, f"dvc repro failed:\n{(result.stdout + result.stderr)[-5000:]}"
     return repo

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import venv_env
+from tests.conftest import run_command, venv_env
 
 pytestmark = pytest.mark.slow
 
@@ -124,7 +124,7 @@ def experiments(shown: list) -> dict[str, dict]:
 
 def test_exp_run_switches_the_detector_with_one_param(pipeline_repo):
     command = ["dvc", "exp", "run", "--temp", "-n", "dense-ae", "-S", "model.name=dense_ae"]
-    done = subprocess.run(command, cwd=pipeline_repo, env=venv_env(), capture_output=True, text=True, timeout=900)
+    done = run_command(command, pipeline_repo)
     assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
     for stage in ("train", "evaluate", "register"):
         assert f"Running stage '{stage}'" in done.stdout

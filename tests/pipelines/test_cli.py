@@ -1,21 +1,36 @@
 """The CLI as a user meets it: each mistake is one clear line and exit code 1, never a traceback."""
 
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from pipelines.cli import app
-from tests.conftest import write_params
+from tests.conftest import venv_env, write_params
 
 runner = CliRunner()
 
 
 def invoke(*args: str):
+    """The CLI run in-process. CliRunner catches any exception without printing it, so a crash is
+    told from a clean exit by what it caught: nothing, or the SystemExit of a handled error."""
     result = runner.invoke(app, list(args))
-    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     return result
+
+
+def test_the_installed_command_says_one_line_on_stderr(tmp_path):
+    """The console script as a shell runs it: the error on stderr, one line, no traceback."""
+    command = [str(Path(sys.executable).parent / "brainomaly"), "train", "--params",
+               str(write_params(tmp_path, train={"epochs": -1}))]
+    done = subprocess.run(command, env=venv_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    said = done.stderr.strip().splitlines()
+    assert len(said) == 1 and said[0].startswith("brainomaly train:") and "train.epochs" in said[0], done.stderr
 
 
 def test_bad_param_is_named(tmp_path):
