@@ -142,7 +142,9 @@ def test_the_anomaly_map_comes_back_on_the_input_grid_without_its_header_text(se
     response = requests.post(f"{server}/v1/predict?map=nifti", data=image.to_bytes(), timeout=120)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/gzip"
-    assert response.headers["x-volume-verdict"] in ("normal", "anomalous")
+    answer = requests.post(f"{server}/v1/predict", data=image.to_bytes(), timeout=120).json()  # the same scan, as JSON
+    assert response.headers["x-volume-verdict"] == answer["volume_verdict"]
+    assert response.headers["x-model-version"] == answer["model"]["version"]
     anomaly = nib.Nifti1Image.from_bytes(gzip.decompress(response.content))
     assert anomaly.shape == upload.shape and np.allclose(anomaly.affine, upload.affine)
     for field in ("descrip", "aux_file", "db_name", "intent_name"):

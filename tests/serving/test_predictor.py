@@ -40,6 +40,25 @@ def test_response_describes_every_input_slice(predictor, phantom_roots):
     assert {s["verdict"] for s in result["slices"]} <= {"normal", "anomalous"}
 
 
+def test_verdicts_follow_the_thresholds_of_the_site_asked_for(predictor, phantom_roots):
+    """A slice is anomalous when its score is above the slice threshold, the volume when its
+    score is above the volume threshold: thresholds set between the scan's own scores."""
+    image, affine = load_volume(read_brats(phantom_roots[1])[0].image)
+    scores = np.array([s["score"] for s in predictor.predict(image, affine)["slices"]])
+    middle, top = float(np.median(scores)), float(scores.max())
+    at = {"middle": Calibration(98.0, middle, top * 0.999, 0.3, [0.1]), "high": Calibration(98.0, top, top * 1.001, 0.3, [0.1])}
+    served = VolumePredictor(predictor.bundle, predictor.detector, sites=at)
+    for site, calibration in at.items():
+        result = served.predict(image, affine, site=site)
+        assert [s["verdict"] == "anomalous" for s in result["slices"]] == [s["score"] > calibration.slice_threshold
+                                                                         for s in result["slices"]]
+        assert result["threshold"] == calibration.slice_threshold and result["site"] == site
+    middle_result, high_result = (served.predict(image, affine, site=site) for site in at)
+    assert {s["verdict"] for s in middle_result["slices"]} == {"normal", "anomalous"}
+    assert {s["verdict"] for s in high_result["slices"]} == {"normal"}  # none above the highest score
+    assert middle_result["volume_verdict"] == "anomalous" and high_result["volume_verdict"] == "normal"
+
+
 def test_same_scan_in_ras_gives_the_same_scores_per_slice(predictor, phantom_roots):
     image, affine = load_volume(read_brats(phantom_roots[1])[0].image)
     ras_image, _ = to_ras(image, affine)
