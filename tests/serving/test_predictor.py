@@ -76,7 +76,7 @@ def test_a_papers_recipe_is_replayed_at_serving_time(phantom_roots, tmp_path, pr
     indices stay the file's own even after resampling."""
     from dataclasses import replace
 
-    from components.preprocess.volume import reference_landmarks
+    from components.preprocess.volume import preprocess_volume, reference_landmarks
     from pipelines.params import PreprocessParams
 
     image, affine = load_volume(read_brats(phantom_roots[1])[0].image)
@@ -88,12 +88,21 @@ def test_a_papers_recipe_is_replayed_at_serving_time(phantom_roots, tmp_path, pr
         model_name="spatial_vae", hyperparams=hyperparams, preprocess=spec,
         calibration=Calibration(98.0, slice_threshold=0.1, volume_threshold=0.2, pixel_threshold=0.3, reference_scores=[0.1]),
     )
-    folder = bundle.save(tmp_path / "bundle", build_detector("spatial_vae", **hyperparams).state_dict())
+    saved = build_detector("spatial_vae", **hyperparams).eval()
+    folder = bundle.save(tmp_path / "bundle", saved.state_dict())
     result = VolumePredictor.from_folder(folder).predict(image, affine)
     indices = [s["index"] for s in result["slices"]]
     assert len(indices) == len(set(indices)) == result["slices_scored"] > 0  # one entry per input slice
     assert result["slices_scored"] + result["slices_skipped"] == image.shape[2]
     assert set(indices) <= set(range(image.shape[2])) and result["volume_score"] == max(s["score"] for s in result["slices"])
+    # the training-time recipe and the saved detector, run directly, give the served scores
+    direct = preprocess_volume(image, affine, spec)
+    scores = saved.inspect(torch.from_numpy(direct.images), torch.from_numpy(direct.brain)).scores.detach().numpy()
+    expected: dict[int, float] = {}
+    for index, score in zip(direct.slice_numbers.tolist(), scores.tolist()):
+        expected[index] = max(score, expected.get(index, score))
+    assert indices == sorted(expected)
+    np.testing.assert_allclose([s["score"] for s in result["slices"]], [expected[i] for i in indices], rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(DETECTORS))
