@@ -109,6 +109,36 @@ def gate(params: Params, client, bundle: DetectorBundle, scores: pd.DataFrame) -
     return decision, current
 
 
+def model_description(alias: str, primary: str) -> str:
+    """What the registered model is, and how its alias moves: the registry page's own words."""
+    return (f"Brainomaly's unsupervised brain-MRI anomaly detector, trained on healthy scans only. Each version is one "
+            f"trained detector with its preprocessing recipe, thresholds and test scores (`brainomaly register`). "
+            f"The `{alias}` alias, which the endpoint serves, moves to a new version only when the promotion gate "
+            f"finds it better on {primary} than the current {alias}, on the same evaluation data, by more than "
+            f"noise (a paired bootstrap over test subjects); each version's tags and description say why it did "
+            f"or did not move.")
+
+
+def version_description(params: Params, bundle: DetectorBundle, decision: Decision, current) -> str:
+    """A version's page: detector, recipe, data version, headline metrics with their 95 % intervals, the gate's decision."""
+    spec, metrics = bundle.preprocess, bundle.metrics
+    recipe = (f"preset `{params.preprocess.preset}`: {spec.size} px, {spec.normalisation}"
+              f"{', histogram standardisation' if spec.histogram_landmarks else ''}"
+              f"{', N4 bias correction' if spec.bias_correction else ''}, "
+              f"{'native grid' if spec.spacing_mm is None else f'{spec.spacing_mm} mm'}")
+    lines = [f"Detector `{bundle.model_name}`; {recipe}.",
+             f"Data: code {bundle.data_version.get('git_commit', 'unknown')[:12]}, processed data "
+             f"{bundle.data_version.get('processed_data_md5', 'unknown')}.",
+             "Test split (95 % interval over subjects):"]
+    for key in ("slice_auroc", "slice_auprc", "slice_false_alarm_rate", "slice_sensitivity", "pixel_auprc", "dice_mean"):
+        if key in metrics:
+            interval = metrics.get("ci95", {}).get(key)
+            lines.append(f"- {key} {metrics[key]:.3f}" + (f" [{interval['low']:.3f}, {interval['high']:.3f}]" if interval else ""))
+    compared = f"compared with version {current.version}" if current else "the first version"
+    lines.append(f"Promotion gate ({compared}): {'promoted' if decision.promote else 'not promoted'}; {decision.reason}.")
+    return "\n".join(lines)
+
+
 def run(params: Params) -> dict:
     tracking.experiment_id(params)  # points mlflow.start_run/log_model at the project's store
     client = tracking.client(params)
@@ -133,6 +163,8 @@ def run(params: Params) -> dict:
         tags["difference_interval"] = json.dumps([round(v, 6) for v in decision.interval])
     for key, tag in tags.items():
         client.set_model_version_tag(name, version, key, tag)
+    client.update_registered_model(name, description=model_description(alias, primary))
+    client.update_model_version(name, version, description=version_description(params, bundle, decision, current))
     if decision.promote:
         client.set_registered_model_alias(name, alias, version)
     report = {

@@ -1,5 +1,5 @@
 """The reviewer's view: a real MLflow UI server on the pipeline's registry, opened in headless
-Chromium (Debian's package), shows the registered model and its `champion` alias."""
+Chromium (Debian's package), shows the registered model, its description and its `champion` alias."""
 
 import shutil
 import subprocess
@@ -59,3 +59,4 @@ def test_the_registry_page_shows_the_model_and_its_champion_alias(mlflow_ui, tmp
     assert "brainomaly-detector" in page, page[-2000:]
     # the alias tag the UI draws on the model version, "@ champion"
     assert 'title="champion"' in page and "@&nbsp;champion" in page, "no champion alias tag on the model's page"
+    assert "moves to a new version only when the promotion gate" in page, "the model's description is not shown"

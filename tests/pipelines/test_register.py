@@ -66,6 +66,13 @@ def test_the_first_model_becomes_champion_and_its_tags_say_why(project):
     tags = tracking.client(project).get_model_version("brainomaly-detector", "1").tags
     assert tags["compared_with"] == "none" and tags["promoted"] == "true" and tags["evaluation_data"] == "data-v1"
     assert {"git_commit", "processed_data_md5", "decision"} <= set(tags)
+    # the registry page explains itself: what the model is, how the alias moves, what this version is
+    client = tracking.client(project)
+    assert "`champion` alias" in client.get_registered_model("brainomaly-detector").description
+    described = client.get_model_version("brainomaly-detector", "1").description
+    assert "Detector `spatial_vae`; preset `standard`" in described and tags["processed_data_md5"] in described
+    assert f"- slice_auroc {first['value']:.3f}" in described
+    assert "Promotion gate (the first version): promoted; no champion yet." in described
 
 
 def test_a_win_within_noise_does_not_move_the_alias(project):
@@ -81,6 +88,8 @@ def test_a_win_within_noise_does_not_move_the_alias(project):
     assert low < 0 < high
     tags = tracking.client(project).get_model_version("brainomaly-detector", report["version"]).tags
     assert tags["compared_with"] == "1" and tags["promoted"] == "false" and "paired bootstrap" in tags["decision"]
+    described = tracking.client(project).get_model_version("brainomaly-detector", report["version"]).description
+    assert "Promotion gate (compared with version 1): not promoted; paired bootstrap" in described
     assert json.loads(tags["difference_interval"]) == pytest.approx([low, high], abs=1e-6)
 
 

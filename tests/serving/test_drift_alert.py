@@ -13,7 +13,7 @@ import yaml
 
 from pipelines.params import load_params
 from pipelines.preprocess import PROCESSED_DIR
-from serving.drift_demo import held_out_healthy, other_contrast_scans, run_drill
+from serving.drift_demo import held_out_healthy, other_contrast_scans, send_phase, upload
 from serving.local_server import free_port, running_server
 from tests.conftest import venv_env
 
@@ -49,20 +49,38 @@ def alert_states(prom: str, name: str) -> set[str]:
     return {a["state"] for a in alerts if a["labels"]["alertname"] == name}
 
 
-def test_shifted_scans_fire_the_drift_alert(pipeline_repo, tmp_path):
+def alert_limits(name: str) -> dict[str, float]:
+    """The gauge each rule of alert ``name`` watches (``brainomaly_drift_<statistic> > limit``), by statistic."""
+    rules = [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
+    limits = {}
+    for rule in rules:
+        if rule.get("alert") == name:
+            gauge, limit = rule["expr"].split(" > ")
+            limits[gauge.removeprefix("brainomaly_drift_")] = float(limit)
+    return limits
+
+
+def test_healthy_scans_keep_quiet_and_shifted_ones_fire_the_drift_alert(pipeline_repo, tmp_path):
     params = load_params(pipeline_repo / "params.yaml")
-    data = params.data
+    data, window = params.data, params.serve.drift.window
     subjects = held_out_healthy(params.path(PROCESSED_DIR), params.path(data.healthy_root), data.healthy_layout,
                                 data.modality)
     # T1 scans sent to the T2 model: the drill's largest shift on the tiny model (whose scores vary from one
     # training to the next; a bias field's PSI fell below the alert level on one)
     t1 = other_contrast_scans(subjects, params.path(data.healthy_root), data.healthy_layout, data.modality)
+    limits = alert_limits("ScoreDrift")
+    assert set(limits) == {"psi", "ks"}
     with running_server(pipeline_repo, env=venv_env()) as url, prometheus(url.removeprefix("http://"), tmp_path) as prom:
-        healthy, shifted = run_drill(url, subjects, window=params.serve.drift.window, shift="contrast", other_contrast=t1)
-        assert shifted.gauges["psi"] > max(0.25, healthy.gauges["psi"]), (healthy, shifted)
+        healthy = send_phase(url, "healthy", [upload(s.image, None) for s in subjects], window, {})
+        time.sleep(5)  # scraped and evaluated (1 s each) since the window filled
+        up = requests.get(f"{prom}/api/v1/query", params={"query": 'up{job="brainomaly-endpoint"}'}, timeout=10).json()
+        assert up["data"]["result"][0]["value"][1] == "1"  # Prometheus sees the gauges: its silence means something
+        assert all(healthy.gauges[statistic] < limit for statistic, limit in limits.items()), healthy
+        assert not alert_states(prom, "ScoreDrift"), "the alert is pending or firing on healthy scans"
+
+        shifted = send_phase(url, "contrast", [upload(s.image, None) for s in t1], window, {})
+        assert shifted.gauges["psi"] > max(limits["psi"], healthy.gauges["psi"]), (healthy, shifted)
         deadline = time.monotonic() + 180  # the rule's `for: 1m`, plus scrape and evaluation
         while "firing" not in alert_states(prom, "ScoreDrift") and time.monotonic() < deadline:
             time.sleep(2)
         assert "firing" in alert_states(prom, "ScoreDrift"), (tmp_path / "prometheus.log").read_text()[-3000:]
-        up = requests.get(f"{prom}/api/v1/query", params={"query": 'up{job="brainomaly-endpoint"}'}, timeout=10).json()
-        assert up["data"]["result"][0]["value"][1] == "1"

@@ -2,6 +2,7 @@
 broken version that never replaces the serving one, and a moved alias swapped in while
 requests keep being answered. Its own server, on a copy of the pipeline's registry."""
 
+import json
 import shutil
 import socket
 import subprocess
@@ -13,12 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
+import mlflow
 import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
 from components.data.layouts import read_brats, read_hcp
-from pipelines.model_store import DIGEST_TAGS
+from components.models.bundle import DESCRIPTION, bundle_digests
 from serving.local_server import running_server
 from tests.conftest import venv_env, write_params
 
@@ -149,36 +151,57 @@ def test_a_broken_version_leaves_the_old_one_serving_and_raises_the_alert_metric
     assert str(tmp_path) not in model["last_load_error"]  # the reason, with its paths and URIs, stays in the log
 
 
-def test_a_moved_alias_is_swapped_in_without_dropping_requests(server, registry, scan):
-    # the same artifacts as version 1, registered again (by location: a models:/ source would be
-    # looked up in MLflow's process-wide store, not this copy)
-    recorded = registry.get_model_version(NAME, "1").tags
-    successor = registry.create_model_version(NAME, source=registry.get_model_version_download_uri(NAME, "1"),
-                                              tags={key: recorded[key] for key in DIGEST_TAGS})
-    new = str(successor.version)
-    answers: list[tuple[int, str]] = []
+def successor_of_version_1(registry: MlflowClient, folder: Path, slice_threshold: float) -> str:
+    """A new version that answers differently: version 1's artifacts with another slice
+    threshold, registered by location (a models:/ source would be looked up in MLflow's
+    process-wide store, not this copy) with the digests of what it holds."""
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=registry.get_model_version_download_uri(NAME, "1"),
+                                                     dst_path=str(folder)))
+    bundle = local / "artifacts" / "bundle"
+    description = json.loads((bundle / DESCRIPTION).read_text())
+    description["calibration"]["slice_threshold"] = slice_threshold
+    (bundle / DESCRIPTION).write_text(json.dumps(description))
+    return str(registry.create_model_version(NAME, source=local.as_uri(), tags=bundle_digests(bundle)).version)
+
+
+def test_a_moved_alias_is_swapped_in_without_dropping_requests(server, registry, scan, tmp_path):
+    first = requests.post(f"{server}/v1/predict", data=scan, headers=KEY, timeout=120).json()
+    assert first["model"]["version"] == "1"
+    new = successor_of_version_1(registry, tmp_path, slice_threshold=first["threshold"] + 1.0)
+    answers: list[tuple[str, float]] = []
+    failures: list[str] = []
     done = threading.Event()
 
     def keep_asking():
-        while not done.is_set():
-            response = requests.post(f"{server}/v1/predict", data=scan, headers=KEY, timeout=120)
-            answers.append((response.status_code, response.json().get("model", {}).get("version", "")))
+        try:
+            while not done.is_set():
+                response = requests.post(f"{server}/v1/predict", data=scan, headers=KEY, timeout=120)
+                if response.status_code != 200:
+                    failures.append(f"{response.status_code}: {response.text[:300]}")
+                    return
+                answer = response.json()
+                answers.append((answer["model"]["version"], answer["threshold"]))
+        except Exception as err:  # anything the client meets is a failure of the swap
+            failures.append(repr(err))
 
     client = threading.Thread(target=keep_asking)
     client.start()
     try:
         time.sleep(2)
-        registry.set_registered_model_alias(NAME, ALIAS, successor.version)
+        registry.set_registered_model_alias(NAME, ALIAS, new)
         deadline = time.monotonic() + 90
-        while not any(version == new for _, version in answers) and time.monotonic() < deadline:
+        while not any(version == new for version, _ in answers) and time.monotonic() < deadline and not failures:
             time.sleep(0.5)
         time.sleep(2)
     finally:
         done.set()
         client.join(timeout=120)
-    assert all(status == 200 for status, _ in answers), answers
-    versions = [version for _, version in answers]
-    assert versions[0] == "1" and versions[-1] == new
+    assert not failures and not client.is_alive(), failures
+    versions = [version for version, _ in answers]
+    assert versions[0] == "1" and versions[-1] == new and sorted(versions, key=int) == versions  # no way back
+    # each answer comes from the version it names: the successor's threshold from the swap on
+    assert {threshold for version, threshold in answers if version == "1"} == {first["threshold"]}
+    assert {threshold for version, threshold in answers if version == new} == {first["threshold"] + 1.0}
     assert metric(server, "brainomaly_model_load_failed ") == 0
     assert f'version="{new}"' in requests.get(f"{server}/metrics", timeout=10).text
 
