@@ -10,13 +10,19 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 # torch first, so the project's `torch>=...` range is already met and pulls nothing more; then
-# the project with every other package at the version requirements.lock pins.
-$(STAMP): pyproject.toml requirements.lock
+# the project with every other package at the version requirements.lock pins. Last, a .pth file
+# that puts the virtualenv's bin/ first on PATH in its every Python process, as activating it
+# does, so that dvc.yaml's `brainomaly` commands run under `.venv/bin/dvc` from any shell.
+$(STAMP): pyproject.toml requirements.lock Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"
+	echo '$(VENV_ON_PATH)' > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/brainomaly_venv_path.pth"
 	touch $(STAMP)
+
+VENV_ON_PATH := import os, sys; os.environ["PATH"] = os.pathsep.join(dict.fromkeys(filter(None, \
+  [os.path.dirname(sys.executable), *os.environ.get("PATH", "").split(os.pathsep)])))
 
 # requirements.lock anew: pyproject.toml's ranges resolved today, in a scratch virtualenv.
 lock:

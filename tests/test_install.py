@@ -1,9 +1,12 @@
 """Reproducible installs: `make install` installs requirements.lock's exact versions, the
-lock satisfies pyproject.toml's ranges, and the ranges keep known-broken versions out."""
+lock satisfies pyproject.toml's ranges, the ranges keep known-broken versions out, and the
+virtualenv's programs find each other unactivated."""
 
 import re
 import subprocess
+import sys
 from importlib import metadata
+from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -57,3 +60,10 @@ def test_every_torch_load_is_weights_only():
     loads = [(p, line) for p in sources for line in p.read_text().splitlines() if "torch.load(" in line]
     assert loads and all("weights_only=True" in line for _, line in loads), [str(p) for p, line in loads
                                                                              if "weights_only=True" not in line]
+
+
+def test_the_virtualenv_puts_its_programs_first_on_path_as_activating_it_does():
+    """So `.venv/bin/dvc repro` from a shell that never activated it finds dvc.yaml's `brainomaly`."""
+    found = subprocess.run([sys.executable, "-c", "import shutil; print(shutil.which('brainomaly'))"],
+                           env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, check=True).stdout.strip()
+    assert found == str(Path(sys.executable).parent / "brainomaly"), "run `make install` (it writes the .pth file)"
