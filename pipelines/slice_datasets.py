@@ -1,9 +1,11 @@
 """Processed slices as Ray Datasets, so training workers on any node need no shared filesystem.
 
-The shard files are read by Ray Data tasks pinned to the driver's node (``local://``) and their
-slices reach the workers through Ray's object store, whichever node a worker runs on. The
-datasets are materialised before training starts: read tasks need CPUs that the training
-workers would otherwise hold for the whole run, and Ray spills to disk what exceeds memory.
+The driver reads the shard files (compressed, a few MB each) and hands their bytes to Ray Data
+(``from_items``), so they reach the decoding tasks and the workers through Ray's object store,
+whichever node those run on; no reader needs the driver's filesystem (Ray is retiring the
+``local://`` paths that pinned reads to the driver's node). The datasets are materialised before
+training starts: decoding tasks need CPUs that the training workers would otherwise hold for the
+whole run, and Ray spills to disk what exceeds memory.
 """
 
 from __future__ import annotations
@@ -19,23 +21,19 @@ from components.data.slice_store import read_index
 from components.metrics.detection import slice_truth
 
 
-def shard_key(path: str) -> str:
-    """``<dataset>/<subject>.npz``: a shard's name whatever the prefix its reader gives it."""
-    return "/".join(Path(path).parts[-2:])
-
-
 def decode_shards(batch: dict, truth: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> dict:
-    """Rows of shard files -> rows of slices: ``image`` (1, S, S) float32 and ``brain``
-    (1, S, S) bool; with ``truth`` (per shard, its slices' labels in row order), ``abnormal``
-    and ``rated`` too: the same label `evaluate` uses (``slice_truth`` of the slice index)."""
+    """Rows of shard files (``path``: the index's shard name; ``bytes``) -> rows of slices:
+    ``image`` (1, S, S) float32 and ``brain`` (1, S, S) bool; with ``truth`` (per shard, its
+    slices' labels in row order), ``abnormal`` and ``rated`` too: the same label `evaluate` uses
+    (``slice_truth`` of the slice index)."""
     images, brains, abnormal, rated = [], [], [], []
     for path, payload in zip(batch["path"], batch["bytes"]):
         with np.load(io.BytesIO(payload)) as archive:
             images.append(archive["images"])
             brains.append(archive["brain"])
         if truth is not None:
-            abnormal.append(truth[shard_key(path)][0])
-            rated.append(truth[shard_key(path)][1])
+            abnormal.append(truth[path][0])
+            rated.append(truth[path][1])
     rows = {"image": np.concatenate(images), "brain": np.concatenate(brains)}
     if truth is not None:
         rows |= {"abnormal": np.concatenate(abnormal), "rated": np.concatenate(rated)}
@@ -46,7 +44,7 @@ def shard_truth(rows: pd.DataFrame, min_tumour_pixels: int) -> dict[str, tuple[n
     """Per shard, (abnormal, rated) of its slices in the shard's own row order."""
     truth = {}
     for shard, part in rows.sort_values("row").groupby("shard"):
-        truth[shard_key(shard)] = slice_truth(part["tumour_pixels"], part["lesion_pixels"], min_tumour_pixels)
+        truth[shard] = slice_truth(part["tumour_pixels"], part["lesion_pixels"], min_tumour_pixels)
     return truth
 
 
@@ -60,6 +58,6 @@ def slice_dataset(root: Path, cohort: str, split: str, min_tumour_pixels: int | 
         raise ValueError(f"no {cohort} slices in the {split} split of {root}")
     truth = None if min_tumour_pixels is None else shard_truth(rows, min_tumour_pixels)
     ray.data.DataContext.get_current().enable_progress_bars = False  # one tqdm bar per epoch is noise in logs
-    files = ray.data.read_binary_files([f"local://{(root / s).resolve()}" for s in shards], include_paths=True,
-                                       override_num_blocks=len(shards))
+    files = ray.data.from_items([{"path": s, "bytes": (root / s).read_bytes()} for s in shards],
+                                override_num_blocks=len(shards))
     return files.map_batches(decode_shards, batch_size=1, batch_format="numpy", fn_kwargs={"truth": truth}).materialize()

@@ -15,8 +15,8 @@ def test_the_sweep_labels_slices_as_evaluate_does(processed_project, min_tumour_
     index = read_index(root)
     rows = index[(index["cohort"] == "tumour") & (index["split"] == "val")]
     shards = sorted(rows["shard"].unique())
-    # What a Ray Data read task hands decode_shards: the files' paths (with the reader's prefix) and bytes.
-    batch = {"path": [str((root / s).resolve()) for s in shards], "bytes": [(root / s).read_bytes() for s in shards]}
+    # What Ray Data hands decode_shards: the shards' names in the index and their files' bytes.
+    batch = {"path": shards, "bytes": [(root / s).read_bytes() for s in shards]}
     decoded = decode_shards(batch, shard_truth(rows, min_tumour_pixels))
 
     ordered = rows.set_index("shard").loc[shards].reset_index().sort_values(["shard", "row"], kind="stable")
