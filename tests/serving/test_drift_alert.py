@@ -65,8 +65,8 @@ def test_healthy_scans_keep_quiet_and_shifted_ones_fire_the_drift_alert(pipeline
     data, window = params.data, params.serve.drift.window
     subjects = held_out_healthy(params.path(PROCESSED_DIR), params.path(data.healthy_root), data.healthy_layout,
                                 data.modality)
-    # T1 scans sent to the T2 model: the drill's largest shift on the tiny model (whose scores vary from one
-    # training to the next; a bias field's PSI fell below the alert level on one)
+    # T1 scans with a bias field sent to the T2 model: the tiny model's scores vary from one training to the
+    # next, and either shift alone once stayed under the alert limits (bias field PSI 0.20, T1 PSI 0.24)
     t1 = other_contrast_scans(subjects, params.path(data.healthy_root), data.healthy_layout, data.modality)
     limits = alert_limits("ScoreDrift")
     assert set(limits) == {"psi", "ks"}
@@ -78,8 +78,9 @@ def test_healthy_scans_keep_quiet_and_shifted_ones_fire_the_drift_alert(pipeline
         assert all(healthy.gauges[statistic] < limit for statistic, limit in limits.items()), healthy
         assert not alert_states(prom, "ScoreDrift"), "the alert is pending or firing on healthy scans"
 
-        shifted = send_phase(url, "contrast", [upload(s.image, None) for s in t1], window, {})
-        assert shifted.gauges["psi"] > max(limits["psi"], healthy.gauges["psi"]), (healthy, shifted)
+        shifted = send_phase(url, "contrast", [upload(s.image, "bias_field") for s in t1], window, {})
+        # either rule fires ScoreDrift
+        assert any(shifted.gauges[statistic] > limit for statistic, limit in limits.items()), (healthy, shifted)
         deadline = time.monotonic() + 180  # the rule's `for: 1m`, plus scrape and evaluation
         while "firing" not in alert_states(prom, "ScoreDrift") and time.monotonic() < deadline:
             time.sleep(2)

@@ -114,26 +114,6 @@ def test_slow_uploads_cannot_lock_out_a_normal_client(server, scan):
             connection.close()
 
 
-def test_a_client_that_hangs_up_keeps_its_slot_until_its_work_stops(server, scan):
-    """Two clients send a scan and hang up at once. Their work goes on (a thread cannot be
-    cancelled; the predictor stops at its own deadline), so their slots stay taken: a third client
-    is turned away until that work has stopped, then served. A slot freed at the hang-up would let
-    drop-and-retry stack unbounded work on the replicas."""
-    address = urlparse(server)
-    head = (f"POST {PREFIX}/v1/predict?map=png HTTP/1.1\r\nHost: {address.netloc}\r\nX-API-Key: {KEY['X-API-Key']}\r\n"
-            f"Content-Length: {len(scan)}\r\n\r\n").encode()
-    for _ in range(2):  # the capacity: one at work, one queued
-        with socket.create_connection((address.hostname, address.port), timeout=60) as connection:
-            connection.sendall(head + scan)
-    turned_away = requests.post(f"{server}/v1/predict", data=scan, headers=KEY, timeout=120)
-    assert turned_away.status_code == 503, turned_away.text
-    start, status = time.monotonic(), None
-    while status != 200 and time.monotonic() - start < 120:
-        time.sleep(0.5)
-        status = requests.post(f"{server}/v1/predict", data=scan, headers=KEY, timeout=120).status_code
-    assert status == 200
-
-
 def test_a_broken_version_leaves_the_old_one_serving_and_raises_the_alert_metric(server, registry, scan, tmp_path):
     (tmp_path / "not-a-model").mkdir()
     (tmp_path / "not-a-model" / "README").write_text("no bundle here")
