@@ -33,6 +33,9 @@ def _run_stage(module: str, params_path: Path, overrides: list[str] = (), **opti
     except (ParamsError, StageError, FileNotFoundError, ValueError) as err:
         console.print(f"[bold red]brainomaly {module}: {err}")
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:  # train and tune say more, as a StageError: they resume
+        console.print(f"[bold red]brainomaly {module}: interrupted before it finished; run it again")
+        raise typer.Exit(130) from None
     console.print(f"[bold green]{module}[/] done in {time.perf_counter() - start:.1f} s")
     typer.echo(json.dumps(summary, indent=2, default=str))
 

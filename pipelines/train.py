@@ -32,7 +32,8 @@ import torch
 
 import ray.train
 import ray.train.torch
-from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
+from ray.train import (Checkpoint, CheckpointConfig, DataConfig, FailureConfig, Result, RunConfig, ScalingConfig,
+                       WorkerGroupError)
 from ray.train.torch import TorchTrainer
 
 from components.atomic import atomic_path, write_json
@@ -42,6 +43,7 @@ from components.models.detector import Slices
 from components.models.registry import DETECTORS, build_detector, data_hyperparams
 from components.preprocess.spec import PreprocessSpec
 from pipelines import tracking
+from pipelines.errors import StageError
 from pipelines.params import Params, TrainParams
 from pipelines.preprocess import PROCESSED_DIR
 from pipelines.ray_cluster import ray_session, use_gpu
@@ -331,15 +333,31 @@ def run(params: Params) -> dict:
     run_id = tracking.training_run(params, name)
     client = tracking.client(params)
     log_params(client, run_id, config)
+    storage = params.storage(params.train.storage_path)
     try:
         with ray_session():
-            result = fit(make_trainer(config, name, params.storage(params.train.storage_path),
-                                      Tracking(tracking.tracking_uri(params), run_id)))
+            result = fit(make_trainer(config, name, storage, Tracking(tracking.tracking_uri(params), run_id)))
+    except (KeyboardInterrupt, SystemExit):  # Ctrl+C: Ray Train's own handler aborts the run and exits
+        client.set_terminated(run_id, "KILLED")  # a rerun with the same inputs resumes this run
+        raise StageError(interrupted(config, storage, name)) from None
     except BaseException:
         client.set_terminated(run_id, "FAILED")  # a rerun with the same inputs picks this run up again
         raise
     client.set_terminated(run_id)
     return export_model(params, result.checkpoint, run_id, name, config.hyperparams, result.metrics or {})
+
+
+def interrupted(config: TrainingConfig, storage: str, name: str) -> str:
+    """What a Ctrl+C left: the epochs of the latest checkpoint Ray Train registered, where a rerun resumes."""
+    epochs = config.train.epochs if DETECTORS[config.model_name].trainable else 1
+    try:
+        latest = Result.from_path(f"{storage.rstrip('/')}/{name}")
+    except RuntimeError:  # no checkpoint registered yet
+        latest = None
+    if latest is None or latest.checkpoint is None:
+        return f"interrupted before the first of {epochs} epochs was checkpointed; run it again to start over"
+    done = int(latest.metrics["epoch"]) + 1
+    return f"interrupted after {done} of {epochs} epochs; their checkpoint is kept: run it again to resume"
 
 
 def fit(trainer: TorchTrainer):

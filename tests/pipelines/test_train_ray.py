@@ -1,16 +1,25 @@
-"""Ray Train on a real local Ray cluster: 2 DDP workers on CPU, tracked in a real MLflow store."""
+"""Ray Train on a real local Ray cluster: 2 DDP workers on CPU, tracked in a real MLflow store;
+Ctrl+C stops a training that a rerun resumes."""
 
 import json
+import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+from ray.train import Result
 
 from components.data.slice_store import load_shard, read_index
 from pipelines import train
 from pipelines.params import load_params
 from pipelines import tracking
-from tests.conftest import write_params
+from tests.conftest import venv_env, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -21,27 +30,59 @@ def project(processed_project, tmp_path):
     return tmp_path
 
 
+def interrupt_training(project) -> tuple[int, str]:
+    """`brainomaly train` stopped with Ctrl+C, sent as a terminal sends it (to its whole process
+    group) once a checkpoint is registered: its exit code and output."""
+    command = [str(Path(sys.executable).parent / "brainomaly"), "train"]
+    with open(project / "train.log", "w") as log:
+        training = subprocess.Popen(command, cwd=project, env=venv_env(), stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        try:
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline and training.poll() is None:
+                if list((project / "artifacts" / "ray_results").glob("*/checkpoint_manager_snapshot.json")):
+                    break  # Ray Train has registered a checkpoint
+                time.sleep(0.2)
+            assert training.poll() is None, f"training ended before it could be interrupted:\n{(project / 'train.log').read_text()[-3000:]}"
+            os.killpg(training.pid, signal.SIGINT)
+            code = training.wait(timeout=300)
+        finally:
+            if training.poll() is None:
+                os.killpg(training.pid, signal.SIGKILL)
+    return code, (project / "train.log").read_text()
+
+
 def test_two_worker_training_checkpoints_tracks_and_resumes(project):
     params = load_params(write_params(project, train={"epochs": 3, "num_workers": 2}))
+    client = tracking.client(params)
+
+    # Ctrl+C: one line says how far it got; the rerun resumes there rather than starting over.
+    code, output = interrupt_training(project)
+    said = re.search(r"brainomaly train: interrupted after (\d) of 3 epochs; their checkpoint is kept: run it again to resume",
+                     output)
+    assert code == 1 and said and "Traceback" not in output, output[-3000:]
+    done = int(said[1])
     summary = train.run(params)
+    resumed = [m.value for m in client.get_metric_history(summary["mlflow_run_id"], "resumed_from_epoch")]
+    logged = len(resumed) - (3 - done)  # epochs logged before the interrupt, some maybe past their checkpoint
+    assert 1 <= done < 3 and resumed == [0] * logged + [done] * (3 - done), resumed
 
     assert summary["epochs_trained"] == 3
     assert (project / "models" / "detector" / "weights.pt").is_file()
-    checkpoints = [p for p in (project / "artifacts" / "ray_results" / summary["ray_run_name"]).glob("checkpoint_*") if p.is_dir()]
-    assert len(checkpoints) == train.CHECKPOINTS_KEPT < 3  # the latest epochs' only
+    kept = Result.from_path(str(project / "artifacts" / "ray_results" / summary["ray_run_name"])).best_checkpoints
+    assert len(kept) == train.CHECKPOINTS_KEPT < 3  # the latest epochs' only
 
-    client = tracking.client(params)
     run = client.get_run(summary["mlflow_run_id"])
     assert run.data.params["train.num_workers"] == "2" and run.data.params["model.name"] == "spatial_vae"
     assert run.data.params["code.fingerprint"] == train.code_fingerprint()  # a code change trains afresh
-    history = client.get_metric_history(run.info.run_id, "train_loss")
-    assert [m.step for m in history] == [0, 1, 2]
-    assert len(client.get_metric_history(run.info.run_id, "val_l1")) == 3
+    history = client.get_metric_history(run.info.run_id, "train_loss")  # epochs past the checkpoint twice
+    assert sorted({m.step for m in history}) == [0, 1, 2] and len(history) == len(resumed)
+    assert len(client.get_metric_history(run.info.run_id, "val_l1")) == len(resumed)
 
     # Same params and data: the run is found, resumed from its last checkpoint, nothing retrained.
     again = train.run(params)
     assert again["mlflow_run_id"] == summary["mlflow_run_id"] and again["epochs_trained"] == 3
-    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 3
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == len(history)
     assert json.loads((project / "models" / "detector" / "detector.json").read_text())["ray_run_name"] == summary["ray_run_name"]
 
     # The same index and spec over rewritten shard values (new intensity code, say): a new run, trained afresh.
