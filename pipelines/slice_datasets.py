@@ -57,7 +57,9 @@ def slice_dataset(root: Path, cohort: str, split: str, min_tumour_pixels: int | 
     if not shards:
         raise ValueError(f"no {cohort} slices in the {split} split of {root}")
     truth = None if min_tumour_pixels is None else shard_truth(rows, min_tumour_pixels)
-    ray.data.DataContext.get_current().enable_progress_bars = False  # one tqdm bar per epoch is noise in logs
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # one tqdm bar per epoch is noise in logs
+    context.print_on_execution_start = False  # and so are a dataset's plan and start, every epoch
     files = ray.data.from_items([{"path": s, "bytes": (root / s).read_bytes()} for s in shards],
                                 override_num_blocks=len(shards))
     return files.map_batches(decode_shards, batch_size=1, batch_format="numpy", fn_kwargs={"truth": truth}).materialize()

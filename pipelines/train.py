@@ -32,8 +32,8 @@ import torch
 
 import ray.train
 import ray.train.torch
-from ray.train import (Checkpoint, CheckpointConfig, DataConfig, FailureConfig, Result, RunConfig, ScalingConfig,
-                       WorkerGroupError)
+from ray.train import (Checkpoint, CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, Result, RunConfig,
+                       ScalingConfig, WorkerGroupError)
 from ray.train.torch import TorchTrainer
 
 from components.atomic import atomic_path, write_json
@@ -323,7 +323,8 @@ def make_trainer(config: TrainingConfig, name: str, storage_path: str, tracked: 
         dataset_config=DataConfig(datasets_to_split=["train", "unlabelled"]),
         run_config=RunConfig(name=name, storage_path=storage_path, callbacks=list(callbacks),
                              checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
-                             failure_config=FailureConfig(max_failures=settings.max_failures)),
+                             failure_config=FailureConfig(max_failures=settings.max_failures),
+                             logging_config=LoggingConfig(log_level="WARNING")),  # not every report of every rank
     )
 
 
