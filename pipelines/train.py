@@ -181,6 +181,11 @@ def autocast(config: TrainingConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train.precision == "bf16")
 
 
+def planned_epochs(config: TrainingConfig) -> int:
+    """train.epochs, or one pass for a detector with nothing to learn (it logs its validation metrics)."""
+    return config.train.epochs if DETECTORS[config.model_name].trainable else 1
+
+
 def train_loop(loop_config: dict) -> None:
     """Runs on every Ray Train worker; ``loop_config`` holds the TrainingConfig and its Tracking."""
     config, tracked = loop_config["config"], loop_config["tracking"]
@@ -211,7 +216,7 @@ def train_loop(loop_config: dict) -> None:
     augmentation = settings.augment
     unlabelled = endless(unlabelled_batches(batch_size, device), settings.seed + rank) if detector.uses_unlabelled else None
 
-    epochs = settings.epochs if detector.trainable else 1  # nothing to learn: one pass logs its validation metrics
+    epochs = planned_epochs(config)
     for epoch in range(start_epoch, epochs):
         detector.train()
         sums, count = {}, 0
@@ -350,10 +355,10 @@ def run(params: Params) -> dict:
 
 def interrupted(config: TrainingConfig, storage: str, name: str) -> str:
     """What a Ctrl+C left: the epochs of the latest checkpoint Ray Train registered, where a rerun resumes."""
-    epochs = config.train.epochs if DETECTORS[config.model_name].trainable else 1
+    epochs = planned_epochs(config)
     try:
         latest = Result.from_path(f"{storage.rstrip('/')}/{name}")
-    except RuntimeError:  # no checkpoint registered yet
+    except (RuntimeError, OSError, ValueError):  # no checkpoint registered yet, or storage unreadable now
         latest = None
     if latest is None or latest.checkpoint is None:
         return f"interrupted before the first of {epochs} epochs was checkpointed; run it again to start over"

@@ -22,6 +22,7 @@ from pipelines import tracking
 from tests.conftest import venv_env, write_params
 
 pytestmark = pytest.mark.slow
+EPOCHS = 5  # room to interrupt between the first registered checkpoint and the end
 
 
 @pytest.fixture()
@@ -53,35 +54,35 @@ def interrupt_training(project) -> tuple[int, str]:
 
 
 def test_two_worker_training_checkpoints_tracks_and_resumes(project):
-    params = load_params(write_params(project, train={"epochs": 3, "num_workers": 2}))
+    params = load_params(write_params(project, train={"epochs": EPOCHS, "num_workers": 2}))
     client = tracking.client(params)
 
     # Ctrl+C: one line says how far it got; the rerun resumes there rather than starting over.
     code, output = interrupt_training(project)
-    said = re.search(r"brainomaly train: interrupted after (\d) of 3 epochs; their checkpoint is kept: run it again to resume",
+    said = re.search(rf"brainomaly train: interrupted after (\d) of {EPOCHS} epochs; their checkpoint is kept: run it again to resume",
                      output)
     assert code == 1 and said and "Traceback" not in output, output[-3000:]
     done = int(said[1])
     summary = train.run(params)
     resumed = [m.value for m in client.get_metric_history(summary["mlflow_run_id"], "resumed_from_epoch")]
-    logged = len(resumed) - (3 - done)  # epochs logged before the interrupt, some maybe past their checkpoint
-    assert 1 <= done < 3 and resumed == [0] * logged + [done] * (3 - done), resumed
+    logged = len(resumed) - (EPOCHS - done)  # epochs logged before the interrupt, some maybe past their checkpoint
+    assert 1 <= done < EPOCHS and resumed == [0] * logged + [done] * (EPOCHS - done), resumed
 
-    assert summary["epochs_trained"] == 3
+    assert summary["epochs_trained"] == EPOCHS
     assert (project / "models" / "detector" / "weights.pt").is_file()
     kept = Result.from_path(str(project / "artifacts" / "ray_results" / summary["ray_run_name"])).best_checkpoints
-    assert len(kept) == train.CHECKPOINTS_KEPT < 3  # the latest epochs' only
+    assert len(kept) == train.CHECKPOINTS_KEPT < EPOCHS  # the latest epochs' only
 
     run = client.get_run(summary["mlflow_run_id"])
     assert run.data.params["train.num_workers"] == "2" and run.data.params["model.name"] == "spatial_vae"
     assert run.data.params["code.fingerprint"] == train.code_fingerprint()  # a code change trains afresh
     history = client.get_metric_history(run.info.run_id, "train_loss")  # epochs past the checkpoint twice
-    assert sorted({m.step for m in history}) == [0, 1, 2] and len(history) == len(resumed)
+    assert sorted({m.step for m in history}) == list(range(EPOCHS)) and len(history) == len(resumed)
     assert len(client.get_metric_history(run.info.run_id, "val_l1")) == len(resumed)
 
     # Same params and data: the run is found, resumed from its last checkpoint, nothing retrained.
     again = train.run(params)
-    assert again["mlflow_run_id"] == summary["mlflow_run_id"] and again["epochs_trained"] == 3
+    assert again["mlflow_run_id"] == summary["mlflow_run_id"] and again["epochs_trained"] == EPOCHS
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == len(history)
     assert json.loads((project / "models" / "detector" / "detector.json").read_text())["ray_run_name"] == summary["ray_run_name"]
 
@@ -91,7 +92,7 @@ def test_two_worker_training_checkpoints_tracks_and_resumes(project):
     np.savez_compressed(shard, **(arrays | {"images": arrays["images"] * 0.9}))
     retrained = train.run(params)
     assert retrained["ray_run_name"] != summary["ray_run_name"] and retrained["mlflow_run_id"] != summary["mlflow_run_id"]
-    assert [m.value for m in client.get_metric_history(retrained["mlflow_run_id"], "resumed_from_epoch")] == [0, 0, 0]
+    assert [m.value for m in client.get_metric_history(retrained["mlflow_run_id"], "resumed_from_epoch")] == [0] * EPOCHS
 
 
 @pytest.mark.parametrize("name, hyperparams, parts, extra", [
