@@ -38,10 +38,30 @@ def prometheus(target: str, folder):
             ["prometheus", f"--config.file={folder / 'prometheus.yml'}", f"--storage.tsdb.path={folder / 'tsdb'}",
              f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
         try:
-            yield f"http://127.0.0.1:{port}"
+            url = f"http://127.0.0.1:{port}"
+            # its own /-/ready, not whatever else took the port first
+            wait_until(lambda: process.poll() is None and requests.get(f"{url}/-/ready", timeout=5).ok, 60, folder)
+            yield url
         finally:
             process.terminate()
             process.wait(timeout=30)
+
+
+def wait_until(condition, seconds: float, folder) -> None:
+    """Poll ``condition`` (connection errors count as not yet) until it holds; on a slow machine Prometheus
+    takes a while to open its database and to scrape for the first time."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(requests.ConnectionError):
+            if condition():
+                return
+        time.sleep(1)
+    raise AssertionError(f"Prometheus not there after {seconds} s:\n" + (folder / "prometheus.log").read_text()[-3000:])
+
+
+def scraped_up(prom: str) -> list:
+    query = {"query": 'up{job="brainomaly-endpoint"}'}
+    return requests.get(f"{prom}/api/v1/query", params=query, timeout=10).json()["data"]["result"]
 
 
 def alert_states(prom: str, name: str) -> set[str]:
@@ -72,9 +92,9 @@ def test_healthy_scans_keep_quiet_and_shifted_ones_fire_the_drift_alert(pipeline
     assert set(limits) == {"psi", "ks"}
     with running_server(pipeline_repo, env=venv_env()) as url, prometheus(url.removeprefix("http://"), tmp_path) as prom:
         healthy = send_phase(url, "healthy", [upload(s.image, None) for s in subjects], window, {})
+        wait_until(lambda: scraped_up(prom), 60, tmp_path)
         time.sleep(5)  # scraped and evaluated (1 s each) since the window filled
-        up = requests.get(f"{prom}/api/v1/query", params={"query": 'up{job="brainomaly-endpoint"}'}, timeout=10).json()
-        assert up["data"]["result"][0]["value"][1] == "1"  # Prometheus sees the gauges: its silence means something
+        assert scraped_up(prom)[0]["value"][1] == "1"  # Prometheus sees the gauges: its silence means something
         assert all(healthy.gauges[statistic] < limit for statistic, limit in limits.items()), healthy
         assert not alert_states(prom, "ScoreDrift"), "the alert is pending or firing on healthy scans"
 
