@@ -1,9 +1,11 @@
-"""Stage `train`: the detector on healthy training slices, with Ray Train's TorchTrainer (DDP).
+"""Stage `train`: the detector on healthy training slices, with Ray Train's TorchTrainer.
 
-Slices reach the workers as Ray Datasets (``train.get_dataset_shard``), split between workers
-each epoch, so a worker on another node needs no copy of the processed data. Whatever its
-networks, a detector trains through its own ``train_step``; data parallelism averages the
-gradients of every network across workers before each optimizer step. A detector that learns
+Each worker runs the Ray-free loop of components/training: whatever its networks, a detector
+trains through its own ``train_step``, its gradients averaged across workers before each
+optimizer step and its BatchNorm statistics at each epoch's end, on the training device (gloo
+on CPUs, NCCL on GPUs). Slices reach the workers as Ray Datasets (``train.get_dataset_shard``),
+split between workers each epoch, so a worker on another node needs no copy of the processed
+data. A detector that learns
 from unlabelled tumour-cohort slices too (the dual VAE) gets them from a third dataset, cycled
 alongside the healthy batches.
 
@@ -18,16 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import itertools
 import json
 import logging
-import random
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import ray.train
@@ -42,6 +41,7 @@ from components.data.slice_store import processed_fingerprint, read_index
 from components.models.detector import Slices
 from components.models.registry import DETECTORS, build_detector, data_hyperparams
 from components.preprocess.spec import PreprocessSpec
+from components.training.loop import LoopData, LoopSettings, prepare, run_epochs
 from pipelines import tracking
 from pipelines.errors import StageError
 from pipelines.params import Params, TrainParams
@@ -56,79 +56,20 @@ CHECKPOINTS_KEPT = 2  # the latest epochs' checkpoints in storage_path; older on
 SHUFFLE_BATCHES = 8  # each worker shuffles within a buffer of this many batches (block order is random too)
 
 
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _mean_across_workers(values: dict[str, float], count: int) -> dict[str, float]:
-    """Average per-sample loss sums over all workers."""
-    stacked = torch.tensor([*values.values(), float(count)], dtype=torch.float64)
-    if _distributed():
-        torch.distributed.all_reduce(stacked)
-    return {k: float(v / stacked[-1]) for k, v in zip(values, stacked[:-1])}
-
-
-def average_gradients(parameters) -> None:
-    """Data parallelism for any number of networks: average each gradient over the workers
-    (one flat all-reduce per call), so every worker takes the same optimizer step."""
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads or not _distributed():
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    torch.distributed.all_reduce(flat)
-    flat /= torch.distributed.get_world_size()
-    for grad, chunk in zip(grads, flat.split([g.numel() for g in grads])):
-        grad.copy_(chunk.view_as(grad))
-
-
-@torch.no_grad()
-def validation_losses(detector, device: torch.device) -> dict[str, float]:
-    """The detector's loss parts over the healthy validation slices, in eval mode."""
-    detector.eval()
-    sums, count = {}, 0
-    for batch in ray.train.get_dataset_shard("val").iter_torch_batches(batch_size=64, device=device):
-        for key, value in detector.validation_losses(Slices(batch["image"], batch["brain"])).items():
-            sums[key] = sums.get(key, 0.0) + value * len(batch["image"])
-        count += len(batch["image"])
-    return {f"val_{k}": v / max(count, 1) for k, v in sums.items()}
-
-
-@torch.no_grad()
-def validation_auroc(detector, device: torch.device) -> dict[str, float]:
-    """Slice AUROC over the tumour cohort's val slices, labelled as `evaluate` labels its test
-    slices (``slice_truth``: tumour beyond evaluate.min_tumour_pixels, other lesions left out),
-    so a sweep selects on the headline metric's target; empty when one class is missing."""
-    from sklearn.metrics import roc_auc_score
-
-    detector.eval()
-    scores, labels = [], []
-    for batch in ray.train.get_dataset_shard("tumour_val").iter_torch_batches(batch_size=64, device=device):
-        rated = batch["rated"].bool()
-        if rated.any():
-            scores.append(detector.inspect(batch["image"][rated], batch["brain"][rated]).scores.float().cpu())
-            labels.append(batch["abnormal"][rated].cpu())
-    labels = torch.cat(labels).numpy() if labels else np.zeros(0, bool)
-    if labels.all() or not labels.any():
-        return {}
-    return {"val_slice_auroc": float(roc_auc_score(labels, torch.cat(scores).numpy()))}
+def shard_batches(name: str, batch_size: int, device: torch.device, **options):
+    """A callable starting a new pass over this worker's shard of dataset ``name``."""
+    shard = ray.train.get_dataset_shard(name)
+    return lambda: shard.iter_torch_batches(batch_size=batch_size, device=device, **options)
 
 
 def unlabelled_batches(batch_size: int, device: torch.device) -> list[Slices]:
     """This worker's share of the unlabelled slices, read once and kept (they are few); every
     worker reads its whole shard, so the split dataset is consumed in step."""
-    shard = ray.train.get_dataset_shard("unlabelled")
-    batches = [Slices(b["image"], b["brain"]) for b in shard.iter_torch_batches(batch_size=batch_size, drop_last=True, device=device)]
+    batches = [Slices(b["image"], b["brain"]) for b in shard_batches("unlabelled", batch_size, device, drop_last=True)()]
     if not batches:
         raise ValueError(f"a worker got fewer than one batch ({batch_size}) of unlabelled tumour-cohort training slices: "
                          "add tumour scans or lower train.batch_size")
     return batches
-
-
-def endless(batches: list[Slices], seed: int):
-    """The batches in a new random order on each pass, without end."""
-    rng = random.Random(seed)
-    for _ in itertools.count():
-        yield from rng.sample(batches, len(batches))
 
 
 @dataclass(frozen=True)
@@ -172,13 +113,11 @@ class Tracking:
     run_id: str | None = None
 
 
-def layout(config: TrainingConfig) -> torch.memory_format:
-    return torch.channels_last if config.train.channels_last else torch.contiguous_format
-
-
-def autocast(config: TrainingConfig, device: torch.device):
-    """bf16 mixed precision when train.precision asks for it (a no-op context otherwise)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train.precision == "bf16")
+def loop_settings(config: TrainingConfig, rank: int) -> LoopSettings:
+    settings = config.train
+    return LoopSettings(epochs=planned_epochs(config), precision=settings.precision,
+                        channels_last=settings.channels_last, augment=settings.augment, background=config.background,
+                        output_range=config.output_range, seed=settings.seed + rank)
 
 
 def planned_epochs(config: TrainingConfig) -> int:
@@ -187,7 +126,9 @@ def planned_epochs(config: TrainingConfig) -> int:
 
 
 def train_loop(loop_config: dict) -> None:
-    """Runs on every Ray Train worker; ``loop_config`` holds the TrainingConfig and its Tracking."""
+    """Runs on every Ray Train worker: the Ray-free loop (components/training) fed with this
+    worker's dataset shards, reporting each epoch (and on rank 0 a checkpoint) to Ray Train.
+    ``loop_config`` holds the TrainingConfig and its Tracking."""
     config, tracked = loop_config["config"], loop_config["tracking"]
     settings = config.train
     context = ray.train.get_context()
@@ -202,52 +143,28 @@ def train_loop(loop_config: dict) -> None:
     if checkpoint := ray.train.get_checkpoint():
         with checkpoint.as_directory() as folder:
             state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
-        detector.load_state_dict(state["model"])
-    detector.to(device, memory_format=layout(config))
-    # Created after the move, so a restored optimizer state lands on the parameters' device.
-    optimizers = detector.make_optimizers(settings.learning_rate)
-    if state:
-        for name, optimizer in optimizers.items():
-            optimizer.load_state_dict(state["optimizers"][name])
-    start_epoch = state["epoch"] + 1 if state else 0
+    loop = loop_settings(config, rank)
+    optimizers, start_epoch = prepare(detector, settings.learning_rate, device, loop, state)
 
-    train_shard = ray.train.get_dataset_shard("train")
     batch_size = max(1, settings.batch_size // world)
-    augmentation = settings.augment
-    unlabelled = endless(unlabelled_batches(batch_size, device), settings.seed + rank) if detector.uses_unlabelled else None
+    data = LoopData(
+        train=shard_batches("train", batch_size, device, drop_last=True,
+                            local_shuffle_buffer_size=SHUFFLE_BATCHES * batch_size),
+        val=shard_batches("val", 64, device) if rank == 0 else None,
+        tumour_val=shard_batches("tumour_val", 64, device) if rank == 0 and settings.validation_auroc else None,
+        unlabelled=unlabelled_batches(batch_size, device) if detector.uses_unlabelled else None,
+    )
 
-    epochs = planned_epochs(config)
-    for epoch in range(start_epoch, epochs):
-        detector.train()
-        sums, count = {}, 0
-        batches = train_shard.iter_torch_batches(
-            batch_size=batch_size, drop_last=True, device=device, local_shuffle_buffer_size=SHUFFLE_BATCHES * batch_size
-        )
-        started = time.perf_counter()
-        for batch in batches:
-            x = augment(batch["image"], batch["brain"], augmentation, config.background, config.output_range)
-            x = x.contiguous(memory_format=layout(config))
-            slices = Slices(x, batch["brain"], next(unlabelled) if unlabelled else None)
-            with autocast(config, device):
-                parts = detector.train_step(slices, optimizers, average_gradients)
-            for key, value in parts.items():
-                sums[key] = sums.get(key, 0.0) + value * len(x)
-            count += len(x)
-        metrics = {f"train_{k}": v for k, v in _mean_across_workers(sums, count).items()} | {"epoch": epoch}
-        metrics["train_slices_per_s"] = count * world / (time.perf_counter() - started)
-        metrics["resumed_from_epoch"] = start_epoch  # 0 for a run trained from scratch
-        if rank != 0:
+    def report(metrics: dict, state: dict | None) -> None:
+        if state is None:
             ray.train.report(metrics)
-            continue
-        with autocast(config, device):
-            metrics |= validation_losses(detector, device)
-            if settings.validation_auroc:
-                metrics |= validation_auroc(detector, device)
-        _log_epoch(tracked, metrics, epoch)
+            return
+        _log_epoch(tracked, metrics, metrics["epoch"])
         with tempfile.TemporaryDirectory() as folder:
-            torch.save({"model": detector.state_dict(), "epoch": epoch,
-                        "optimizers": {name: o.state_dict() for name, o in optimizers.items()}}, Path(folder) / STATE_FILE)
+            torch.save(state, Path(folder) / STATE_FILE)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
+
+    run_epochs(detector, optimizers, data, loop, device, report, start_epoch)
 
 
 def _log_epoch(tracked: Tracking, metrics: dict, epoch: int) -> None:
@@ -272,9 +189,10 @@ def flatten(prefix: str, values: dict) -> dict:
 
 
 def code_fingerprint() -> str:
-    """A short hash of the training code (detectors, augmentation, this loop, the datasets): a run
+    """A short hash of the training code (detectors, augmentation, the loop, the datasets): a run
     resumes its checkpoint only when this code is unchanged, so a fix is trained, not skipped."""
     files = sorted(Path(inspect.getsourcefile(build_detector)).parent.glob("*.py"))  # components/models
+    files += sorted(Path(inspect.getsourcefile(run_epochs)).parent.glob("*.py"))  # components/training
     files += [Path(__file__), Path(inspect.getsourcefile(slice_dataset)), Path(inspect.getsourcefile(augment))]
     digest = hashlib.sha256()
     for path in files:
