@@ -48,11 +48,17 @@ def timed(function, device: torch.device, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def measure(name: str, hyperparams: dict, device: torch.device, precision: str, channels_last: bool, repeats: int) -> dict:
+def compare_hyperparams(params, name: str) -> dict:
+    """The detector's model settings as `brainomaly compare` trains it (compare.overrides merged in)."""
+    return {**(params.model.model_extra or {}).get(name, {}), **params.compare.overrides.get(name, {}).get("model", {})}
+
+
+def measure(name: str, hyperparams: dict, device: torch.device, precision: str, channels_last: bool, repeats: int,
+            size: int = SIZE, batch_size: int = BATCH) -> dict:
     torch.manual_seed(0)
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    detector = build_detector(name, **hyperparams, **data_hyperparams(name, SIZE, (0.0, 1.0))).to(device, memory_format=layout)
-    x = torch.rand(BATCH, 1, SIZE, SIZE, device=device).contiguous(memory_format=layout)
+    detector = build_detector(name, **hyperparams, **data_hyperparams(name, size, (0.0, 1.0))).to(device, memory_format=layout)
+    x = torch.rand(batch_size, 1, size, size, device=device).contiguous(memory_format=layout)
     brain = torch.ones_like(x, dtype=torch.bool)
     batch = Slices(x, brain, Slices(x, brain))
     optimizers = detector.make_optimizers(1e-4)
@@ -71,7 +77,13 @@ def measure(name: str, hyperparams: dict, device: torch.device, precision: str, 
     detector.eval()
     infer_seconds = timed(infer, device, max(1, repeats // 2))
     return {"detector": name, "parameters_m": round(sum(p.numel() for p in detector.parameters()) / 1e6, 2),
-            "train_slices_per_s": round(BATCH / train_seconds, 1), "inference_ms_per_slice": round(1000 * infer_seconds / BATCH, 2)}
+            "train_slices_per_s": round(batch_size / train_seconds, 1),
+            "inference_ms_per_slice": round(1000 * infer_seconds / batch_size, 3)}
+
+
+def machine_name(device: torch.device) -> str:
+    return (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"{os.cpu_count()}-core CPU ({platform.machine()}), {torch.get_num_threads()} threads")
 
 
 def main() -> None:
@@ -86,12 +98,9 @@ def main() -> None:
     params = load_params(REPO / "params.yaml")
     runs = []
     for name in params.compare.detectors:
-        hyperparams = {**(params.model.model_extra or {}).get(name, {}),
-                       **params.compare.overrides.get(name, {}).get("model", {})}
-        runs.append(measure(name, hyperparams, device, args.precision, args.channels_last, args.repeats))
+        runs.append(measure(name, compare_hyperparams(params, name), device, args.precision, args.channels_last, args.repeats))
         Console(stderr=True).print(f"{name}: {runs[-1]}")
-    machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
-               else f"{os.cpu_count()}-core CPU ({platform.machine()}), {torch.get_num_threads()} threads")
+    machine = machine_name(device)
     record = {"benchmark": f"detector speed, batches of {BATCH} slices of {SIZE} px, compare settings",
               "machine": machine, "precision": args.precision, "channels_last": args.channels_last, "runs": runs}
     output = args.output or REPO / "benchmarks" / "results" / f"detector_speed_{device.type}.json"

@@ -37,13 +37,13 @@ def run(params: Params, site: str, healthy: Path) -> dict:
     subjects = read_dataset(healthy, "auto", params.data.modality, "healthy")
     with tempfile.TemporaryDirectory() as tmp:
         folder, _, _ = fetch_bundle(f"models:/{name}/{version.version}", client.tracking_uri, Path(tmp))
-        bundle, detector = DetectorBundle.load(folder)
-    rule = bundle.calibration.score_reference
-    reference, skipped = score_subjects(detector, subjects, bundle.preprocess, params.preprocess.workers, rule)
+        bundle, detector = DetectorBundle.load(folder, params.evaluate.device)
+    rule, precision = bundle.calibration.score_reference, bundle.calibration.precision  # the model's units
+    reference, skipped = score_subjects(detector, subjects, bundle.preprocess, params.preprocess.workers, rule, precision)
     if not reference:
         raise ValueError(f"none of the {len(subjects)} scans in {healthy} could be used: {skipped[0]['error']}")
     target = params.calibrate.target_false_alarm_rate
-    calibration = calibrate(reference, 100.0 * (1.0 - target), params.evaluate.pixel_threshold_percentile, rule)
+    calibration = calibrate(reference, 100.0 * (1.0 - target), params.evaluate.pixel_threshold_percentile, rule, precision)
     details = {"model": f"models:/{name}/{version.version}", "healthy": str(healthy), "scans": len(subjects) - len(skipped),
                "slices": len(reference["scores"]), "target_false_alarm_rate": target}
     run_id = store_site_calibration(client, tracking.experiment_id(params), name, str(version.version), site,

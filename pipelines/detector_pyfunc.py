@@ -28,7 +28,7 @@ class DetectorPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from components.models.bundle import DetectorBundle
 
-        self.bundle, self.detector = DetectorBundle.load(context.artifacts["bundle"])
+        self.bundle, self.detector = DetectorBundle.load(context.artifacts["bundle"], device="auto")
 
     def predict(self, context, model_input, params=None):
         from components.models.inference import score_slices, score_volume, with_reference
@@ -40,15 +40,14 @@ class DetectorPyfunc(mlflow.pyfunc.PythonModel):
                              "told from intensities")
         if "volume" in model_input:
             slices, scored = score_volume(self.detector, self.bundle.preprocess, np.asarray(model_input["volume"]),
-                                          np.asarray(model_input["affine"], dtype=np.float64),
-                                          self.bundle.calibration.score_reference)
+                                          np.asarray(model_input["affine"], dtype=np.float64), self.bundle.calibration)
             return pd.DataFrame({"slice": slices.slice_numbers, "score": scored.scores})
         images = np.asarray(model_input["images"], dtype=np.float32)
         brain = np.asarray(model_input["brain"], dtype=bool)
         size = self.bundle.preprocess.size
         if images.shape[1:] != (1, size, size) or brain.shape != images.shape:
             raise ValueError(f"expected images and brain of shape (N, 1, {size}, {size}), got {images.shape} and {brain.shape}")
-        scored = score_slices(self.detector, images, brain)
+        scored = score_slices(self.detector, images, brain, precision=self.bundle.calibration.precision)
         return with_reference(scored, self.bundle.calibration.score_reference).scores
 
 

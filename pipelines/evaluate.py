@@ -43,7 +43,7 @@ from components.metrics.operating_point import OPERATING_POINT, metric_frames, w
 from components.reports import figures
 from components.metrics.postprocess import segment, smooth_subject, subject_blocks
 from components.models.bundle import Calibration
-from components.models.inference import score_slices, with_reference
+from components.models.inference import resolve_device, score_slices, with_reference
 from components.models.registry import build_detector
 from components.scoring.volume import volume_score
 from pipelines import tracking
@@ -70,16 +70,16 @@ def load_trained(params: Params) -> tuple[torch.nn.Module, dict]:
     description = json.loads((folder / "detector.json").read_text())
     detector = build_detector(description["model_name"], **description["hyperparams"])
     detector.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu", weights_only=True))
-    return detector.eval(), description
+    return detector.to(resolve_device(params.evaluate.device)).eval(), description
 
 
-def score_split(detector, root: Path, index: pd.DataFrame, reference: str = "none") -> dict:
-    """Slices of ``index`` with their anomaly maps, slice scores (relative to ``reference``, per
-    subject) and post-processed maps (the pixel-wise protocol's per-subject median filter inside
+def score_split(detector, root: Path, index: pd.DataFrame, reference: str = "none", precision: str = "fp32") -> dict:
+    """Slices of ``index`` with their anomaly maps, slice scores (in ``precision``, relative to
+    ``reference``, per subject) and post-processed maps (the pixel-wise protocol's per-subject median filter inside
     an eroded brain)."""
     arrays = load_slices(root, index)
     start = time.perf_counter()
-    scored = score_slices(detector, arrays["images"], arrays["brain"])
+    scored = score_slices(detector, arrays["images"], arrays["brain"], precision=precision)
     seconds = time.perf_counter() - start
     maps, scores, alternatives, _ = with_reference(scored, reference, index["subject"].to_numpy())
     index = index.reset_index(drop=True)
@@ -99,9 +99,10 @@ def segment_subjects(split: dict, threshold: float, min_voxels: int) -> np.ndarr
     return prediction
 
 
-def calibrate(val: dict, percentile: float, pixel_percentile: float, score_reference: str = "none") -> Calibration:
+def calibrate(val: dict, percentile: float, pixel_percentile: float, score_reference: str = "none",
+              precision: str = "fp32") -> Calibration:
     """Slice and volume thresholds at ``percentile`` of healthy scores (relative to
-    ``score_reference``, as ``val``'s were scored); the pixel threshold at ``pixel_percentile`` of
+    ``score_reference``, in ``precision``, as ``val``'s were scored); the pixel threshold at ``pixel_percentile`` of
     healthy brain pixels' post-processed maps."""
     volumes = val["index"].assign(score=val["scores"]).groupby("subject")["score"].agg(volume_score)
     return Calibration(
@@ -111,6 +112,7 @@ def calibrate(val: dict, percentile: float, pixel_percentile: float, score_refer
         pixel_threshold=float(np.percentile(val["smoothed"][val["brain"]], pixel_percentile)),
         reference_scores=[round(float(s), 6) for s in val["scores"]],
         score_reference=score_reference,
+        precision=precision,
     )
 
 
@@ -119,17 +121,18 @@ def run(params: Params) -> dict:
     root = params.path(PROCESSED_DIR)
     index = read_index(root)
     settings = params.evaluate
-    reference = settings.score_reference
-    healthy_val = score_split(detector, root, index[(index["cohort"] == "healthy") & (index["split"] == "val")], reference)
-    calibration = calibrate(healthy_val, settings.threshold_percentile, settings.pixel_threshold_percentile, reference)
+    scoring = {"reference": settings.score_reference, "precision": settings.precision}
+    healthy_val = score_split(detector, root, index[(index["cohort"] == "healthy") & (index["split"] == "val")], **scoring)
+    calibration = calibrate(healthy_val, settings.threshold_percentile, settings.pixel_threshold_percentile,
+                            settings.score_reference, settings.precision)
 
-    test = score_split(detector, root, index[index["split"] == "test"], reference)
+    test = score_split(detector, root, index[index["split"] == "test"], **scoring)
     # Other (non-tumour) lesions are neither tumour nor normal tissue: left out of the tumour
     # metrics, and scored on their own against lesion-free, tumour-free slices.
     labels, rated = slice_truth(test["index"]["tumour_pixels"], test["index"]["lesion_pixels"], settings.min_tumour_pixels)
     brain = test["brain"] & ~test["lesions"]
     segmented = segment_subjects(test, calibration.pixel_threshold, settings.min_component_voxels) & brain
-    tumour_val = score_split(detector, root, index[(index["cohort"] == "tumour") & (index["split"] == "val")], reference)
+    tumour_val = score_split(detector, root, index[(index["cohort"] == "tumour") & (index["split"] == "val")], **scoring)
     tumour_cohort = pooled(tumour_val, test, test["index"]["cohort"].to_numpy() == "tumour")
     metrics = {
         **slice_metrics(test["scores"][rated], labels[rated], calibration.slice_threshold),

@@ -170,6 +170,8 @@ class EvaluateParams(Section):
     threshold_percentile: float = Field(98.0, gt=0.0, lt=100.0)
     pixel_threshold_percentile: float = Field(99.5, gt=0.0, lt=100.0)
     score_reference: Literal["none", "scan_median", "brain_median"] = "brain_median"
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")  # auto: a GPU when one is visible
+    precision: Literal["fp32", "bf16"] = "fp32"  # of inference; the served model scores as evaluated
     min_component_voxels: int = Field(6, ge=1)
     tumour_pixel_sizes: list[int] = [0, 20, 50, 150]
     lesion_kinds: dict[int, str] = {1: "focus", 2: "cavity"}
@@ -304,6 +306,7 @@ class ServeParams(Section):
     spill_directory: Path | None = None  # where Ray may spill scans under memory pressure; None: nowhere
     metrics_require_key: bool = False
     num_replicas: int = Field(1, ge=1)
+    num_gpus: float = Field(0, ge=0)  # per model replica; fractional shares a GPU between replicas
     autoscaling: AutoscalingParams | None = None
     max_ongoing_requests: int = Field(4, ge=1)
     max_queued_requests: int = Field(8, ge=1)  # Ray Serve: a positive bound (-1, unbounded, is not offered)
@@ -313,9 +316,12 @@ class ServeParams(Section):
     drift: DriftSettings = DriftSettings()
 
     def deployment_options(self) -> dict:
-        """Ray Serve options of the ingress: fixed replicas or autoscaling, and backpressure."""
+        """Ray Serve options of the model deployment: fixed replicas or autoscaling, backpressure,
+        and a GPU share per replica when asked for."""
         scaling = {"autoscaling_config": self.autoscaling.model_dump()} if self.autoscaling else {"num_replicas": self.num_replicas}
-        return {**scaling, "max_ongoing_requests": self.max_ongoing_requests, "max_queued_requests": self.max_queued_requests}
+        gpus = {"ray_actor_options": {"num_gpus": self.num_gpus}} if self.num_gpus else {}
+        return {**scaling, **gpus, "max_ongoing_requests": self.max_ongoing_requests,
+                "max_queued_requests": self.max_queued_requests}
 
 
 class Params(Section):

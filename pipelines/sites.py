@@ -77,9 +77,9 @@ def _preprocess(subject: Subject, spec: PreprocessSpec):
 
 
 def score_subjects(detector, subjects: list[Subject], spec: PreprocessSpec, workers: int,
-                   reference: str = "none") -> tuple[dict, list[dict]]:
-    """The subjects' slices through the recipe and the detector (scores relative to
-    ``reference``, per scan): the arrays `evaluate` works on (index, scores, maps smoothed per
+                   reference: str = "none", precision: str = "fp32") -> tuple[dict, list[dict]]:
+    """The subjects' slices through the recipe and the detector (scores in ``precision``,
+    relative to ``reference``, per scan): the arrays `evaluate` works on (index, scores, maps smoothed per
     subject, brain, tumour, lesions), and the skipped scans."""
     parts, skipped = [], []
     with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -88,7 +88,7 @@ def score_subjects(detector, subjects: list[Subject], spec: PreprocessSpec, work
                 log.warning("skipping %s: %s", subject.subject_id, slices)
                 skipped.append({"subject": subject.subject_id, "error": slices})
                 continue
-            scored = with_reference(score_slices(detector, slices.images, slices.brain), reference)
+            scored = with_reference(score_slices(detector, slices.images, slices.brain, precision=precision), reference)
             empty = np.zeros_like(slices.brain)
             parts.append({
                 "index": pd.DataFrame({"subject": f"{subject.cohort}/{subject.subject_id}", "cohort": subject.cohort,
@@ -134,12 +134,12 @@ def evaluate_site(detector, root: Path, spec: PreprocessSpec, deployed: Calibrat
                          f"one tumour scan, found {len(healthy)} and {len(tumour)}")
     workers = params.preprocess.workers
     rule = deployed.score_reference  # the model's: its thresholds are in those units
-    reference, skipped = score_subjects(detector, healthy[:count], spec, workers, rule)
-    test, more = score_subjects(detector, healthy[count:] + tumour, spec, workers, rule)
+    reference, skipped = score_subjects(detector, healthy[:count], spec, workers, rule, deployed.precision)
+    test, more = score_subjects(detector, healthy[count:] + tumour, spec, workers, rule, deployed.precision)
     if not reference or not test:
         raise ValueError(f"site {root.name}: no usable scan to {'calibrate' if not reference else 'test'} with")
     percentile = 100.0 * (1.0 - params.calibrate.target_false_alarm_rate)
-    site = calibrate(reference, percentile, params.evaluate.pixel_threshold_percentile, rule)
+    site = calibrate(reference, percentile, params.evaluate.pixel_threshold_percentile, rule, deployed.precision)
     settings = params.evaluate
     found = {kind: at_thresholds(test, calibration, settings.min_tumour_pixels, settings.min_component_voxels,
                                  settings.bootstrap_samples, ranking=kind == "deployed")

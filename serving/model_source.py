@@ -12,11 +12,12 @@ from serving.predictor import VolumePredictor
 
 
 def load_predictor(name: str, version: str, tracking_uri: str) -> VolumePredictor:
-    """The registered version, downloaded to a temporary folder and loaded into memory, with
+    """The registered version, downloaded to a temporary folder and loaded into memory (on a GPU
+    when this process sees one: Ray shows a replica the GPUs ``serve.num_gpus`` gave it), with
     its site calibrations."""
     with tempfile.TemporaryDirectory() as tmp:
         folder, _, _ = fetch_bundle(f"models:/{name}/{version}", tracking_uri, Path(tmp))
-        return with_sites(VolumePredictor.from_folder(folder, name, version), tracking_uri)
+        return with_sites(VolumePredictor.from_folder(folder, name, version, device="auto"), tracking_uri)
 
 
 def sites_changed(predictor: VolumePredictor, tracking_uri: str) -> bool:

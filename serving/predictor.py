@@ -48,8 +48,9 @@ class VolumePredictor:
         return self.sites[site]
 
     @classmethod
-    def from_folder(cls, folder: Path, model_name: str = "unregistered", model_version: str = "0") -> "VolumePredictor":
-        bundle, detector = DetectorBundle.load(folder)
+    def from_folder(cls, folder: Path, model_name: str = "unregistered", model_version: str = "0",
+                    device: str = "cpu") -> "VolumePredictor":
+        bundle, detector = DetectorBundle.load(folder, device)
         return cls(bundle, detector, model_name, model_version)
 
     def description(self) -> dict:
@@ -86,8 +87,8 @@ class VolumePredictor:
         if target is not None:  # 2 voxels of 50 mm become 100 of 1 mm: the grid, not the upload, sets the cost
             limits.check(resampled_shape(data.shape, nib.affines.voxel_sizes(affine), target), "upload",
                          f"resampled to {target} mm, the volume shape")
-        slices, scored = score_volume(self.detector, self.bundle.preprocess, data, affine,
-                                      self.bundle.calibration.score_reference, deadline)
+        slices, scored = score_volume(self.detector, self.bundle.preprocess, data, affine, self.bundle.calibration,
+                                      deadline)
         scores = scored.scores
         if not (np.isfinite(scores).all() and np.isfinite(scored.maps).all()):  # never a NaN answer, metric or drift
             raise InvalidVolumeError("the model gave non-finite scores for this scan: are its intensities a scanner's?")

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from components.data.phantoms import PhantomSpec, generate_phantoms
+# YAML and the phantoms are imported where used: the GPU tests run on a bare GPU machine that has
+# PyTorch and pytest, not the project's other dependencies (benchmarks/gpu_check.py).
 
 REPO = Path(__file__).resolve().parents[1]
 # Set by .ci/run: there a service test whose program is missing fails instead of skipping.
@@ -20,13 +20,19 @@ REQUIRE_PROGRAMS = os.environ.get("BRAINOMALY_REQUIRE_PROGRAMS") == "1"
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """``@pytest.mark.program(name, ..., package=...)``: the test needs one of these programs
-    (a Debian package's); where none is installed it skips, saying which, or fails in CI."""
+    (a Debian package's); where none is installed it skips, saying which, or fails in CI.
+    ``@pytest.mark.gpu``: the test needs a CUDA device, and skips without one."""
     for mark in item.iter_markers("program"):
         if not any(shutil.which(name) for name in mark.args):
             message = f"{mark.args[0]} not installed (Debian package {mark.kwargs['package']}; .ci/run installs it)"
             if REQUIRE_PROGRAMS:
                 pytest.fail(f"{message}, and BRAINOMALY_REQUIRE_PROGRAMS=1 requires it", pytrace=False)
             pytest.skip(message)
+    if item.get_closest_marker("gpu"):
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("no CUDA device (benchmarks/gpu_check.py runs these tests where there is one)")
 
 # Small enough for seconds per stage on 2 cores, large enough to train a detector that works.
 # Tumours of 10-30 mm: the one val and one test tumour subject of this tiny population must hold
@@ -45,6 +51,8 @@ TINY_PARAMS = {
 
 def tiny_params_dict() -> dict:
     """The repo's params.yaml with TINY_PARAMS merged over it."""
+    import yaml
+
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for section, values in TINY_PARAMS.items():
         params[section].update(values)
@@ -56,6 +64,8 @@ def write_params(folder: Path, name: str = "params.yaml", **overrides: dict) -> 
     for section, values in overrides.items():
         params[section].update(values)
     path = Path(folder) / name
+    import yaml
+
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
 
@@ -64,6 +74,8 @@ def write_params(folder: Path, name: str = "params.yaml", **overrides: dict) -> 
 def phantom_roots(tmp_path_factory) -> tuple[Path, Path]:
     """(hcp_root, brats_root) of a tiny phantom population in the real layouts."""
     root = tmp_path_factory.mktemp("phantoms")
+    from components.data.phantoms import PhantomSpec, generate_phantoms
+
     spec = PhantomSpec(n_healthy=4, n_tumour=3, voxel_size_mm=3.0, seed=5, tumour_radius_mm=(10.0, 30.0))
     generate_phantoms(root / "hcp", root / "brats", spec)
     return root / "hcp", root / "brats"

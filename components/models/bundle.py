@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from components.atomic import atomic_path, write_json
-from components.models.inference import SCORE_REFERENCES
+from components.models.inference import PRECISIONS, SCORE_REFERENCES, resolve_device
 from components.models.registry import build_detector
 from components.preprocess.spec import PreprocessSpec
 
@@ -42,6 +42,7 @@ class Calibration:
     score_reference: what the slice scores are relative to ("none"; "scan_median", the median of
     the scan's; "brain_median", the slice's own typical residual: components/models/inference.py);
     the thresholds and the reference scores are in those units, so every scorer of the model applies it.
+    precision: the arithmetic the scores were computed in ("fp32"; "bf16", autocast), applied likewise.
     """
 
     percentile: float
@@ -50,11 +51,14 @@ class Calibration:
     pixel_threshold: float
     reference_scores: list[float]
     score_reference: str = "none"  # bundles saved before the field scored as "none"
+    precision: str = "fp32"  # and in fp32
 
-    def __post_init__(self) -> None:
-        if self.score_reference not in SCORE_REFERENCES:  # refused at load, not at every prediction
+    def __post_init__(self) -> None:  # refused at load, not at every prediction
+        if self.score_reference not in SCORE_REFERENCES:
             raise ValueError(f"calibration.score_reference {self.score_reference!r}: expected one of "
                              f"{', '.join(SCORE_REFERENCES)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"calibration.precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
 
 
 def bundle_digests(folder: Path) -> dict[str, str]:
@@ -89,8 +93,9 @@ class DetectorBundle:
         return folder
 
     @classmethod
-    def load(cls, folder: Path) -> tuple["DetectorBundle", nn.Module]:
-        """Read a bundle folder; returns the description and the detector in eval mode on CPU."""
+    def load(cls, folder: Path, device: str = "cpu") -> tuple["DetectorBundle", nn.Module]:
+        """Read a bundle folder; returns the description and the detector in eval mode on
+        ``device`` (``resolve_device``'s names: "auto" takes a visible GPU)."""
         folder = Path(folder)
         for name in (WEIGHTS, DESCRIPTION):
             if not (folder / name).is_file():
@@ -107,4 +112,4 @@ class DetectorBundle:
         )
         detector = build_detector(bundle.model_name, **bundle.hyperparams)
         detector.load_state_dict(torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True))
-        return bundle, detector.eval()
+        return bundle, detector.to(resolve_device(device)).eval()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -13,8 +13,24 @@ from components.models.detector import Detector
 from components.preprocess.spec import PreprocessSpec
 from components.preprocess.volume import ProcessedSlices, preprocess_volume
 
+if TYPE_CHECKING:
+    from components.models.bundle import Calibration
+
 
 SCORE_REFERENCES = ("none", "scan_median", "brain_median")
+PRECISIONS = ("fp32", "bf16")
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto": the first CUDA device when one is visible (under Ray, one the task was given),
+    else the CPU; "cpu"; "cuda" or "cuda:N", refused with a clear message when absent."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"device {name!r} asked for, but {torch.cuda.device_count()} CUDA devices are visible: "
+                         "use 'auto' or 'cpu'")
+    return device
 
 
 def relative_to_scan(scores: np.ndarray, scans: np.ndarray | None = None) -> np.ndarray:
@@ -59,19 +75,24 @@ class Scored(NamedTuple):
 
 
 def score_slices(detector: Detector, images: np.ndarray, brain: np.ndarray, batch_size: int = 64,
-                 deadline: float | None = None) -> Scored:
-    """Maps and scores of preprocessed slices, in batches on the detector's device. Not under
+                 deadline: float | None = None, precision: str = "fp32") -> Scored:
+    """Maps and scores of preprocessed slices, in batches on the detector's device, in
+    ``precision`` ("bf16": autocast; maps and scores come back as float32). Not under
     ``no_grad`` as a whole: a detector may optimise at inference (a latent search). Past
     ``deadline`` (time.monotonic()) it stops before the next batch with TimeoutError."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     detector.eval()
     device = detector.device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     maps, scores, levels, alternatives = [], [], [], {}
     for start in range(0, len(images), batch_size):
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"scoring stopped past its deadline, {start} of {len(images)} slices done")
         x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)
         m = torch.from_numpy(np.ascontiguousarray(brain[start : start + batch_size])).to(device)
-        inspection = detector.inspect(x, m)
+        with autocast:
+            inspection = detector.inspect(x, m)
         maps.append(inspection.maps.float().cpu().numpy())
         scores.append(inspection.scores.float().cpu().numpy())
         levels.append(detector.map_level(inspection.maps, m).float().cpu().numpy())
@@ -84,9 +105,11 @@ def score_slices(detector: Detector, images: np.ndarray, brain: np.ndarray, batc
 
 
 def score_volume(detector: Detector, spec: PreprocessSpec, data: np.ndarray, affine: np.ndarray,
-                 reference: str = "none", deadline: float | None = None) -> tuple[ProcessedSlices, Scored]:
-    """One (X, Y, Z) skull-stripped volume through the model's own recipe, then scored (relative
-    to ``reference``): the single path from a scan to slice scores that the endpoint and the
-    registered model share (the brain mask comes from the recipe, never from the intensities' sign)."""
+                 calibration: Calibration, deadline: float | None = None) -> tuple[ProcessedSlices, Scored]:
+    """One (X, Y, Z) skull-stripped volume through the model's own recipe, then scored as
+    ``calibration`` says (its score reference and precision): the single path from a scan to slice
+    scores that the endpoint and the registered model share (the brain mask comes from the
+    recipe, never from the intensities' sign)."""
     slices = preprocess_volume(data, affine, spec)
-    return slices, with_reference(score_slices(detector, slices.images, slices.brain, deadline=deadline), reference)
+    scored = score_slices(detector, slices.images, slices.brain, deadline=deadline, precision=calibration.precision)
+    return slices, with_reference(scored, calibration.score_reference)

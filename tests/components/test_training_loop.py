@@ -11,7 +11,6 @@ from torch import distributed as dist
 from components.models.registry import DETECTORS
 from components.training.collectives import sync_buffers
 from components.training.loop import LoopData, LoopSettings, prepare, run_epochs
-from serving.local_server import free_port
 from tests.components.test_detectors import batch, tiny
 
 WORLD = 2
@@ -27,8 +26,13 @@ def _slices(rank: int, n: int = 4) -> list[dict]:
     return out
 
 
-def _train_each_detector(rank: int, port: int, folder: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+def _join(rank: int, folder: str) -> None:
+    """Join the gloo group of WORLD processes that meet through a file in ``folder``."""
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=WORLD)
+
+
+def _train_each_detector(rank: int, folder: str) -> None:
+    _join(rank, folder)
     try:
         states = {}
         for name in sorted(DETECTORS):
@@ -46,8 +50,8 @@ def _train_each_detector(rank: int, port: int, folder: str) -> None:
         dist.destroy_process_group()
 
 
-def _average_buffers(rank: int, port: int, folder: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+def _average_buffers(rank: int, folder: str) -> None:
+    _join(rank, folder)
     try:
         norm = torch.nn.BatchNorm2d(3)
         norm.running_mean.fill_(float(rank))
@@ -59,7 +63,7 @@ def _average_buffers(rank: int, port: int, folder: str) -> None:
 
 
 def _spawn(worker, folder) -> list[dict]:
-    mp.spawn(worker, args=(free_port(), str(folder)), nprocs=WORLD, join=True)
+    mp.spawn(worker, args=(str(folder),), nprocs=WORLD, join=True)
     return [torch.load(folder / f"rank{rank}.pt", weights_only=False) for rank in range(WORLD)]
 
 

@@ -61,6 +61,15 @@ def test_serve_options_become_ray_serve_deployment_options(tmp_path):
     scaling = {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2}
     auto = load_params(write_params(tmp_path, serve={"autoscaling": scaling})).serve.deployment_options()
     assert auto["autoscaling_config"] == scaling and "num_replicas" not in auto
+    shared = load_params(write_params(tmp_path, serve={"num_gpus": 0.5})).serve.deployment_options()
+    assert shared["ray_actor_options"] == {"num_gpus": 0.5}  # two replicas per GPU
+
+
+@pytest.mark.parametrize("section, values", [("evaluate", {"device": "gpu"}), ("evaluate", {"precision": "fp16"}),
+                                             ("serve", {"num_gpus": -1})])
+def test_a_bad_device_precision_or_gpu_share_is_refused(tmp_path, section, values):
+    with pytest.raises(ValueError, match=next(iter(values))):
+        load_params(write_params(tmp_path, **{section: values}))
 
 
 def test_each_setting_is_declared_once():

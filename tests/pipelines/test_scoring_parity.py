@@ -48,7 +48,7 @@ def test_pyfunc_endpoint_and_evaluate_give_the_same_scores(preset, scan, tmp_pat
     predictor = VolumePredictor.from_folder(folder)
     split = score_split(predictor.detector, root, read_index(root))
     evaluated = split["scores"]
-    _, scored = score_volume(predictor.detector, spec, image, affine)  # the endpoint's and the pyfunc's path
+    _, scored = score_volume(predictor.detector, spec, image, affine, calibration)  # the endpoint's and the pyfunc's path
     np.testing.assert_allclose(scored.maps, split["maps"], rtol=0, atol=1e-5)
     if spec.output_range is None:
         assert (slices.images[slices.brain] < 0).any(), "z-scores: part of the brain is negative"

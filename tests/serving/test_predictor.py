@@ -1,6 +1,7 @@
 """The predictor without Ray or HTTP: a bundle folder and a volume in any orientation."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -147,15 +148,15 @@ def test_a_model_that_scores_against_each_slices_residual_serves_its_scores_over
         score_reference="brain_median")})
     folder = relative.save(tmp_path / "brain_median", predictor.detector.state_dict())
     image, affine = load_volume(read_brats(phantom_roots[1])[0].image)
-    slices, scored = score_volume(predictor.detector, predictor.bundle.preprocess, image, affine)
+    as_given = replace(relative.calibration, score_reference="none")
+    slices, scored = score_volume(predictor.detector, predictor.bundle.preprocess, image, affine, as_given)
     served = VolumePredictor.from_folder(folder).predict(image, affine)["slices"]
     np.testing.assert_allclose([s["score"] for s in served], relative_to_level(scored.scores, scored.levels), rtol=1e-4)
     assert [s["verdict"] for s in served] == ["anomalous" if s["score"] > 3.0 else "normal" for s in served]
 
+
 def test_a_volume_the_recipe_would_blow_up_is_refused_before_resampling(predictor):
     """A small upload is no small job when the recipe resamples it: its grid, not its bytes, sets the cost."""
-    from dataclasses import replace
-
     resampling = replace(predictor, bundle=replace(predictor.bundle, preprocess=PreprocessSpec(size=32, spacing_mm=1.0)))
     coarse = np.diag([40.0, 40.0, 40.0, 1.0])  # 4 voxels of 40 mm along each axis: 160 of 1 mm
     with pytest.raises(InvalidVolumeError, match=r"resampled to 1.0 mm, the volume shape \(160, 160, 160\) holds"):

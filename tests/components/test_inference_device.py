@@ -1,0 +1,71 @@
+"""Inference on a chosen device and in a chosen precision: the precision travels with the
+thresholds, so every scorer of a bundle scores as it was evaluated."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from components.models.bundle import Calibration, DetectorBundle
+from components.models.inference import resolve_device, score_slices
+from components.preprocess.spec import PreprocessSpec
+from serving.predictor import VolumePredictor
+from tests.components.test_detectors import SIZE, batch, tiny
+
+
+def calibration(precision: str = "fp32") -> Calibration:
+    return Calibration(percentile=98.0, slice_threshold=0.1, volume_threshold=0.1, pixel_threshold=0.1,
+                       reference_scores=[0.1], score_reference="none", precision=precision)
+
+
+def test_auto_takes_the_cpu_where_no_gpu_is_visible_and_an_absent_gpu_is_named():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible here")
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"'cuda:1' asked for, but 0 CUDA devices are visible"):
+        resolve_device("cuda:1")
+
+
+def test_bf16_scores_come_back_as_float32_and_rank_slices_as_fp32_does():
+    torch.manual_seed(0)
+    detector = tiny("spatial_ae")
+    slices = batch(16)
+    images, brain = slices.image.numpy(), slices.brain.numpy()
+    full = score_slices(detector, images, brain)
+    half = score_slices(detector, images, brain, precision="bf16")
+    assert half.scores.dtype == np.float32 and half.maps.dtype == np.float32
+    assert not np.array_equal(full.scores, half.scores)  # bf16 really ran
+    np.testing.assert_allclose(half.scores, full.scores, rtol=0.05, atol=1e-3)
+    with pytest.raises(ValueError, match="precision 'fp16'"):
+        score_slices(detector, images, brain, precision="fp16")
+
+
+def test_a_calibration_names_its_precision_and_a_bad_one_is_refused_when_built():
+    assert dataclasses.asdict(calibration("bf16"))["precision"] == "bf16"
+    assert Calibration(**{k: v for k, v in dataclasses.asdict(calibration()).items() if k != "precision"}).precision == "fp32"
+    with pytest.raises(ValueError, match="calibration.precision 'int8'"):
+        calibration("int8")
+
+
+def test_the_endpoint_scores_in_the_precision_the_bundle_was_calibrated_in(tmp_path):
+    torch.manual_seed(0)
+    detector = tiny("spatial_ae")
+    spec = PreprocessSpec(size=SIZE)
+    volume = np.zeros((32, 32, 12), np.float32)  # a skull-stripped scan: brain in a zero background
+    volume[6:26, 6:26] = np.random.default_rng(0).uniform(0.2, 1.0, (20, 20, 12))
+    scores = {}
+    for precision in ("fp32", "bf16"):
+        bundle = DetectorBundle("spatial_ae", {**tiny_hyperparams()}, spec, calibration(precision))
+        predictor = VolumePredictor.from_folder(bundle.save(tmp_path / precision, detector.state_dict()))
+        assert predictor.bundle.calibration.precision == precision
+        scores[precision] = [s["score"] for s in predictor.predict(volume, np.eye(4))["slices"]]
+    assert scores["fp32"] != scores["bf16"]
+    np.testing.assert_allclose(scores["bf16"], scores["fp32"], rtol=0.05, atol=1e-3)
+
+
+def tiny_hyperparams() -> dict:
+    from components.models.registry import data_hyperparams
+    from tests.components.test_detectors import TINY
+
+    return {**TINY["spatial_ae"], **data_hyperparams("spatial_ae", SIZE, (0.0, 1.0))}
