@@ -23,6 +23,15 @@ API_KEY_VARIABLE = "BRAINOMALY_API_KEY"
 SET_OPTION = typer.Option([], "--set", "-S", help="change a param for this run: section.key=value (repeatable)")
 
 
+@app.callback()
+def options(verbose: bool = typer.Option(False, "--verbose", "-v", help="also show the logs of Ray's workers and actors")) -> None:
+    """Options before the command, for every command."""
+    if verbose:
+        from pipelines.ray_cluster import VERBOSE_VARIABLE  # Ray is imported by the commands that use it
+
+        os.environ[VERBOSE_VARIABLE] = "1"  # read by ray_session, in this process and in compare's children
+
+
 def _run_stage(module: str, params_path: Path, overrides: list[str] = (), **options) -> None:
     """Load params, run ``pipelines.<module>.run`` and print what it did; user errors exit 1 with one line."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -12,6 +12,7 @@ from typing import Iterator
 import ray
 
 log = logging.getLogger(__name__)
+VERBOSE_VARIABLE = "BRAINOMALY_VERBOSE"  # set by `brainomaly --verbose`; Ray's workers inherit it
 
 
 def spilling_config(spill_to: Path | None) -> dict:
@@ -27,7 +28,8 @@ def spilling_config(spill_to: Path | None) -> dict:
 def ray_session(spill_to: Path | None = None) -> Iterator[None]:
     """Initialise Ray for the duration of a stage; shut it down only if this stage started it.
     ``spill_to`` (see spilling_config) applies to a local instance; a cluster named by
-    ``RAY_ADDRESS`` keeps its own."""
+    ``RAY_ADDRESS`` keeps its own. The workers' and actors' output goes to Ray's log files, not
+    to this console, unless ``brainomaly --verbose`` (BRAINOMALY_VERBOSE=1) asks for it."""
     if ray.is_initialized():
         yield
         return
@@ -36,9 +38,14 @@ def ray_session(spill_to: Path | None = None) -> Iterator[None]:
         log.warning("RAY_ADDRESS is set: objects spill where that cluster was told, not to %s", spill_to)
     # "local", not None: Ray would otherwise join the last `ray start` cluster recorded in
     # /tmp/ray, and hang on connecting when that cluster is gone
-    ray.init(address=address or "local", logging_level=logging.WARNING,
-             _system_config=None if address else spilling_config(spill_to) or None)
+    verbose = os.environ.get(VERBOSE_VARIABLE) == "1"
+    context = ray.init(address=address or "local", logging_level=logging.WARNING, log_to_driver=verbose,
+                       _system_config=None if address else spilling_config(spill_to) or None)
     log.info("Ray: %s", address or f"local, {ray.cluster_resources().get('CPU', 0):.0f} CPUs")
+    if not verbose:
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # not a line per dataset pass
+        logs = Path(context.address_info["session_dir"]) / "logs"
+        log.info("Ray's worker logs: %s%s (brainomaly --verbose shows them here)", logs, " on the head node" * bool(address))
     try:
         yield
     finally:

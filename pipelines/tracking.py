@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+from typing import Iterator
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -52,3 +55,40 @@ def run_for(client: MlflowClient, experiment: str, key: str, value: str, run_nam
     if found:
         return found[0].info.run_id
     return client.create_run(experiment, run_name=run_name, tags={key: value}).info.run_id
+
+
+@contextlib.contextmanager
+def epoch_lines(client: MlflowClient, run_id: str, epochs: int, say, every_s: float = 2.0) -> Iterator[None]:
+    """While the block runs (training, on Ray's workers), ``say`` one line per epoch the run logs,
+    read back from MLflow by a thread: the driver's console shows progress without the workers' logs."""
+    shown = [_latest_epoch(client, run_id)]  # a resumed run's earlier epochs were shown when they ran
+    stop = threading.Event()
+
+    def show_new() -> None:
+        try:
+            histories = {key: {m.step: m.value for m in client.get_metric_history(run_id, key)}
+                         for key in client.get_run(run_id).data.metrics if key.startswith(("train_", "val_"))}
+        except Exception:  # noqa: BLE001  a store busy for a moment: the next poll reads it
+            return
+        for epoch in sorted({step for values in histories.values() for step in values if step > shown[0]}):
+            losses = ", ".join(f"{key} {values[epoch]:.4g}" for key, values in sorted(histories.items())
+                               if epoch in values and not key.endswith("_per_s"))
+            say(f"epoch {epoch + 1}/{epochs}: {losses}")
+            shown[0] = epoch
+
+    def watch() -> None:
+        while not stop.wait(every_s):
+            show_new()
+
+    thread = threading.Thread(target=watch, name="epoch-lines", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        show_new()
+
+
+def _latest_epoch(client: MlflowClient, run_id: str) -> int:
+    return max((m.step for m in client.get_metric_history(run_id, "train_slices_per_s")), default=-1)

@@ -259,7 +259,7 @@ def run(params: Params) -> dict:
     log_params(client, run_id, config)
     storage = params.storage(params.train.storage_path)
     try:
-        with ray_session():
+        with ray_session(), tracking.epoch_lines(client, run_id, planned_epochs(config), log.info):
             result = fit(make_trainer(config, name, storage, Tracking(tracking.tracking_uri(params), run_id)))
     except (KeyboardInterrupt, SystemExit):  # Ctrl+C: Ray Train's own handler aborts the run and exits
         client.set_terminated(run_id, "KILLED")  # a rerun with the same inputs resumes this run

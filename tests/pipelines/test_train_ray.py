@@ -17,6 +17,7 @@ from ray.train import Result
 
 from components.data.slice_store import load_shard, read_index
 from pipelines import train
+from pipelines.ray_cluster import VERBOSE_VARIABLE
 from pipelines.params import load_params
 from pipelines import tracking
 from tests.conftest import venv_env, write_params
@@ -63,6 +64,9 @@ def test_two_worker_training_checkpoints_tracks_and_resumes(project):
                      output)
     assert code == 1 and said and "Traceback" not in output, output[-3000:]
     done = int(said[1])
+    # a quiet console: one line per epoch, read back from MLflow, and none of the workers' logs
+    assert re.search(rf"epoch 1/{EPOCHS}: train_kl [0-9.e-]+, train_l1 .*val_loss", output), output[-3000:]
+    assert "RayTrainWorker" not in output and "Ray's worker logs: /" in output, output[-3000:]
     summary = train.run(params)
     resumed = [m.value for m in client.get_metric_history(summary["mlflow_run_id"], "resumed_from_epoch")]
     logged = len(resumed) - (EPOCHS - done)  # epochs logged before the interrupt, some maybe past their checkpoint
@@ -102,16 +106,20 @@ def test_two_worker_training_checkpoints_tracks_and_resumes(project):
     ("dual_vae", {"base_channels": 8, "latent_size": 16, "downsamplings": 3, "latent_samples": 1},
      {"train_mixed_loss", "val_l2"}, {"precision": "bf16", "channels_last": True}),
 ])
-def test_other_detectors_train_through_the_same_stage(project, name, hyperparams, parts, extra):
+def test_other_detectors_train_through_the_same_stage(project, name, hyperparams, parts, extra, monkeypatch, capfd):
     """model.name is the only change: a dense VAE (its image size comes from the data), a
     two-network adversarial detector, and the dual VAE, whose second VAE learns from the
     unlabelled tumour-cohort slices of a third dataset (in bf16 mixed precision, channels-last),
-    all on 2 workers."""
+    all on 2 workers. The dense VAE trains verbosely: the workers' logs reach the console."""
+    if name == "dense_vae":
+        monkeypatch.setenv(VERBOSE_VARIABLE, "1")  # `brainomaly --verbose`
     train_params = {"epochs": 1, "num_workers": 2, **extra}
     params = load_params(write_params(project, model={"name": name, name: hyperparams}, train=train_params))
     summary = train.run(params)
     assert summary["model_name"] == name and parts <= set(summary["final_metrics"])
     assert summary.get("hyperparams", {}).get("image_size", 32) == 32
+    captured = capfd.readouterr()
+    assert ("RayTrainWorker" in captured.out + captured.err) == (name == "dense_vae")
 
 
 def test_use_gpu_true_without_a_gpu_is_one_clear_error_and_the_run_is_marked_failed(project, monkeypatch):
