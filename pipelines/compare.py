@@ -23,6 +23,8 @@ import json
 import shutil
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
+
 from components.atomic import write_text
 from components.data.slice_store import processed_fingerprint
 from components.reports.tables import markdown, site_markdown
@@ -144,13 +146,22 @@ def trained_seconds(params: Params, folder: Path, row: dict) -> float | None:
     return (run.info.end_time - run.info.start_time) / 1000
 
 
+def _in_store(client, run_id: str) -> bool:
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        return False
+    return True
+
+
 def _log_to_mlflow(params: Params, results: dict) -> None:
     client = tracking.client(params)
     parent = client.create_run(tracking.experiment_id(params), run_name="comparison", tags={"brainomaly.comparison": "1"})
     run_id = parent.info.run_id
     client.log_param(run_id, "detectors", ",".join(results))
     for name, metrics in results.items():
-        client.set_tag(metrics["mlflow_run_id"], "mlflow.parentRunId", run_id)  # nests the run in the UI
+        if _in_store(client, metrics["mlflow_run_id"]):  # a row kept from a report written elsewhere has no run here
+            client.set_tag(metrics["mlflow_run_id"], "mlflow.parentRunId", run_id)  # nests the run in the UI
         for key in ("slice_auroc", "pixel_auroc", "dice_mean", "cv_auroc_mean_t20", "inference_ms_per_slice"):
             if key in metrics:
                 client.log_metric(run_id, f"{name}.{key}", float(metrics[key]))
