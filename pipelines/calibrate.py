@@ -39,7 +39,8 @@ def run(params: Params, site: str, healthy: Path) -> dict:
         folder, _, _ = fetch_bundle(f"models:/{name}/{version.version}", client.tracking_uri, Path(tmp))
         bundle, detector = DetectorBundle.load(folder, params.evaluate.device)
     rule, precision = bundle.calibration.score_reference, bundle.calibration.precision  # the model's units
-    reference, skipped = score_subjects(detector, subjects, bundle.preprocess, params.preprocess.workers, rule, precision)
+    reference, skipped = score_subjects(detector, subjects, bundle.preprocess, params.preprocess.workers, rule, precision,
+                                        f"calibrate: {site}")
     if not reference:
         raise ValueError(f"none of the {len(subjects)} scans in {healthy} could be used: {skipped[0]['error']}")
     target = params.calibrate.target_false_alarm_rate

@@ -73,13 +73,14 @@ def load_trained(params: Params) -> tuple[torch.nn.Module, dict]:
     return detector.to(resolve_device(params.evaluate.device)).eval(), description
 
 
-def score_split(detector, root: Path, index: pd.DataFrame, reference: str = "none", precision: str = "fp32") -> dict:
+def score_split(detector, root: Path, index: pd.DataFrame, reference: str = "none", precision: str = "fp32",
+                progress: str | None = None) -> dict:
     """Slices of ``index`` with their anomaly maps, slice scores (in ``precision``, relative to
     ``reference``, per subject) and post-processed maps (the pixel-wise protocol's per-subject median filter inside
     an eroded brain)."""
     arrays = load_slices(root, index)
     start = time.perf_counter()
-    scored = score_slices(detector, arrays["images"], arrays["brain"], precision=precision)
+    scored = score_slices(detector, arrays["images"], arrays["brain"], precision=precision, progress=progress)
     seconds = time.perf_counter() - start
     maps, scores, alternatives, _ = with_reference(scored, reference, index["subject"].to_numpy())
     index = index.reset_index(drop=True)
@@ -122,17 +123,19 @@ def run(params: Params) -> dict:
     index = read_index(root)
     settings = params.evaluate
     scoring = {"reference": settings.score_reference, "precision": settings.precision}
-    healthy_val = score_split(detector, root, index[(index["cohort"] == "healthy") & (index["split"] == "val")], **scoring)
+    healthy_val = score_split(detector, root, index[(index["cohort"] == "healthy") & (index["split"] == "val")], **scoring,
+                              progress="evaluate: healthy val")
     calibration = calibrate(healthy_val, settings.threshold_percentile, settings.pixel_threshold_percentile,
                             settings.score_reference, settings.precision)
 
-    test = score_split(detector, root, index[index["split"] == "test"], **scoring)
+    test = score_split(detector, root, index[index["split"] == "test"], **scoring, progress="evaluate: test")
     # Other (non-tumour) lesions are neither tumour nor normal tissue: left out of the tumour
     # metrics, and scored on their own against lesion-free, tumour-free slices.
     labels, rated = slice_truth(test["index"]["tumour_pixels"], test["index"]["lesion_pixels"], settings.min_tumour_pixels)
     brain = test["brain"] & ~test["lesions"]
     segmented = segment_subjects(test, calibration.pixel_threshold, settings.min_component_voxels) & brain
-    tumour_val = score_split(detector, root, index[(index["cohort"] == "tumour") & (index["split"] == "val")], **scoring)
+    tumour_val = score_split(detector, root, index[(index["cohort"] == "tumour") & (index["split"] == "val")], **scoring,
+                             progress="evaluate: tumour val")
     tumour_cohort = pooled(tumour_val, test, test["index"]["cohort"].to_numpy() == "tumour")
     metrics = {
         **slice_metrics(test["scores"][rated], labels[rated], calibration.slice_threshold),

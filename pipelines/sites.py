@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
+from tqdm import tqdm
 
 from components.atomic import write_json, write_text
 from components.data.layouts import Subject, read_dataset
@@ -77,13 +78,14 @@ def _preprocess(subject: Subject, spec: PreprocessSpec):
 
 
 def score_subjects(detector, subjects: list[Subject], spec: PreprocessSpec, workers: int,
-                   reference: str = "none", precision: str = "fp32") -> tuple[dict, list[dict]]:
+                   reference: str = "none", precision: str = "fp32", progress: str | None = None) -> tuple[dict, list[dict]]:
     """The subjects' slices through the recipe and the detector (scores in ``precision``,
-    relative to ``reference``, per scan): the arrays `evaluate` works on (index, scores, maps smoothed per
+    relative to ``reference``, per scan; a progress bar named ``progress``): the arrays `evaluate` works on (index, scores, maps smoothed per
     subject, brain, tumour, lesions), and the skipped scans."""
     parts, skipped = [], []
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        for subject, slices in zip(subjects, pool.map(_preprocess, subjects, repeat(spec))):
+        scans = zip(subjects, pool.map(_preprocess, subjects, repeat(spec)))
+        for subject, slices in tqdm(scans, total=len(subjects), desc=progress, unit="scan", disable=progress is None):
             if isinstance(slices, str):
                 log.warning("skipping %s: %s", subject.subject_id, slices)
                 skipped.append({"subject": subject.subject_id, "error": slices})
@@ -134,8 +136,10 @@ def evaluate_site(detector, root: Path, spec: PreprocessSpec, deployed: Calibrat
                          f"one tumour scan, found {len(healthy)} and {len(tumour)}")
     workers = params.preprocess.workers
     rule = deployed.score_reference  # the model's: its thresholds are in those units
-    reference, skipped = score_subjects(detector, healthy[:count], spec, workers, rule, deployed.precision)
-    test, more = score_subjects(detector, healthy[count:] + tumour, spec, workers, rule, deployed.precision)
+    reference, skipped = score_subjects(detector, healthy[:count], spec, workers, rule, deployed.precision,
+                                        f"sites: {root.name}, calibration")
+    test, more = score_subjects(detector, healthy[count:] + tumour, spec, workers, rule, deployed.precision,
+                                f"sites: {root.name}, test")
     if not reference or not test:
         raise ValueError(f"site {root.name}: no usable scan to {'calibrate' if not reference else 'test'} with")
     percentile = 100.0 * (1.0 - params.calibrate.target_false_alarm_rate)

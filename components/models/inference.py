@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from components.models.detector import Detector
 from components.preprocess.spec import PreprocessSpec
@@ -75,9 +76,10 @@ class Scored(NamedTuple):
 
 
 def score_slices(detector: Detector, images: np.ndarray, brain: np.ndarray, batch_size: int = 64,
-                 deadline: float | None = None, precision: str = "fp32") -> Scored:
+                 deadline: float | None = None, precision: str = "fp32", progress: str | None = None) -> Scored:
     """Maps and scores of preprocessed slices, in batches on the detector's device, in
-    ``precision`` ("bf16": autocast; maps and scores come back as float32). Not under
+    ``precision`` ("bf16": autocast; maps and scores come back as float32), with a progress bar
+    named ``progress`` (none by default: the endpoint scores quietly). Not under
     ``no_grad`` as a whole: a detector may optimise at inference (a latent search). Past
     ``deadline`` (time.monotonic()) it stops before the next batch with TimeoutError."""
     if precision not in PRECISIONS:
@@ -86,6 +88,7 @@ def score_slices(detector: Detector, images: np.ndarray, brain: np.ndarray, batc
     device = detector.device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     maps, scores, levels, alternatives = [], [], [], {}
+    bar = tqdm(total=len(images), desc=progress, unit="slice", disable=progress is None)
     for start in range(0, len(images), batch_size):
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"scoring stopped past its deadline, {start} of {len(images)} slices done")
@@ -98,6 +101,8 @@ def score_slices(detector: Detector, images: np.ndarray, brain: np.ndarray, batc
         levels.append(detector.map_level(inspection.maps, m).float().cpu().numpy())
         for name, values in inspection.alternatives.items():
             alternatives.setdefault(name, []).append(values.float().cpu().numpy())
+        bar.update(len(x))
+    bar.close()
     if not maps:
         return Scored(np.zeros_like(images), np.zeros(0, np.float32), {}, np.zeros(0, np.float32))
     return Scored(np.concatenate(maps), np.concatenate(scores), {k: np.concatenate(v) for k, v in alternatives.items()},

@@ -69,3 +69,12 @@ def tiny_hyperparams() -> dict:
     from tests.components.test_detectors import TINY
 
     return {**TINY["spatial_ae"], **data_hyperparams("spatial_ae", SIZE, (0.0, 1.0))}
+
+
+def test_a_stage_scores_with_a_progress_bar_and_the_endpoint_without(capsys):
+    torch.manual_seed(0)
+    slices = batch(8)
+    score_slices(tiny("spatial_ae"), slices.image.numpy(), slices.brain.numpy(), batch_size=4)
+    assert capsys.readouterr().err == ""
+    score_slices(tiny("spatial_ae"), slices.image.numpy(), slices.brain.numpy(), batch_size=4, progress="evaluate: test")
+    assert "evaluate: test: 100%" in capsys.readouterr().err
