@@ -3,8 +3,8 @@
     python benchmarks/train_scaling.py [--epochs 4] [--output benchmarks/results/train_scaling.json]
 
 The same detector (params.yaml's model), data (data/processed: run `make run` first) and epochs,
-side by side in one run: a plain PyTorch loop in this process (batches from the processed slices,
-the same augmentation and train_step, every core's threads), then the `train` stage's Ray Train
+side by side in one run: the workers' own loop (components/training) in this process without
+Ray (batches from the processed slices held in memory, every core's threads), then the `train` stage's Ray Train
 run with 1 worker and with 2, the cores split between the workers (a worker's torch threads are
 its CPUs), so each run has the whole machine and the overhead is Ray's alone. Reported:
 training throughput in slices per second over the epochs after the first (the steady state:
@@ -20,6 +20,7 @@ import os
 import platform
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +28,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from components.data.augment import augment
 from components.data.slice_store import load_slices, read_index
-from components.models.detector import Slices
 from components.models.registry import build_detector
+from components.training.loop import LoopData, prepare, run_epochs
 from pipelines import train
 from pipelines.params import load_params
 from pipelines.ray_cluster import ray_session
@@ -39,24 +39,24 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def plain_loop(config: train.TrainingConfig, epochs: int, device: torch.device) -> dict:
-    """The training loop without Ray: one process, all threads."""
+    """The workers' own loop (components/training) without Ray: one process, all threads,
+    batches drawn from the training slices held in memory."""
     root, settings = Path(config.data_root), config.train
     index = read_index(root)
     arrays = load_slices(root, index[(index["cohort"] == "healthy") & (index["split"] == "train")])
     images, brain = torch.from_numpy(arrays["images"]).to(device), torch.from_numpy(arrays["brain"]).to(device)
     torch.manual_seed(settings.seed)
-    detector = build_detector(config.model_name, **config.hyperparams).to(device).train()
-    optimizers = detector.make_optimizers(settings.learning_rate)
-    spec, batch = settings.augment, settings.batch_size
-    start, rates = time.perf_counter(), []
-    for _ in range(epochs):
-        began, order, count = time.perf_counter(), torch.randperm(len(images), device=device), 0
-        for first in range(0, len(order) - batch + 1, batch):
-            rows = order[first : first + batch]
-            x = augment(images[rows], brain[rows], spec, config.background, config.output_range)
-            detector.train_step(Slices(x, brain[rows]), optimizers)
-            count += len(rows)
-        rates.append(count / (time.perf_counter() - began))
+    detector = build_detector(config.model_name, **config.hyperparams)
+    loop = replace(train.loop_settings(config, rank=0), epochs=epochs)
+    optimizers, _ = prepare(detector, settings.learning_rate, device, loop)
+
+    def batches():
+        order, size = torch.randperm(len(images), device=device), settings.batch_size
+        return ({"image": images[rows], "brain": brain[rows]} for rows in order[: len(order) // size * size].split(size))
+
+    rates, start = [], time.perf_counter()
+    run_epochs(detector, optimizers, LoopData(train=batches), loop, device,
+               lambda metrics, state: rates.append(metrics["train_slices_per_s"]))
     return {"slices_per_s": float(np.mean(rates[1:] or rates)), "wall_s": time.perf_counter() - start}
 
 
