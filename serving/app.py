@@ -12,7 +12,8 @@
     GET  /v1/model     the model served, its thresholds and where it came from
     GET  /healthz      liveness
     GET  /readyz       200 once a model is loaded, 503 before
-    GET  /metrics      Prometheus exposition, for the whole deployment
+    GET  /metrics      Prometheus exposition: the monitor's, for the whole deployment, and the
+                       ingress's predictions in progress against its capacity
     GET  /docs, /openapi.json
 
 Bad input gets a 4xx with a message that says what is wrong; the replica keeps serving. Over
@@ -24,13 +25,16 @@ Uploads live in memory only: nothing a client sends is written to disk or logged
 # No `from __future__ import annotations`: FastAPI must see the route signatures' real types
 # (Request, Query) through Ray Serve's class-based views.
 import asyncio
+import contextvars
 import hmac
 import logging
 import time
 from typing import Literal
 
+import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
@@ -127,6 +131,16 @@ class Ingress:
                  capacity: int) -> None:
         self.settings, self.model, self.monitor = settings, model, monitor
         self.capacity, self.in_flight = capacity, 0  # predictions the model replicas can hold, and held now
+        self.at_model = 0  # of those, past their upload: at a model replica (queued or scored) or answered
+        # the (single) ingress's own counts, read at each scrape rather than sent to the monitor late
+        self.registry = CollectorRegistry()
+        in_progress = Gauge("brainomaly_predictions_in_progress",
+                            "Predictions holding a capacity slot until their work stops, by stage", ["stage"],
+                            registry=self.registry)
+        in_progress.labels("upload").set_function(lambda: self.in_flight - self.at_model)
+        in_progress.labels("model").set_function(lambda: self.at_model)
+        Gauge("brainomaly_prediction_capacity", "Predictions the model replicas can hold at once",
+              registry=self.registry).set(capacity)
         # a multipart file part spools to a temporary file past 1 MB by default: uploads stay in memory
         MultiPartParser.spool_max_size = settings.max_upload_bytes
         api.state.endpoint = self
@@ -161,7 +175,8 @@ class Ingress:
 
     @api.get("/metrics")
     async def prometheus(self) -> Response:
-        return Response(await self.monitor.exposition.remote(), media_type="text/plain; version=0.0.4")
+        exposition = await self.monitor.exposition.remote() + generate_latest(self.registry)
+        return Response(exposition, media_type="text/plain; version=0.0.4")
 
     @api.post("/v1/predict")
     async def predict(
@@ -176,9 +191,11 @@ class Ingress:
         if self.in_flight >= self.capacity:  # answer before reading the upload: that is what keeps 503s fast
             raise RequestError(503, f"over capacity: {self.in_flight} predictions in progress; retry shortly")
         self.in_flight += 1
-        # The slot is freed when the work stops, not when the client does: a client that drops
-        # the connection cancels this await, not the work, so drop-and-retry cannot stack work.
-        work = asyncio.ensure_future(self.answer(request, map_format, site))
+        # The slot is freed when the work stops, not when the client does, so drop-and-retry
+        # cannot stack work. A client that hangs up cancels this await, not the work: shielded,
+        # and in a context of its own, since Ray cancels every call made in a cancelled request's
+        # context, and the model replica's thread would go on scoring outside any slot.
+        work = asyncio.get_running_loop().create_task(self.answer(request, map_format, site), context=contextvars.Context())
         work.add_done_callback(self.release)
         return await asyncio.shield(work)
 
@@ -201,6 +218,14 @@ class Ingress:
         except InvalidVolumeError as err:
             raise RequestError(400, str(err)) from None
         del payload
+        self.at_model += 1
+        try:
+            return await self.scored(data, affine, map_format, site)
+        finally:
+            self.at_model -= 1
+
+    async def scored(self, data: np.ndarray, affine: np.ndarray, map_format: str | None, site: str | None) -> Response:
+        """The parsed scan scored at a model replica, its scores told to the monitor, answered."""
         try:
             result = await self.model.predict.remote(data, affine, map_format, site, self.settings.predict_timeout_s)
         except BackPressureError:

@@ -2,6 +2,7 @@
 broken version that never replaces the serving one, and a moved alias swapped in while
 requests keep being answered. Its own server, on a copy of the pipeline's registry."""
 
+import gzip
 import json
 import shutil
 import socket
@@ -15,6 +16,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import mlflow
+import nibabel as nib
+import numpy as np
 import pytest
 import requests
 from mlflow.tracking import MlflowClient
@@ -49,6 +52,14 @@ def server(project):
 @pytest.fixture(scope="module")
 def scan(pipeline_repo) -> bytes:
     return read_brats(pipeline_repo / "data" / "raw" / "brats")[0].image.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def long_scan(pipeline_repo) -> bytes:
+    """The scan repeated along its axial axis: hundreds of slices, seconds of scoring."""
+    image = nib.load(read_brats(pipeline_repo / "data" / "raw" / "brats")[0].image)
+    data = np.tile(np.asanyarray(image.dataobj), (1, 1, 12))
+    return gzip.compress(nib.Nifti1Image(data, image.affine).to_bytes(), compresslevel=1)
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +123,39 @@ def test_slow_uploads_cannot_lock_out_a_normal_client(server, scan):
     finally:
         for connection in stalled:
             connection.close()
+
+
+def test_a_client_that_hangs_up_keeps_its_slot_until_its_work_stops(server, scan, long_scan):
+    """Two clients fill the capacity with long scans and hang up while those are at the model. A
+    thread cannot be cancelled, so that work goes on; their slots must stay taken until it has
+    stopped: by the time a third client is served, both dropped scans have been scored to the
+    end (their scores counted). A slot freed at the hang-up would let drop-and-retry stack work."""
+    long_slices = len(requests.post(f"{server}/v1/predict", data=long_scan, headers=KEY, timeout=300).json()["slices"])
+    scored_before = metric(server, "brainomaly_slice_score_count")
+    address = urlparse(server)
+    head = (f"POST {PREFIX}/v1/predict HTTP/1.1\r\nHost: {address.netloc}\r\nX-API-Key: {KEY['X-API-Key']}\r\n"
+            f"Content-Length: {len(long_scan)}\r\n\r\n").encode()
+    capacity = int(metric(server, "brainomaly_prediction_capacity"))
+    dropped = [socket.create_connection((address.hostname, address.port), timeout=60) for _ in range(capacity)]
+    for connection in dropped:
+        connection.sendall(head + long_scan)
+    at_model = 'brainomaly_predictions_in_progress{stage="model"}'
+    deadline = time.monotonic() + 60  # hang up once both uploads are in and their work is at the model
+    while metric(server, at_model) < capacity and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert metric(server, at_model) == capacity
+    for connection in dropped:
+        connection.close()
+    assert metric(server, "brainomaly_slice_score_count") < scored_before + capacity * long_slices  # still at work
+    status, deadline = None, time.monotonic() + 300
+    while status != 200 and time.monotonic() < deadline:
+        status = requests.post(f"{server}/v1/predict", data=scan, headers=KEY, timeout=120).status_code
+        assert status in (200, 503), status
+    assert status == 200
+    # served only after both dropped scans were scored in full: their scores were told to the
+    # monitor before their slots were given back
+    assert metric(server, "brainomaly_slice_score_count") >= scored_before + capacity * long_slices
+    assert metric(server, "brainomaly_predictions_in_progress") == 0
 
 
 def test_a_broken_version_leaves_the_old_one_serving_and_raises_the_alert_metric(server, registry, scan, tmp_path):
