@@ -43,7 +43,8 @@ INFERENCE_TARGET_MS, TRAINING_SPEEDUP_TARGET = 1.2, 20.0
 def gpu_tests() -> dict:
     """The gpu-marked tests, in a child pytest: its summary line and exit code."""
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "-rs",
-                           "tests/components/test_gpu.py"], cwd=REPO, capture_output=True, text=True)
+                           "tests/components/test_gpu.py", "tests/components/test_batched_scoring.py"],
+                          cwd=REPO, capture_output=True, text=True)
     lines = done.stdout.strip().splitlines()
     return {"exit_code": done.returncode, "summary": lines[-1] if lines else done.stderr[-500:]}
 

@@ -160,7 +160,8 @@ def serve(
             tracking_uri=tracking_uri(p), max_upload_bytes=int(p.serve.max_upload_mb * 2**20),
             limits=VolumeLimits(p.serve.max_voxels, p.serve.max_axis),
             registry_poll_s=p.serve.registry_poll_s, upload_timeout_s=p.serve.upload_timeout_s,
-            predict_timeout_s=p.serve.predict_timeout_s, api_key=key, metrics_require_key=p.serve.metrics_require_key,
+            predict_timeout_s=p.serve.predict_timeout_s, batch_volumes=p.serve.volumes_per_pass(),
+            batch_wait_s=p.serve.batch_wait_s, api_key=key, metrics_require_key=p.serve.metrics_require_key,
             drift=p.serve.drift,
         )
         serve_forever(settings, host=p.serve.host, port=port or p.serve.port, deployment_options=p.serve.deployment_options(),

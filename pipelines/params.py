@@ -313,7 +313,23 @@ class ServeParams(Section):
     registry_poll_s: float = Field(30, gt=0)
     upload_timeout_s: float = Field(60, gt=0)
     predict_timeout_s: float = Field(120, gt=0)
+    batch_volumes: int | None = Field(None, ge=1)  # None: max_ongoing_requests on a GPU replica, 1 on CPUs
+    batch_wait_s: float = Field(0.005, ge=0, le=1)
     drift: DriftSettings = DriftSettings()
+
+    @model_validator(mode="after")
+    def _batches_fit_a_replica(self) -> "ServeParams":
+        if self.batch_volumes is not None and self.batch_volumes > self.max_ongoing_requests:
+            raise ValueError(f"serve.batch_volumes={self.batch_volumes} exceeds serve.max_ongoing_requests="
+                             f"{self.max_ongoing_requests}: a replica can only batch the uploads it holds")
+        return self
+
+    def volumes_per_pass(self) -> int:
+        """Uploads scored together: as set, else all a replica holds when it has a GPU to keep busy
+        (on CPUs a shared pass is no faster and only adds ``batch_wait_s`` of latency)."""
+        if self.batch_volumes is not None:
+            return self.batch_volumes
+        return self.max_ongoing_requests if self.num_gpus else 1
 
     def deployment_options(self) -> dict:
         """Ray Serve options of the model deployment: fixed replicas or autoscaling, backpressure,

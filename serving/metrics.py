@@ -29,6 +29,10 @@ class EndpointMetrics:
             "brainomaly_slices_per_request", "Slices scored per prediction", registry=r,
             buckets=(1, 10, 25, 50, 100, 155, 250, 500),
         )
+        self.volumes_per_pass = Histogram(
+            "brainomaly_volumes_per_pass", "Uploads a model replica scored in one pass of the network (serve.batch_volumes)",
+            registry=r, buckets=(1, 2, 4, 8, 16, 32),
+        )
         self.scores = Histogram("brainomaly_slice_score", "Anomaly scores of served slices", registry=r, buckets=SCORE_BUCKETS)
         self.model_info = Gauge(
             "brainomaly_model_info", "The model version being served (value 1)", ["name", "version", "detector"], registry=r

@@ -43,6 +43,9 @@ class Monitor:
         self.metrics.requests.labels(route, str(status)).inc()
         self.metrics.latency.labels(route).observe(seconds)
 
+    def record_pass(self, volumes: int) -> None:
+        self.metrics.volumes_per_pass.observe(volumes)
+
     def record_scores(self, version: str, scores: list[float], site: str | None = None) -> None:
         """Slice scores of one prediction by ``version`` at ``site``; a late report from a replica
         still on the previous version counts in the histograms but not in the new model's drift."""

@@ -9,16 +9,17 @@ from __future__ import annotations
 import gzip
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import nibabel as nib
 import numpy as np
 from torch import nn
 
-from components.data.nifti_io import InvalidVolumeError, VolumeLimits
+from components.data.nifti_io import InvalidVolumeError, VolumeLimits, check_finite
 from components.models.bundle import Calibration, DetectorBundle
-from components.models.inference import score_volume
+from components.models.inference import Scored, score_volumes
 from components.preprocess.geometry import axial_axis, resampled_shape, to_input_grid
+from components.preprocess.volume import ProcessedSlices, preprocess_volume
 from components.reports.figures import overlay_strip
 from components.scoring.volume import volume_score
 
@@ -27,6 +28,15 @@ OVERLAY_SLICES = 4
 
 class UnknownSiteError(ValueError):
     """A request named a site this model has no calibration for."""
+
+
+class Upload(NamedTuple):
+    """One scan to score and what its client asked for."""
+
+    data: np.ndarray  # (X, Y, Z) skull-stripped
+    affine: np.ndarray
+    with_map: Literal["nifti", "png"] | None = None
+    site: str | None = None  # verdicts at this site's calibration; None: the training one
 
 
 @dataclass
@@ -82,13 +92,46 @@ class VolumePredictor:
         the volume the recipe resamples the scan to, checked before any work; past ``deadline``
         (time.monotonic()) scoring stops with TimeoutError.
         """
-        calibration = self.calibration(site)  # an unknown site is refused before any work
+        (answer,) = self.predict_together([Upload(data, affine, with_map, site)], limits, deadline)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def predict_together(self, uploads: list[Upload], limits: VolumeLimits = VolumeLimits(),
+                         deadline: float | None = None) -> list[dict | InvalidVolumeError | UnknownSiteError]:
+        """Each upload's answer (as ``predict`` gives it) or the error that refuses it, their slices
+        scored in shared batches. An upload's answer is the one it gets alone: a neighbour's
+        slices do not change its scores and a neighbour's bad scan does not fail it. Past
+        ``deadline`` all stop with TimeoutError."""
+        answers: list = [None] * len(uploads)
+        prepared: dict[int, ProcessedSlices] = {}
+        for i, upload in enumerate(uploads):
+            try:
+                prepared[i] = self.prepare(upload, limits)
+            except (InvalidVolumeError, UnknownSiteError) as err:
+                answers[i] = err
+        scored = score_volumes(self.detector, list(prepared.values()), self.bundle.calibration, deadline)
+        for (i, slices), scores in zip(prepared.items(), scored):
+            try:
+                answers[i] = self.answer(uploads[i], slices, scores)
+            except InvalidVolumeError as err:
+                answers[i] = err
+        return answers
+
+    def prepare(self, upload: Upload, limits: VolumeLimits) -> ProcessedSlices:
+        """The upload through the model's recipe, refused first for an unknown site, non-finite
+        voxels or a volume the recipe would resample past ``limits``."""
+        self.calibration(upload.site)
+        check_finite(upload.data, "upload")
         target = self.bundle.preprocess.spacing_mm
         if target is not None:  # 2 voxels of 50 mm become 100 of 1 mm: the grid, not the upload, sets the cost
-            limits.check(resampled_shape(data.shape, nib.affines.voxel_sizes(affine), target), "upload",
+            limits.check(resampled_shape(upload.data.shape, nib.affines.voxel_sizes(upload.affine), target), "upload",
                          f"resampled to {target} mm, the volume shape")
-        slices, scored = score_volume(self.detector, self.bundle.preprocess, data, affine, self.bundle.calibration,
-                                      deadline)
+        return preprocess_volume(upload.data, upload.affine, self.bundle.preprocess)
+
+    def answer(self, upload: Upload, slices: ProcessedSlices, scored: Scored) -> dict:
+        """The response to ``upload`` from its scored slices."""
+        calibration = self.calibration(upload.site)
         scores = scored.scores
         if not (np.isfinite(scores).all() and np.isfinite(scored.maps).all()):  # never a NaN answer, metric or drift
             raise InvalidVolumeError("the model gave non-finite scores for this scan: are its intensities a scanner's?")
@@ -98,21 +141,21 @@ class VolumePredictor:
         score = volume_score(scores)
         result = {
             "model": {"name": self.model_name, "version": self.model_version, "detector": self.bundle.model_name},
-            "site": site,
+            "site": upload.site,
             "data_version": self.bundle.data_version,
             "threshold": calibration.slice_threshold,
             "volume_threshold": calibration.volume_threshold,
             "volume_score": score,
             "volume_verdict": _verdict(score, calibration.volume_threshold),
             "slices_scored": len(per_slice),
-            "slices_skipped": int(data.shape[axial_axis(affine)]) - len(per_slice),
+            "slices_skipped": int(upload.data.shape[axial_axis(upload.affine)]) - len(per_slice),
             "slices": [
                 {"index": i, "score": s, "verdict": _verdict(s, calibration.slice_threshold)} for i, s in sorted(per_slice.items())
             ],
         }
-        if with_map == "nifti":
-            result["map"] = map_nifti(to_input_grid(scored.maps[:, 0], slices.geometry), affine)
-        elif with_map == "png":
+        if upload.with_map == "nifti":
+            result["map"] = map_nifti(to_input_grid(scored.maps[:, 0], slices.geometry), upload.affine)
+        elif upload.with_map == "png":
             top = np.argsort(scores)[::-1][:OVERLAY_SLICES]
             titles = [f"slice {slices.slice_numbers[i]}: {scores[i]:.3g}" for i in top]
             result["map"] = overlay_strip(slices.images[top, 0], scored.maps[top, 0], titles, calibration.pixel_threshold)

@@ -80,10 +80,15 @@ def _check_image(img: nib.Nifti1Image, name: str, limits: VolumeLimits,
         data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
     except Exception as err:  # truncated data, or a data type, offset or scaling no reader can use
         raise InvalidVolumeError(f"{name}: the image data is truncated or unreadable ({err})") from err
+    check_finite(data, name)
+    return data, affine.astype(np.float64)
+
+
+def check_finite(data: np.ndarray, name: str) -> None:
+    """Refuse a volume with NaN or infinite voxels, saying how many."""
     if not np.all(np.isfinite(data)):
         bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
         raise InvalidVolumeError(f"{name}: {bad} voxels are NaN or infinite")
-    return data, affine.astype(np.float64)
 
 
 def _data_bytes(img: nib.Nifti1Image, size: int) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -112,9 +113,27 @@ def score_slices(detector: Detector, images: np.ndarray, brain: np.ndarray, batc
 def score_volume(detector: Detector, spec: PreprocessSpec, data: np.ndarray, affine: np.ndarray,
                  calibration: Calibration, deadline: float | None = None) -> tuple[ProcessedSlices, Scored]:
     """One (X, Y, Z) skull-stripped volume through the model's own recipe, then scored as
-    ``calibration`` says (its score reference and precision): the single path from a scan to slice
-    scores that the endpoint and the registered model share (the brain mask comes from the
-    recipe, never from the intensities' sign)."""
+    ``calibration`` says (its score reference and precision): the registered model's path from a
+    scan to slice scores, and the endpoint's, which takes the same two steps for several uploads
+    at once (the brain mask comes from the recipe, never from the intensities' sign)."""
     slices = preprocess_volume(data, affine, spec)
-    scored = score_slices(detector, slices.images, slices.brain, deadline=deadline, precision=calibration.precision)
-    return slices, with_reference(scored, calibration.score_reference)
+    (scored,) = score_volumes(detector, [slices], calibration, deadline)
+    return slices, scored
+
+
+def score_volumes(detector: Detector, volumes: Sequence[ProcessedSlices], calibration: Calibration,
+                  deadline: float | None = None) -> list[Scored]:
+    """Several preprocessed volumes' slices scored in shared batches (a GPU stays busy when each
+    upload alone would not fill it), split back per volume, each then made relative to its own
+    scan. Every detector scores a slice without looking at its batch neighbours, so a volume gets
+    the scores it would get alone, up to floating-point rounding."""
+    if not volumes:
+        return []
+    images = np.concatenate([v.images for v in volumes])
+    brain = np.concatenate([v.brain for v in volumes])
+    scored = score_slices(detector, images, brain, deadline=deadline, precision=calibration.precision)
+    bounds = np.cumsum([len(v.images) for v in volumes])[:-1]
+    parts = zip(*(np.split(field, bounds) for field in (scored.maps, scored.scores, scored.levels)),
+                *(np.split(values, bounds) for values in scored.alternatives.values()))
+    return [with_reference(Scored(maps, scores, dict(zip(scored.alternatives, rest)), levels), calibration.score_reference)
+            for maps, scores, levels, *rest in parts]

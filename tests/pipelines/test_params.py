@@ -65,8 +65,18 @@ def test_serve_options_become_ray_serve_deployment_options(tmp_path):
     assert shared["ray_actor_options"] == {"num_gpus": 0.5}  # two replicas per GPU
 
 
+def test_uploads_share_a_pass_on_gpu_replicas_unless_told(tmp_path):
+    def passes(**serve) -> int:
+        return load_params(write_params(tmp_path, serve={"max_ongoing_requests": 4, **serve})).serve.volumes_per_pass()
+
+    assert passes() == 1 and passes(num_gpus=1) == 4 and passes(num_gpus=0.5, batch_volumes=2) == 2
+    assert passes(batch_volumes=3) == 3  # on CPUs too when asked
+    with pytest.raises(ValueError, match="batch_volumes=5 exceeds serve.max_ongoing_requests=4"):
+        passes(batch_volumes=5)
+
+
 @pytest.mark.parametrize("section, values", [("evaluate", {"device": "gpu"}), ("evaluate", {"precision": "fp16"}),
-                                             ("serve", {"num_gpus": -1})])
+                                             ("serve", {"num_gpus": -1}), ("serve", {"batch_wait_s": 5})])
 def test_a_bad_device_precision_or_gpu_share_is_refused(tmp_path, section, values):
     with pytest.raises(ValueError, match=next(iter(values))):
         load_params(write_params(tmp_path, **{section: values}))

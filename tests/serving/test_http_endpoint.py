@@ -2,6 +2,7 @@
 
 import gzip
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import nibabel as nib
 import numpy as np
@@ -13,14 +14,18 @@ from benchmarks.fuzz_upload import fuzz, header_bomb
 from components.data.layouts import read_brats
 from components.data.nifti_io import load_volume
 from serving.local_server import running_server
-from tests.conftest import venv_env
+from tests.conftest import venv_env, write_params
 
 pytestmark = pytest.mark.slow
 
 
+BATCH_VOLUMES = 4  # uploads scored in one pass: the GPU setting, here on CPUs (the other servers score each alone)
+
+
 @pytest.fixture(scope="module")
 def server(pipeline_repo):
-    with running_server(pipeline_repo, env=venv_env()) as url:
+    write_params(pipeline_repo, "params-batched.yaml", serve={"batch_volumes": BATCH_VOLUMES, "batch_wait_s": 0.05})
+    with running_server(pipeline_repo, "params-batched.yaml", env=venv_env()) as url:
         yield url
 
 
@@ -123,6 +128,25 @@ def test_prometheus_metrics(server, pipeline_repo):
     assert 'brainomaly_model_info{detector="spatial_vae",name="brainomaly-detector",version="1"} 1.0' in text
     count = next(line for line in text.splitlines() if line.startswith("brainomaly_slice_score_count"))
     assert float(count.split()[-1]) > 0
+
+
+def test_concurrent_uploads_share_passes_and_get_the_answers_they_get_alone(server, pipeline_repo):
+    cases = read_brats(pipeline_repo / "data" / "raw" / "brats")[:BATCH_VOLUMES]
+    alone = [requests.post(f"{server}/v1/predict", data=case.image.read_bytes(), timeout=120).json() for case in cases]
+    passes = metric_sum(server, "brainomaly_volumes_per_pass_count")
+    with ThreadPoolExecutor(len(cases)) as pool:
+        together = list(pool.map(lambda case: requests.post(f"{server}/v1/predict", data=case.image.read_bytes(),
+                                                            timeout=120).json(), cases))
+    assert metric_sum(server, "brainomaly_volumes_per_pass_count") - passes < len(cases)  # some shared a pass
+    for single, shared in zip(alone, together):
+        assert [s["index"] for s in shared["slices"]] == [s["index"] for s in single["slices"]]
+        np.testing.assert_allclose([s["score"] for s in shared["slices"]], [s["score"] for s in single["slices"]], rtol=1e-5)
+        assert shared["volume_verdict"] == single["volume_verdict"]
+
+
+def metric_sum(server: str, name: str) -> float:
+    text = requests.get(f"{server}/metrics", timeout=10).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
 
 def scores_of(server, payload: bytes) -> list[float]:

@@ -14,7 +14,7 @@ from components.models.inference import relative_to_level, score_volume
 from components.models.registry import DETECTORS, build_detector, data_hyperparams
 from components.preprocess.spec import PreprocessSpec
 from components.preprocess.geometry import to_ras
-from serving.predictor import VolumePredictor
+from serving.predictor import UnknownSiteError, Upload, VolumePredictor
 from tests.components.test_detectors import TINY
 
 
@@ -192,3 +192,22 @@ def test_scoring_stops_at_its_deadline(predictor, phantom_roots):
     with pytest.raises(TimeoutError, match="past its deadline, 0 of"):
         predictor.predict(image, affine, deadline=time.monotonic() - 1)
     assert predictor.predict(image, affine, deadline=time.monotonic() + 600)["slices_scored"] > 0
+
+
+def test_uploads_answered_together_get_their_own_answers_and_errors(predictor, phantom_roots):
+    """One pass for several uploads: each answer is the one it gets alone (its map, its site's
+    verdicts), and a neighbour's unusable scan or unknown site fails only that upload."""
+    scans = [load_volume(subject.image) for subject in read_brats(phantom_roots[1])[:2]]
+    served = VolumePredictor(predictor.bundle, predictor.detector, "brainomaly-detector", "7",
+                             sites={"north": Calibration(98.0, 0.0, 0.0, 0.3, [0.1])})
+    uploads = [Upload(*scans[0], "nifti"), Upload(np.full((8, 8, 8), np.nan, np.float32), np.eye(4)),
+               Upload(*scans[1], None, "north"), Upload(*scans[1], None, "south")]
+    answers = served.predict_together(uploads)
+    assert isinstance(answers[1], InvalidVolumeError) and isinstance(answers[3], UnknownSiteError)
+    for upload, answer in zip(uploads[::2], answers[::2]):
+        alone = served.predict(upload.data, upload.affine, upload.with_map, upload.site)
+        assert answer.keys() == alone.keys() and answer["site"] == upload.site
+        np.testing.assert_allclose([s["score"] for s in answer["slices"]], [s["score"] for s in alone["slices"]], rtol=1e-5)
+        assert [s["verdict"] for s in answer["slices"]] == [s["verdict"] for s in alone["slices"]]
+    assert {s["verdict"] for s in answers[2]["slices"]} == {"anomalous"}  # the site's threshold 0, not the training one's
+    assert answers[0]["map"][:2] == b"\x1f\x8b"  # the map asked for, gzipped NIfTI
