@@ -86,6 +86,8 @@ class DetectorModel:
         job = Job(predictor, Upload(data, affine, with_map, site), time.monotonic() + timeout_s if timeout_s else None)
         if self.settings.batch_volumes > 1:
             return await self.score_together(job)
+        # alone: each in its own thread, so a CPU replica still works on max_ongoing_requests at once
+        # (a @serve.batch method runs one batch at a time)
         (result,) = await asyncio.to_thread(score_jobs, [job], self.settings.limits)
         await tell(self.monitor, "record_pass", 1)
         return result

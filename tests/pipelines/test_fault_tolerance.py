@@ -2,6 +2,7 @@
 resumes from the latest checkpoint (train.max_failures), finishing every epoch without training
 again the epochs that were checkpointed before the kill."""
 
+import json
 import os
 import shutil
 import signal
@@ -20,11 +21,12 @@ pytestmark = pytest.mark.slow
 
 
 def kill_a_worker_after_first_checkpoint(storage, killed: list, timeout: float = 600) -> None:
-    """Kills one training worker once the first checkpoint is surely committed (the second is
-    being written: Ray Train takes a report only after the previous one); ``killed`` gets its pid."""
+    """Kills one training worker once Ray Train has registered a checkpoint; ``killed`` gets its
+    pid. Registered, not only written: a checkpoint folder exists before Ray Train's controller
+    takes the report, and on a loaded machine a kill in between leaves nothing to resume from."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not killed:
-        if ray.is_initialized() and len(list(storage.glob("*/checkpoint_*"))) >= 2:
+        if ray.is_initialized() and checkpoint_registered(storage):
             # this session's own GCS: with no address the state API may follow a stale `ray start` record
             workers = list_actors(address=ray.get_runtime_context().gcs_address,
                                   filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
@@ -32,6 +34,17 @@ def kill_a_worker_after_first_checkpoint(storage, killed: list, timeout: float =
                 os.kill(workers[-1]["pid"], signal.SIGKILL)
                 killed.append(workers[-1]["pid"])
         time.sleep(0.1)
+
+
+def checkpoint_registered(storage) -> bool:
+    """Whether Ray Train's own record of the run (its checkpoint manager's snapshot) names a checkpoint."""
+    for snapshot in storage.glob("*/checkpoint_manager_snapshot.json"):
+        try:
+            if json.loads(snapshot.read_text()).get("latest_checkpoint_result"):
+                return True
+        except (OSError, ValueError):  # being rewritten
+            pass
+    return False
 
 
 def test_training_resumes_after_a_worker_is_killed(processed_project, tmp_path):
