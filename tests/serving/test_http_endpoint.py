@@ -15,6 +15,7 @@ from components.data.layouts import read_brats
 from components.data.nifti_io import load_volume
 from serving.local_server import running_server
 from tests.conftest import venv_env, write_params
+from tests.serving.scrape import metric
 
 pytestmark = pytest.mark.slow
 
@@ -133,20 +134,15 @@ def test_prometheus_metrics(server, pipeline_repo):
 def test_concurrent_uploads_share_passes_and_get_the_answers_they_get_alone(server, pipeline_repo):
     cases = read_brats(pipeline_repo / "data" / "raw" / "brats")[:BATCH_VOLUMES]
     alone = [requests.post(f"{server}/v1/predict", data=case.image.read_bytes(), timeout=120).json() for case in cases]
-    passes = metric_sum(server, "brainomaly_volumes_per_pass_count")
+    passes = metric(server, "brainomaly_volumes_per_pass_count")
     with ThreadPoolExecutor(len(cases)) as pool:
         together = list(pool.map(lambda case: requests.post(f"{server}/v1/predict", data=case.image.read_bytes(),
                                                             timeout=120).json(), cases))
-    assert metric_sum(server, "brainomaly_volumes_per_pass_count") - passes < len(cases)  # some shared a pass
+    assert metric(server, "brainomaly_volumes_per_pass_count") - passes < len(cases)  # some shared a pass
     for single, shared in zip(alone, together):
         assert [s["index"] for s in shared["slices"]] == [s["index"] for s in single["slices"]]
         np.testing.assert_allclose([s["score"] for s in shared["slices"]], [s["score"] for s in single["slices"]], rtol=1e-5)
         assert shared["volume_verdict"] == single["volume_verdict"]
-
-
-def metric_sum(server: str, name: str) -> float:
-    text = requests.get(f"{server}/metrics", timeout=10).text
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
 
 def scores_of(server, payload: bytes) -> list[float]:

@@ -26,6 +26,7 @@ from components.data.layouts import read_brats, read_hcp
 from components.models.bundle import DESCRIPTION, bundle_digests
 from serving.local_server import running_server
 from tests.conftest import venv_env, write_params
+from tests.serving.scrape import metric
 
 pytestmark = pytest.mark.slow
 KEY = {"X-API-Key": "s3cret-test-key"}
@@ -66,11 +67,6 @@ def long_scan(pipeline_repo) -> bytes:
 def registry(project) -> MlflowClient:
     uri = f"sqlite:///{project / 'mlflow.db'}"
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-def metric(server: str, name: str) -> float:
-    text = requests.get(f"{server}/metrics", timeout=10).text
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
 
 def test_the_api_key_guards_every_route_but_the_probes(server, scan):
