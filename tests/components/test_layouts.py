@@ -17,7 +17,7 @@ def volume(path: Path, labels: bool = False) -> None:
 
 def write_files(root: Path, names: list[str]) -> Path:
     for name in names:
-        volume(root / name, labels="seg" in name or "brainmask" in name)
+        volume(root / name, labels=any(word in name for word in ("seg", "brainmask", "DLMUSE", "mask")))
     return root
 
 
@@ -35,10 +35,15 @@ FIXTURES = {
     "brats2023": (brats_case("BraTS-GLI-00000-000", ("t1n", "t1c", "t2w", "t2f", "seg"), sep="-"), ["BraTS-GLI-00000-000"]),
     "ixi": ([f"IXI002-Guys-0828-{c}.nii.gz" for c in ("T1", "T2", "PD")] + ["IXI012-HH-1211-T2.nii.gz"],
             ["IXI002-Guys-0828", "IXI012-HH-1211"]),
+    # as NiChart redistributes IXI: images/ and a brain parcellation per subject in brain-labels/
+    "ixi_with_labels": (["images/IXI012-HH-1211_T1.nii.gz", "images/IXI013-HH-1212_T1.nii.gz",
+                         "brain-labels/IXI012-HH-1211_T1_DLMUSE.nii.gz", "brain-labels/IXI013-HH-1212_T1_DLMUSE.nii.gz"],
+                        ["IXI012-HH-1211", "IXI013-HH-1212"]),
     "bids": (["sub-01/anat/sub-01_T2w.nii.gz", "sub-02/ses-1/anat/sub-02_ses-1_acq-fast_T2w.nii.gz",
               "sub-02/ses-1/anat/sub-02_ses-1_T1w.nii.gz"], ["sub-01", "sub-02_ses-1"]),
 }
-DETECTED = {"brats2018": "brats", "brats2020": "brats", "brats2021": "brats"}
+DETECTED = {"brats2018": "brats", "brats2020": "brats", "brats2021": "brats", "ixi_with_labels": "ixi"}
+MODALITY = {"ixi_with_labels": "t1"}  # the fixture's only contrast
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +57,12 @@ def roots(tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.parametrize("name", FIXTURES)
 def test_layout_is_detected_and_read(roots, name):
     assert detect_layout(roots[name]) == DETECTED.get(name, name)
-    subjects = read_dataset(roots[name], "auto", "t2")
+    subjects = read_dataset(roots[name], "auto", MODALITY.get(name, "t2"))
     assert [s.subject_id for s in subjects] == FIXTURES[name][1]
     assert all(s.image.is_file() for s in subjects)
     labelled = name.startswith("brats")
     assert all((s.segmentation is not None) == labelled for s in subjects)
-    assert all((s.brain_mask is not None) == (name == "hcp") for s in subjects)
+    assert all((s.brain_mask is not None) == (name in ("hcp", "ixi_with_labels")) for s in subjects)
 
 
 @pytest.mark.parametrize("name, modality, file_part", [
@@ -110,3 +115,18 @@ def test_a_plain_folder_of_scans_is_one_subject_per_file(tmp_path):
     subjects = read_dataset(tmp_path, "auto", "flair", "healthy")
     assert [(s.subject_id, s.dataset, s.image.name) for s in subjects] == [
         ("site_b_001", "plain", "site_b_001.nii"), ("site_b_002", "plain", "site_b_002.nii.gz")]
+
+
+def test_an_ixi_mask_beside_the_image_is_the_subjects_and_of_its_contrast_only(tmp_path):
+    write_files(tmp_path, ["IXI002-Guys-0828-T1.nii.gz", "IXI002-Guys-0828-T2.nii.gz", "IXI012-HH-1211-T2.nii.gz",
+                           "masks/IXI002-Guys-0828_T1_brainmask.nii.gz", "IXI012-HH-1211_mask.nii.gz"])
+    t1 = {s.subject_id: s.brain_mask for s in read_dataset(tmp_path, "auto", "t1")}
+    assert t1 == {"IXI002-Guys-0828": tmp_path / "masks" / "IXI002-Guys-0828_T1_brainmask.nii.gz"}
+    t2 = {s.subject_id: s.brain_mask for s in read_dataset(tmp_path, "auto", "t2")}
+    assert t2 == {"IXI002-Guys-0828": None, "IXI012-HH-1211": tmp_path / "IXI012-HH-1211_mask.nii.gz"}  # a T1 mask is not a T2 one
+
+
+def test_two_masks_for_one_ixi_subject_are_named(tmp_path):
+    write_files(tmp_path, ["IXI002-Guys-0828-T1.nii.gz", "a/IXI002-Guys-0828_mask.nii.gz", "b/IXI002-Guys-0828_T1_seg.nii.gz"])
+    with pytest.raises(LayoutError, match="IXI002-Guys-0828 has several brain masks .*keep one"):
+        read_dataset(tmp_path, "ixi", "t1")
