@@ -98,6 +98,7 @@ class PreprocessParams(PreprocessSteps):
 
     preset: str = "standard"
     split: SplitRatios = SplitRatios()
+    tumour_split: SplitRatios | None = None  # the tumour cohort's, where it differs (null: split)
     seed: int = 7
     workers: int = Field(2, ge=1)
     on_error: Literal["skip", "stop"] = "skip"

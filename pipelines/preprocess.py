@@ -57,11 +57,12 @@ def process_subject(subject: Subject, spec: PreprocessSpec) -> tuple[ProcessedSl
 
 
 def assign_all_splits(subjects: list[Subject], params: Params) -> dict[tuple[str, str], str]:
-    ratios = params.preprocess.split.model_dump()
-    splits = {}
+    """Each cohort's subjects to train/val/test: the tumour cohort by ``tumour_split`` where set."""
+    settings, splits = params.preprocess, {}
     for cohort in sorted({s.cohort for s in subjects}):
+        ratios = (settings.tumour_split if cohort == "tumour" and settings.tumour_split else settings.split).model_dump()
         ids = [s.subject_id for s in subjects if s.cohort == cohort]
-        splits.update({(cohort, k): v for k, v in assign_splits(ids, ratios, params.preprocess.seed).items()})
+        splits.update({(cohort, k): v for k, v in assign_splits(ids, ratios, settings.seed).items()})
     return splits
 
 

@@ -93,3 +93,13 @@ def test_the_standard_scale_is_the_mean_of_the_healthy_training_subjects(phantom
     train = [s for s in subjects if s.cohort == "healthy" and splits[("healthy", s.subject_id)] == "train"]
     expected = np.mean([_landmarks(s, params.preprocess.spec()) for s in train], axis=0)
     np.testing.assert_allclose(spec.histogram_landmarks, expected, rtol=1e-5)
+
+
+def test_the_tumour_cohort_can_have_splits_of_its_own(phantom_roots, tmp_path):
+    """Few tumour scans: none spent on training (only the dual VAE would learn from them), the
+    rest split between validation and test; the healthy cohort keeps the common ratios."""
+    preprocess.run(project(tmp_path, *phantom_roots, tumour_split={"train": 0.0, "val": 0.34, "test": 0.66}))
+    volumes = pd.read_parquet(tmp_path / "data" / "processed" / "volumes.parquet")
+    splits = volumes.groupby("cohort")["split"].apply(lambda s: sorted(s)).to_dict()
+    assert splits["tumour"] == ["test", "test", "val"]
+    assert "train" in splits["healthy"]
