@@ -3,6 +3,8 @@
 Beside the ranking metrics (slice AUROC / AUPRC), at the thresholds a model is served with:
 
 - ``slice_false_alarm_rate``: the share of tumour-free slices (no tumour, no other lesion) flagged;
+- ``healthy_slice_false_alarm_rate``: the share of healthy subjects' slices flagged (what a site
+  that scans mostly healthy people sees; tumour scans' tumour-free slices lie nearer a tumour);
 - ``volume_false_alarm_rate``: the share of healthy volumes flagged (a volume's score is its
   most anomalous slice's);
 - ``slice_sensitivity`` / ``volume_sensitivity``: the share of abnormal slices / tumour volumes
@@ -22,7 +24,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-OPERATING_POINT = ("slice_false_alarm_rate", "volume_false_alarm_rate", "slice_sensitivity", "volume_sensitivity")
+OPERATING_POINT = ("slice_false_alarm_rate", "healthy_slice_false_alarm_rate", "volume_false_alarm_rate",
+                   "slice_sensitivity", "volume_sensitivity")
 
 
 def resampled_subjects(strata: list[np.ndarray], samples: int, seed: int) -> Iterator[np.ndarray]:
@@ -54,11 +57,13 @@ def detection_metrics(slices: Mapping, subjects: Mapping, slice_threshold: float
     abnormal, score = np.asarray(slices["abnormal"], bool), np.asarray(slices["score"], float)
     flagged = score > slice_threshold
     healthy = np.asarray(subjects["cohort"]) == "healthy"
+    healthy_slice = np.isin(np.asarray(slices["subject"]), np.asarray(subjects["subject"])[healthy])
     volume_flagged = np.asarray(subjects["volume_score"], float) > volume_threshold
     dice = np.asarray(subjects["dice"], float)
     return {
         **(_ranking(abnormal[rated], score[rated]) if ranking else {}),
         "slice_false_alarm_rate": _rate(flagged, np.asarray(slices["tumour_free"], bool)),
+        "healthy_slice_false_alarm_rate": _rate(flagged, healthy_slice),
         "slice_sensitivity": _rate(flagged, abnormal),
         "volume_false_alarm_rate": _rate(volume_flagged, healthy),
         "volume_sensitivity": _rate(volume_flagged, ~healthy),

@@ -31,6 +31,7 @@ def test_false_alarms_and_sensitivity_at_the_threshold_by_hand():
                              "dice": [np.nan, 0.4]})
     metrics = detection_metrics(slices, subjects, slice_threshold=0.5, volume_threshold=0.85)
     assert metrics["slice_false_alarm_rate"] == pytest.approx(2 / 3)  # 0.9 and 0.7 of the three tumour-free
+    assert metrics["healthy_slice_false_alarm_rate"] == pytest.approx(1 / 2)  # 0.9 of h's two
     assert metrics["slice_sensitivity"] == pytest.approx(1 / 2)
     assert metrics["volume_false_alarm_rate"] == 1.0 and metrics["volume_sensitivity"] == 0.0
     assert metrics["dice_mean"] == pytest.approx(0.4)
