@@ -1,0 +1,238 @@
+"""Real scans end to end: detectors trained on real healthy scans and tested on real tumours, the
+cost of training on phantoms instead, and what the served phantom-trained default says of real scans.
+
+    python benchmarks/real_data.py --healthy DIR --tumour DIR [--modality t1] [--only NAME ...]
+        [--served-modality t2] [--served-extra FILE ...] [--output benchmarks/results/real_data.json]
+
+1. **Trained on real scans.** A workspace, artifacts/real_data/, whose params.yaml is the
+   project's with the data section pointed at the two folders (any layout the readers know: IXI
+   with its brain masks, BraTS 2018-2023, ...) and the tumour cohort split 25 % validation / 75 %
+   test (no tumour scan is trained on), runs `preprocess` and `validate`, then `brainomaly
+   compare` over DETECTORS: each is trained on the healthy folder's training subjects and
+   evaluated with the full protocol on the held-out healthy subjects and the tumour test scans.
+   ``--only`` reruns some detectors and keeps the other rows trained on the same data.
+2. **The cost of phantoms.** The default recipe (``model.name``) trained on the project's phantoms
+   at the same modality (artifacts/real_data/phantoms/) against the same recipe from step 1; both
+   score the real test scans through the endpoint's predictor, each at its deployed thresholds.
+3. **The served default on real scans.** The champion of the project's registry (what `make run`
+   trains on phantoms and registers) scores every scan of the tumour folder at
+   ``--served-modality``, and each ``--served-extra`` file (a volume verdict: no segmentation).
+
+Slices are abnormal with more than ``evaluate.min_tumour_pixels`` tumour pixels, as everywhere;
+intervals are 95 % bootstrap intervals over subjects. Writes the JSON and prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+from sklearn.metrics import roc_auc_score
+from tqdm import tqdm
+
+from components.atomic import write_json
+from components.data.layouts import Subject, read_dataset
+from components.data.nifti_io import load_volume
+from components.metrics.detection import slice_truth
+from components.metrics.operating_point import with_intervals
+from components.preprocess.geometry import axial_axis
+from pipelines import compare
+from pipelines.model_store import resolve_version
+from pipelines.params import Params, load_params
+from pipelines.register import build_bundle
+from pipelines.tracking import tracking_uri
+from pipelines.workspace import create, run_stage
+from serving.model_source import load_predictor
+from serving.predictor import VolumePredictor
+
+REPO = Path(__file__).resolve().parents[1]
+WORKSPACE = Path("artifacts/real_data")
+# The default, the best of the cross-site comparison (benchmarks/results/cross_site.json: slice
+# AUROC for dense_ae, pixel AUPRC for ce_dvae and vae_ce) and both baselines.
+DETECTORS = ["intensity", "denoising_ae", "spatial_vae", "dense_ae", "ce_dvae", "vae_ce"]
+TUMOUR_SPLIT = {"train": 0.0, "val": 0.25, "test": 0.75}
+COLUMNS = {  # report key: table heading
+    "slice_auroc": "slice AUROC", "slice_auprc": "slice AUPRC", "pixel_auroc": "pixel AUROC",
+    "pixel_auprc": "pixel AUPRC", "dice_mean": "Dice", "best_dice_oracle": "best Dice",
+    "slice_false_alarm_rate": "tumour-free slices flagged", "healthy_slice_false_alarm_rate": "healthy slices flagged",
+    "volume_false_alarm_rate": "healthy volumes flagged",
+}
+
+
+def workspace(params: Params, folder: Path, healthy: Path, tumour: Path, modality: str) -> Params:
+    """A workspace of ``healthy`` and ``tumour`` at ``modality``, preprocessed and validated; its
+    runs go to its own MLflow store."""
+    data = {"healthy_root": str(healthy.resolve()), "tumour_root": str(tumour.resolve()), "modality": modality,
+            "healthy_layout": "auto", "tumour_layout": "auto", "sites_root": str(params.path(folder) / "no_sites")}
+    created = load_params(create(params, folder, {"data": data, "preprocess": {"tumour_split": TUMOUR_SPLIT}},
+                                 linked=(Path("dvc.lock"),)) / "params.yaml")
+    for stage in ("preprocess", "validate"):
+        run_stage(stage, created.root, created)
+    return created
+
+
+def bundle_predictor(params: Params, name: str) -> VolumePredictor:
+    """The model a workspace trained and evaluated, as the endpoint would serve it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        build_bundle(params, Path(tmp) / "bundle")
+        return VolumePredictor.from_folder(Path(tmp) / "bundle", name)
+
+
+def served_predictor(params: Params) -> VolumePredictor:
+    uri = f"models:/{params.registry.model_name}@{params.registry.alias}"
+    name, version = resolve_version(uri, tracking_uri(params))
+    return load_predictor(name, version, tracking_uri(params))
+
+
+def scan_rows(predictor: VolumePredictor, subjects: list[Subject]) -> pd.DataFrame:
+    """One row per scored slice: subject, cohort, slice, score, tumour_pixels (on the input grid)
+    and the volume's score. An image with a brain mask beside it is sent skull-stripped, as a
+    user sends a scan to the endpoint."""
+    rows = []
+    for subject in tqdm(subjects, desc=f"{predictor.bundle.model_name} ({predictor.model_name})", unit="scan"):
+        image, affine = load_volume(subject.image)
+        if subject.brain_mask is not None:
+            image = np.where(load_volume(subject.brain_mask)[0] > 0, image, 0)
+        seg = load_volume(subject.segmentation)[0] > 0 if subject.segmentation else np.zeros(image.shape, bool)
+        result = predictor.predict(image, affine)
+        axis = axial_axis(affine)
+        rows += [{"subject": subject.subject_id, "cohort": subject.cohort, "slice": s["index"], "score": s["score"],
+                  "tumour_pixels": int(np.take(seg, s["index"], axis=axis).sum()), "volume_score": result["volume_score"]}
+                 for s in result["slices"]]
+    return pd.DataFrame(rows)
+
+
+def scan_metrics(rows: pd.DataFrame, predictor: VolumePredictor, min_tumour_pixels: int, samples: int) -> dict:
+    """The operating point (with_intervals) at the predictor's thresholds, plus slice AUROC per tumour scan."""
+    abnormal, rated = slice_truth(rows["tumour_pixels"].to_numpy(), np.zeros(len(rows)), min_tumour_pixels)
+    slices = pd.DataFrame({"subject": rows["subject"], "abnormal": abnormal, "rated": rated,
+                           "tumour_free": rows["tumour_pixels"].to_numpy() == 0, "score": rows["score"]})
+    subjects = rows.groupby("subject", sort=False).agg(cohort=("cohort", "first"), volume_score=("volume_score", "first"))
+    subjects = subjects.reset_index().assign(dice=np.nan)
+    calibration = predictor.bundle.calibration
+    found = with_intervals(slices, subjects, calibration.slice_threshold, calibration.volume_threshold, samples)
+    per_scan = {subject: float(roc_auc_score(group["abnormal"], group["score"]))
+                for subject, group in slices[slices["rated"]].groupby("subject") if group["abnormal"].nunique() == 2}
+    found.pop("dice_mean")
+    found["ci95"].pop("dice_mean", None)
+    return {**found, "slice_auroc_per_scan": per_scan, "tumour_scans": int((subjects["cohort"] == "tumour").sum()),
+            "healthy_scans": int((subjects["cohort"] == "healthy").sum())}
+
+
+def test_subjects(params: Params) -> list[Subject]:
+    """The healthy and tumour test subjects of a preprocessed workspace, as its readers found them."""
+    volumes = pd.read_parquet(params.path("data/processed/volumes.parquet"))
+    test = set(volumes.loc[volumes["split"] == "test", "subject"])
+    data = params.data
+    found = [*read_dataset(params.path(data.healthy_root), data.healthy_layout, data.modality, "healthy"),
+             *read_dataset(params.path(data.tumour_root), data.tumour_layout, data.modality, "tumour")]
+    return [s for s in found if s.subject_id in test]
+
+
+def trained_on_real(params: Params, args) -> tuple[Params, dict]:
+    real = workspace(params, WORKSPACE, args.healthy, args.tumour, args.modality)
+    compare.run(real, only=args.only or DETECTORS)
+    rows = json.loads(real.path(compare.REPORT_JSON).read_text())
+    return real, {name: {**{k: row.get(k) for k in COLUMNS}, "ci95": row.get("ci95", {}), "epochs": row.get("epochs"),
+                         "train_seconds": row.get("train_seconds")} for name, row in rows.items()}
+
+
+def cost_of_phantoms(params: Params, real: Params, samples: int) -> dict:
+    """The default recipe trained on phantoms against the same recipe trained on the real healthy scans."""
+    name = params.model.name
+    phantoms = workspace(params, WORKSPACE / "phantoms", params.path(params.phantoms.hcp_root),
+                         params.path(params.phantoms.brats_root), real.data.modality)
+    for stage in ("train", "evaluate"):
+        run_stage(stage, phantoms.root, phantoms)
+    subjects, result = test_subjects(real), {}
+    for label, source in (("phantoms", phantoms), ("real", load_params(real.path(compare.WORKSPACES / name / "params.yaml")))):
+        predictor = bundle_predictor(source, f"{name} trained on {label}")
+        result[f"trained_on_{label}"] = scan_metrics(scan_rows(predictor, subjects), predictor,
+                                                     params.evaluate.min_tumour_pixels, samples)
+    return {"detector": name, "test_scans": len(subjects), **result}
+
+
+def served_on_real(params: Params, tumour: Path, modality: str, extra: list[Path]) -> dict:
+    predictor = served_predictor(params)
+    subjects = read_dataset(tumour, "auto", modality, "tumour")
+    found = scan_metrics(scan_rows(predictor, subjects), predictor, params.evaluate.min_tumour_pixels,
+                         params.evaluate.bootstrap_samples)
+    verdicts = {}
+    for path in extra:
+        result = predictor.predict(*load_volume(path))
+        verdicts[f"{path.parent.name}/{path.name}"] = {"volume_verdict": result["volume_verdict"], "volume_score": result["volume_score"],
+                               "volume_threshold": result["volume_threshold"]}
+    return {"model": f"{predictor.model_name} v{predictor.model_version} ({predictor.bundle.model_name})",
+            "modality": modality, **found, "extra": verdicts}
+
+
+def interval(metrics: dict, key: str) -> str:
+    value, ci = metrics.get(key), metrics.get("ci95", {}).get(key)
+    if value is None or not np.isfinite(value):
+        return "-"
+    return f"{value:.2f}" + (f" [{ci['low']:.2f}, {ci['high']:.2f}]" if ci else "")
+
+
+def print_tables(report: dict) -> None:
+    console = Console(width=max(Console().width, 200))  # wide tables: a narrow terminal would fold every cell
+    if "trained_on_real" in report:
+        table = Table(title=f"Trained on {report['healthy']}, tested on {report['tumour']} ({report['modality']})")
+        table.add_column("detector")
+        for heading in COLUMNS.values():
+            table.add_column(heading)
+        for name, row in report["trained_on_real"].items():
+            table.add_row(name, *(interval(row, key) for key in COLUMNS))
+        console.print(table)
+    keys = ("slice_auroc", "slice_sensitivity", "slice_false_alarm_rate", "healthy_slice_false_alarm_rate",
+            "volume_sensitivity", "volume_false_alarm_rate")
+    table = Table(title="Through the endpoint's predictor, at each model's deployed thresholds")
+    for heading in ("model", "slice AUROC", "tumour slices caught", "tumour-free slices flagged",
+                    "healthy slices flagged", "tumour scans anomalous", "healthy scans anomalous"):
+        table.add_column(heading)
+    for label, metrics in report.get("cost_of_phantoms", {}).items():
+        if isinstance(metrics, dict):
+            table.add_row(f"{report['cost_of_phantoms']['detector']} {label.replace('_', ' ')}", *(interval(metrics, k) for k in keys))
+    if "served" in report:
+        table.add_row(f"served: {report['served']['model']} on {report['served']['modality']}",
+                      *(interval(report["served"], k) for k in keys))
+    if table.row_count:
+        console.print(table)
+    for path, verdict in report.get("served", {}).get("extra", {}).items():
+        console.print(f"{path}: {verdict['volume_verdict']} ({verdict['volume_score']:.3g} against {verdict['volume_threshold']:.3g})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--healthy", type=Path, required=True, help="real healthy scans (IXI with brain masks, HCP, BIDS, ...)")
+    parser.add_argument("--tumour", type=Path, required=True, help="real tumour scans with segmentations (BraTS)")
+    parser.add_argument("--modality", default="t1", help="of the scans trained and tested on (t1, t1ce, t2, flair)")
+    parser.add_argument("--only", nargs="*", help=f"some of {DETECTORS} (the other rows are kept)")
+    parser.add_argument("--served-modality", default="t2", help="of the tumour scans the served default scores")
+    parser.add_argument("--served-extra", nargs="*", type=Path, default=[], help="more scans for the served default's verdict")
+    parser.add_argument("--skip", nargs="*", default=[], choices=("real", "phantoms", "served"), help="steps not to run")
+    parser.add_argument("--output", type=Path, default=REPO / "benchmarks/results/real_data.json")
+    args = parser.parse_args()
+    params = load_params(REPO / "params.yaml")
+    report = json.loads(args.output.read_text()) if args.output.is_file() else {}
+    report |= {"machine": "a 2-core CPU machine", "healthy": args.healthy.resolve().name,
+               "tumour": args.tumour.resolve().name, "modality": args.modality}  # folder names: the paths are the user's
+    if "real" not in args.skip:
+        real, report["trained_on_real"] = trained_on_real(params, args)
+    else:
+        real = load_params(params.path(WORKSPACE / "params.yaml"))
+    if "phantoms" not in args.skip:
+        report["cost_of_phantoms"] = cost_of_phantoms(params, real, params.evaluate.bootstrap_samples)
+    if "served" not in args.skip:
+        report["served"] = served_on_real(params, args.tumour, args.served_modality, args.served_extra)
+    write_json(args.output, report)
+    print_tables(report)
+
+
+if __name__ == "__main__":
+    main()
