@@ -135,12 +135,17 @@ def test_subjects(params: Params) -> list[Subject]:
     return [s for s in found if s.subject_id in test]
 
 
-def trained_on_real(params: Params, args) -> tuple[Params, dict]:
+def trained_on_real(params: Params, args) -> Params:
     real = workspace(params, WORKSPACE, args.healthy, args.tumour, args.modality)
     compare.run(real, only=args.only or DETECTORS)
+    return real
+
+
+def real_rows(real: Params) -> dict:
+    """The comparison's rows, as far as it got (it writes its report after each detector)."""
     rows = json.loads(real.path(compare.REPORT_JSON).read_text())
-    return real, {name: {**{k: row.get(k) for k in COLUMNS}, "ci95": row.get("ci95", {}), "epochs": row.get("epochs"),
-                         "train_seconds": row.get("train_seconds")} for name, row in rows.items()}
+    return {name: {**{k: row.get(k) for k in COLUMNS}, "ci95": row.get("ci95", {}), "epochs": row.get("epochs"),
+                   "train_seconds": row.get("train_seconds")} for name, row in rows.items()}
 
 
 def cost_of_phantoms(params: Params, real: Params, samples: int) -> dict:
@@ -222,10 +227,8 @@ def main() -> None:
     report = json.loads(args.output.read_text()) if args.output.is_file() else {}
     report |= {"machine": "a 2-core CPU machine", "healthy": args.healthy.resolve().name,
                "tumour": args.tumour.resolve().name, "modality": args.modality}  # folder names: the paths are the user's
-    if "real" not in args.skip:
-        real, report["trained_on_real"] = trained_on_real(params, args)
-    else:
-        real = load_params(params.path(WORKSPACE / "params.yaml"))
+    real = trained_on_real(params, args) if "real" not in args.skip else load_params(params.path(WORKSPACE / "params.yaml"))
+    report["trained_on_real"] = real_rows(real)
     if "phantoms" not in args.skip:
         report["cost_of_phantoms"] = cost_of_phantoms(params, real, params.evaluate.bootstrap_samples)
     if "served" not in args.skip:
