@@ -17,7 +17,7 @@ def volume(path: Path, labels: bool = False) -> None:
 
 def write_files(root: Path, names: list[str]) -> Path:
     for name in names:
-        volume(root / name, labels=any(word in name for word in ("seg", "brainmask", "DLMUSE", "mask")))
+        volume(root / name, labels=any(word in name for word in ("seg", "mask", "DLMUSE")))
     return root
 
 
