@@ -43,6 +43,7 @@ from components.metrics.detection import slice_truth
 from components.metrics.operating_point import with_intervals
 from components.preprocess.geometry import axial_axis
 from pipelines import compare
+from pipelines.errors import StageError
 from pipelines.model_store import resolve_version
 from pipelines.params import Params, load_params
 from pipelines.register import build_bundle
@@ -223,6 +224,12 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], choices=("real", "phantoms", "served"), help="steps not to run")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks/results/real_data.json")
     args = parser.parse_args()
+    for folder in (args.healthy, args.tumour):
+        if not folder.is_dir():
+            parser.error(f"no such folder: {folder}")
+    for scan in args.served_extra:
+        if not scan.is_file():
+            parser.error(f"no such scan: {scan}")
     params = load_params(REPO / "params.yaml")
     report = json.loads(args.output.read_text()) if args.output.is_file() else {}
     report |= {"machine": "a 2-core CPU machine", "healthy": args.healthy.resolve().name,
@@ -238,4 +245,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except StageError as err:  # a stage's own one-line reason (no IXI files, a failed gate, ...), not a traceback
+        raise SystemExit(f"real_data: {err}") from None
