@@ -22,6 +22,8 @@ NORMALISATIONS, CROPS = get_args(Normalisation), get_args(Crop)
 class PreprocessSpec:
     """How a volume becomes model input, step by step in this order.
 
+    skull_strip: a skull-on scan (no mask given, not already stripped) is reduced to its brain
+        (``brain_mask.extract_brain``); off, its whole head is the mask.
     spacing_mm: resample to this isotropic voxel size (cubic for images), or keep the file's grid.
     bias_correction: N4 bias-field correction (SimpleITK) inside the brain mask.
     normalisation: 'percentile' maps the (low, high) ``percentiles`` of the brain's intensities
@@ -38,6 +40,7 @@ class PreprocessSpec:
     """
 
     size: int = 64
+    skull_strip: bool = True
     spacing_mm: float | None = None
     bias_correction: bool = False
     normalisation: Normalisation = "percentile"

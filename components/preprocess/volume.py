@@ -118,7 +118,7 @@ def prepare_volume(
     _check_inputs(image, brain_mask=brain_mask, segmentation=segmentation, lesions=lesions)
     image, slice_numbers = to_ras(image, affine)
     spacing, ras_shape = ras_spacing(affine), image.shape
-    brain = compute_mask(image, to_ras(brain_mask, affine)[0] if brain_mask is not None else None)
+    brain = compute_mask(image, to_ras(brain_mask, affine)[0] if brain_mask is not None else None, spacing, spec.skull_strip)
     tumour = to_ras(segmentation, affine)[0] > 0 if segmentation is not None else np.zeros_like(brain)
     other = np.rint(to_ras(lesions, affine)[0]).astype(np.int16) if lesions is not None else np.zeros(brain.shape, np.int16)
     if spec.spacing_mm is not None:
