@@ -2,6 +2,8 @@ import numpy as np
 import pytest
 
 from components.preprocess.brain_mask import brain_mask, extract_brain, is_skull_stripped, otsu_head_mask
+from components.preprocess.spec import PreprocessSpec
+from components.preprocess.volume import prepare_volume
 
 
 def head(shape=(40, 40, 40), noise=0.05, seed=0) -> tuple[np.ndarray, np.ndarray]:
@@ -75,3 +77,13 @@ def test_a_head_with_a_zeroed_background_is_not_taken_for_a_stripped_brain():
 def test_a_head_too_small_to_erode_keeps_its_head_mask():
     image, _ = head(shape=(12, 12, 12))
     np.testing.assert_array_equal(extract_brain(image, (1.0, 1.0, 1.0)), otsu_head_mask(image))
+
+
+def test_a_recipe_recorded_before_skull_stripping_existed_strips_skull_on_uploads():
+    """A registered model's spec JSON without the key replays today's recipe: the brain, not the head."""
+    image, truth = skull_on_head()
+    old = PreprocessSpec.from_dict({"size": 32})
+    prepared = prepare_volume(image, np.eye(4), old)
+    assert old.skull_strip and 2 * (prepared.brain & truth).sum() / (prepared.brain.sum() + truth.sum()) > 0.95
+    head = prepare_volume(image, np.eye(4), PreprocessSpec(size=32, skull_strip=False)).brain
+    assert head.sum() > 1.5 * truth.sum()
