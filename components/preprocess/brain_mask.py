@@ -47,12 +47,11 @@ def otsu_head_mask(image: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(largest_component(foreground))
 
 
-def ball(radius_mm: float, spacing: tuple[float, ...]) -> np.ndarray:
-    """A structuring element: the voxels within ``radius_mm`` of the centre on this grid (thick
-    slices give it fewer, or no, neighbours along their axis)."""
-    reach = [int(radius_mm // s) for s in spacing]
-    offsets = np.meshgrid(*[np.arange(-r, r + 1) * s for r, s in zip(reach, spacing)], indexing="ij")
-    return sum(o**2 for o in offsets) <= radius_mm**2
+def inner_distance_mm(mask: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+    """Each voxel's distance in mm to the nearest voxel outside ``mask`` (beyond the array counts
+    as outside): ``> r`` is ``mask`` eroded by a ball of radius r, in linear time."""
+    padded = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=spacing)
+    return padded[tuple(slice(1, -1) for _ in mask.shape)]
 
 
 def fill_axial_holes(mask: np.ndarray) -> np.ndarray:
@@ -68,10 +67,11 @@ def extract_brain(image: np.ndarray, spacing: tuple[float, float, float], erode_
     largest piece left, grown back by ``erode_mm + regain_mm`` within the bright voxels, holes
     filled. On a head too small to erode (a few voxels across) it is the head."""
     bright = image > threshold_otsu(image)
-    core = largest_component(ndimage.binary_erosion(bright, ball(erode_mm, spacing)))
+    core = largest_component(inner_distance_mm(bright, spacing) > erode_mm)
     if not core.any():
         return otsu_head_mask(image)
-    return fill_axial_holes(ndimage.binary_dilation(core, ball(erode_mm + regain_mm, spacing)) & bright)
+    grown = ndimage.distance_transform_edt(~core, sampling=spacing) <= erode_mm + regain_mm
+    return fill_axial_holes(grown & bright)
 
 
 def brain_mask(image: np.ndarray, given: np.ndarray | None = None, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
