@@ -2,7 +2,8 @@
 cost of training on phantoms instead, and what the served phantom-trained default says of real scans.
 
     python benchmarks/real_data.py --healthy DIR --tumour DIR [--modality t1] [--only NAME ...]
-        [--served-modality t2] [--served-extra FILE ...] [--output benchmarks/results/real_data.json]
+        [--served-modality t2] [--served-extra FILE ...] [--candidates NAME ...]
+        [--skip real phantoms served candidates] [--output benchmarks/results/real_data.json]
 
 1. **Trained on real scans.** A workspace, artifacts/real_data/, whose params.yaml is the
    project's with the data section pointed at the two folders (any layout the readers know: IXI
@@ -11,12 +12,17 @@ cost of training on phantoms instead, and what the served phantom-trained defaul
    compare` over DETECTORS: each is trained on the healthy folder's training subjects and
    evaluated with the full protocol on the held-out healthy subjects and the tumour test scans.
    ``--only`` reruns some detectors and keeps the other rows trained on the same data.
-2. **The cost of phantoms.** The default recipe (``model.name``) trained on the project's phantoms
-   at the same modality (artifacts/real_data/phantoms/) against the same recipe from step 1; both
-   score the real test scans through the endpoint's predictor, each at its deployed thresholds.
+2. **The cost of phantoms.** The default detector and ``--phantom-detectors`` trained on the
+   project's phantoms at the same modality (artifacts/real_data/phantoms_<modality>/) against
+   the same detectors from step 1; all score the real test scans through the endpoint's
+   predictor, the phantom-trained ones both at their deployed thresholds and calibrated on the
+   real healthy validation scans as `brainomaly calibrate --site` would (a site's own scans).
 3. **The served default on real scans.** The champion of the project's registry (what `make run`
    trains on phantoms and registers) scores every scan of the tumour folder at
    ``--served-modality``, and each ``--served-extra`` file (a volume verdict: no segmentation).
+4. **Candidates for the served default.** Each of ``--candidates`` (CANDIDATES) trained on the
+   phantoms at ``--served-modality`` as `brainomaly compare` trains it, then scoring the same
+   scans as step 3 through the endpoint's predictor, at its own deployed thresholds.
 
 Slices are abnormal with more than ``evaluate.min_tumour_pixels`` tumour pixels, as everywhere;
 intervals are 95 % bootstrap intervals over subjects. Writes the JSON and prints the tables.
@@ -27,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +51,11 @@ from components.metrics.operating_point import with_intervals
 from components.preprocess.geometry import axial_axis
 from pipelines import compare
 from pipelines.errors import StageError
+from pipelines.evaluate import calibrate
 from pipelines.model_store import resolve_version
 from pipelines.params import Params, load_params
 from pipelines.register import build_bundle
+from pipelines.sites import score_subjects
 from pipelines.tracking import tracking_uri
 from pipelines.workspace import create, run_stage
 from serving.model_source import load_predictor
@@ -57,6 +66,11 @@ WORKSPACE = Path("artifacts/real_data")
 # The default, the best of the cross-site comparison (benchmarks/results/cross_site.json: slice
 # AUROC for dense_ae, pixel AUPRC for ce_dvae and vae_ce) and both baselines.
 DETECTORS = ["intensity", "denoising_ae", "spatial_vae", "dense_ae", "ce_dvae", "vae_ce"]
+# Trained on phantoms at the real scans' modality (besides the default), against the same trained
+# on real scans: the best of the real-scan comparison.
+PHANTOM_DETECTORS = ["ce_dvae"]
+# Candidates for the served default: the default, the dense-bottleneck detectors and both baselines.
+CANDIDATES = ["intensity", "denoising_ae", "spatial_vae", "dense_ae", "dense_vae", "ce_dvae"]
 TUMOUR_SPLIT = {"train": 0.0, "val": 0.25, "test": 0.75}
 COLUMNS = {  # report key: table heading
     "slice_auroc": "slice AUROC", "slice_auprc": "slice AUPRC", "pixel_auroc": "pixel AUROC",
@@ -126,14 +140,14 @@ def scan_metrics(rows: pd.DataFrame, predictor: VolumePredictor, min_tumour_pixe
             "healthy_scans": int((subjects["cohort"] == "healthy").sum())}
 
 
-def test_subjects(params: Params) -> list[Subject]:
-    """The healthy and tumour test subjects of a preprocessed workspace, as its readers found them."""
+def split_subjects(params: Params, split: str, cohorts: tuple[str, ...] = ("healthy", "tumour")) -> list[Subject]:
+    """The subjects of one split of a preprocessed workspace, as its readers found them."""
     volumes = pd.read_parquet(params.path("data/processed/volumes.parquet"))
-    test = set(volumes.loc[volumes["split"] == "test", "subject"])
+    chosen = set(volumes.loc[volumes["split"] == split, "subject"])
     data = params.data
     found = [*read_dataset(params.path(data.healthy_root), data.healthy_layout, data.modality, "healthy"),
              *read_dataset(params.path(data.tumour_root), data.tumour_layout, data.modality, "tumour")]
-    return [s for s in found if s.subject_id in test]
+    return [s for s in found if s.subject_id in chosen and s.cohort in cohorts]
 
 
 def trained_on_real(params: Params, args) -> Params:
@@ -149,23 +163,48 @@ def real_rows(real: Params) -> dict:
                    "train_seconds": row.get("train_seconds")} for name, row in rows.items()}
 
 
-def cost_of_phantoms(params: Params, real: Params, samples: int) -> dict:
-    """The default recipe trained on phantoms against the same recipe trained on the real healthy scans."""
-    name = params.model.name
-    phantoms = workspace(params, WORKSPACE / "phantoms", params.path(params.phantoms.hcp_root),
-                         params.path(params.phantoms.brats_root), real.data.modality)
-    for stage in ("train", "evaluate"):
-        run_stage(stage, phantoms.root, phantoms)
-    subjects, result = test_subjects(real), {}
-    for label, source in (("phantoms", phantoms), ("real", load_params(real.path(compare.WORKSPACES / name / "params.yaml")))):
-        predictor = bundle_predictor(source, f"{name} trained on {label}")
-        result[f"trained_on_{label}"] = scan_metrics(scan_rows(predictor, subjects), predictor,
-                                                     params.evaluate.min_tumour_pixels, samples)
-    return {"detector": name, "test_scans": len(subjects), **result}
+def trained_on_phantoms(params: Params, modality: str, detectors: list[str]) -> dict[str, VolumePredictor]:
+    """``detectors`` trained on the phantoms at ``modality`` as `compare` trains them
+    (artifacts/real_data/phantoms_<modality>/; one already trained there is kept), as the endpoint
+    would serve each."""
+    phantoms = workspace(params, WORKSPACE / f"phantoms_{modality}", params.path(params.phantoms.hcp_root),
+                         params.path(params.phantoms.brats_root), modality)
+    report = phantoms.path(compare.REPORT_JSON)
+    trained = set(json.loads(report.read_text())) if report.is_file() else set()
+    if missing := [name for name in detectors if name not in trained]:
+        compare.run(phantoms, only=missing)
+    return {name: bundle_predictor(load_params(phantoms.path(compare.WORKSPACES / name / "params.yaml")), f"{name} on phantoms")
+            for name in detectors}
 
 
-def served_on_real(params: Params, tumour: Path, modality: str, extra: list[Path]) -> dict:
-    predictor = served_predictor(params)
+def site_calibrated(predictor: VolumePredictor, params: Params, healthy: list[Subject]) -> VolumePredictor:
+    """``predictor`` with the thresholds `brainomaly calibrate --site` sets from a site's own healthy scans."""
+    rule, precision = predictor.bundle.calibration.score_reference, predictor.bundle.calibration.precision
+    reference, _ = score_subjects(predictor.detector, healthy, predictor.bundle.preprocess, params.preprocess.workers,
+                                  rule, precision, "calibrate")
+    target = params.calibrate.target_false_alarm_rate
+    calibration = calibrate(reference, 100.0 * (1.0 - target), params.evaluate.pixel_threshold_percentile, rule, precision)
+    return replace(predictor, bundle=replace(predictor.bundle, calibration=calibration))
+
+
+def cost_of_phantoms(params: Params, real: Params, detectors: list[str], samples: int) -> dict:
+    """Each detector trained on the phantoms, at its deployed thresholds and calibrated on the
+    real healthy validation scans (a site's own), against the same detector trained on the real
+    healthy training scans; all on the real test scans through the endpoint's predictor."""
+    subjects, calibration_scans = split_subjects(real, "test"), split_subjects(real, "val", ("healthy",))
+    rows = {}
+    for name, phantom in trained_on_phantoms(params, real.data.modality, detectors).items():
+        on_real = bundle_predictor(load_params(real.path(compare.WORKSPACES / name / "params.yaml")), f"{name} trained on real")
+        predictors = {"trained_on_phantoms": phantom, "trained_on_phantoms_site_calibrated": site_calibrated(phantom, params, calibration_scans),
+                      "trained_on_real": on_real}
+        rows[name] = {label: scan_metrics(scan_rows(predictor, subjects), predictor, params.evaluate.min_tumour_pixels, samples)
+                      for label, predictor in predictors.items()}
+    return {"test_scans": len(subjects), "calibration_scans": len(calibration_scans), "rows": rows}
+
+
+def on_real_scans(predictor: VolumePredictor, params: Params, tumour: Path, modality: str, extra: list[Path]) -> dict:
+    """A predictor's operating point on every scan of ``tumour`` at ``modality``, and its verdict
+    on each ``extra`` scan (no segmentation)."""
     subjects = read_dataset(tumour, "auto", modality, "tumour")
     found = scan_metrics(scan_rows(predictor, subjects), predictor, params.evaluate.min_tumour_pixels,
                          params.evaluate.bootstrap_samples)
@@ -174,8 +213,20 @@ def served_on_real(params: Params, tumour: Path, modality: str, extra: list[Path
         result = predictor.predict(*load_volume(path))
         verdicts[f"{path.parent.name}/{path.name}"] = {"volume_verdict": result["volume_verdict"], "volume_score": result["volume_score"],
                                "volume_threshold": result["volume_threshold"]}
+    return {**found, "extra": verdicts}
+
+
+def served_on_real(params: Params, tumour: Path, modality: str, extra: list[Path]) -> dict:
+    predictor = served_predictor(params)
     return {"model": f"{predictor.model_name} v{predictor.model_version} ({predictor.bundle.model_name})",
-            "modality": modality, **found, "extra": verdicts}
+            "modality": modality, **on_real_scans(predictor, params, tumour, modality, extra)}
+
+
+def candidates_on_real(params: Params, tumour: Path, modality: str, extra: list[Path], detectors: list[str]) -> dict:
+    """Each candidate for the served default trained on the phantoms at ``modality``, scoring the
+    real tumour scans through the endpoint's predictor at its deployed thresholds."""
+    return {"modality": modality, "rows": {name: on_real_scans(predictor, params, tumour, modality, extra)
+                                           for name, predictor in trained_on_phantoms(params, modality, detectors).items()}}
 
 
 def interval(metrics: dict, key: str) -> str:
@@ -201,16 +252,22 @@ def print_tables(report: dict) -> None:
     for heading in ("model", "slice AUROC", "tumour slices caught", "tumour-free slices flagged",
                     "healthy slices flagged", "tumour scans anomalous", "healthy scans anomalous"):
         table.add_column(heading)
-    for label, metrics in report.get("cost_of_phantoms", {}).items():
-        if isinstance(metrics, dict):
-            table.add_row(f"{report['cost_of_phantoms']['detector']} {label.replace('_', ' ')}", *(interval(metrics, k) for k in keys))
-    if "served" in report:
-        table.add_row(f"served: {report['served']['model']} on {report['served']['modality']}",
-                      *(interval(report["served"], k) for k in keys))
+    for name, rows in report.get("cost_of_phantoms", {}).get("rows", {}).items():
+        for label, metrics in rows.items():
+            table.add_row(f"{name} {label.replace('_', ' ')}", *(interval(metrics, k) for k in keys))
+    served = {f"served: {report['served']['model']}": report["served"]} if "served" in report else {}
+    candidates = report.get("candidates", {})
+    served |= {f"{name} trained on phantoms": row for name, row in candidates.get("rows", {}).items()}
+    for label, metrics in served.items():
+        modality = metrics.get("modality", candidates.get("modality"))
+        table.add_row(f"{label} on {modality}", *(interval(metrics, k) for k in keys))
     if table.row_count:
         console.print(table)
-    for path, verdict in report.get("served", {}).get("extra", {}).items():
-        console.print(f"{path}: {verdict['volume_verdict']} ({verdict['volume_score']:.3g} against {verdict['volume_threshold']:.3g})")
+    for label, metrics in served.items():
+        said = [f"{path}: {v['volume_verdict']} ({v['volume_score']:.3g} against {v['volume_threshold']:.3g})"
+                for path, v in metrics.get("extra", {}).items()]
+        if said:
+            console.print(f"{label}: " + "; ".join(said))
 
 
 def main() -> None:
@@ -221,7 +278,10 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help=f"some of {DETECTORS} (the other rows are kept)")
     parser.add_argument("--served-modality", default="t2", help="of the tumour scans the served default scores")
     parser.add_argument("--served-extra", nargs="*", type=Path, default=[], help="more scans for the served default's verdict")
-    parser.add_argument("--skip", nargs="*", default=[], choices=("real", "phantoms", "served"), help="steps not to run")
+    parser.add_argument("--phantom-detectors", nargs="*", default=PHANTOM_DETECTORS,
+                        help="besides the default, detectors trained on phantoms at --modality against the same trained on --healthy")
+    parser.add_argument("--candidates", nargs="*", default=CANDIDATES, help="detectors trained on phantoms at --served-modality")
+    parser.add_argument("--skip", nargs="*", default=[], choices=("real", "phantoms", "served", "candidates"), help="steps not to run")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks/results/real_data.json")
     args = parser.parse_args()
     for folder in (args.healthy, args.tumour):
@@ -231,15 +291,19 @@ def main() -> None:
         if not scan.is_file():
             parser.error(f"no such scan: {scan}")
     params = load_params(REPO / "params.yaml")
-    report = json.loads(args.output.read_text()) if args.output.is_file() else {}
-    report |= {"machine": "a 2-core CPU machine", "healthy": args.healthy.resolve().name,
-               "tumour": args.tumour.resolve().name, "modality": args.modality}  # folder names: the paths are the user's
+    report = {"machine": "a 2-core CPU machine", "healthy": args.healthy.resolve().name,
+              "tumour": args.tumour.resolve().name, "modality": args.modality}  # folder names: the paths are the user's
     real = trained_on_real(params, args) if "real" not in args.skip else load_params(params.path(WORKSPACE / "params.yaml"))
     report["trained_on_real"] = real_rows(real)
     if "phantoms" not in args.skip:
-        report["cost_of_phantoms"] = cost_of_phantoms(params, real, params.evaluate.bootstrap_samples)
+        detectors = list(dict.fromkeys([params.model.name, *args.phantom_detectors]))
+        report["cost_of_phantoms"] = cost_of_phantoms(params, real, detectors, params.evaluate.bootstrap_samples)
     if "served" not in args.skip:
         report["served"] = served_on_real(params, args.tumour, args.served_modality, args.served_extra)
+    if "candidates" not in args.skip:
+        report["candidates"] = candidates_on_real(params, args.tumour, args.served_modality, args.served_extra, args.candidates)
+    # The steps not run keep their earlier results, read just now: another run may have written some.
+    report = (json.loads(args.output.read_text()) if args.output.is_file() else {}) | report
     write_json(args.output, report)
     print_tables(report)
 
