@@ -163,18 +163,19 @@ def real_rows(real: Params) -> dict:
                    "train_seconds": row.get("train_seconds")} for name, row in rows.items()}
 
 
-def trained_on_phantoms(params: Params, modality: str, detectors: list[str]) -> dict[str, VolumePredictor]:
+def trained_on_phantoms(params: Params, modality: str, detectors: list[str]) -> dict[str, tuple[VolumePredictor, dict]]:
     """``detectors`` trained on the phantoms at ``modality`` as `compare` trains them
-    (artifacts/real_data/phantoms_<modality>/; one already trained there is kept), as the endpoint
-    would serve each."""
+    (artifacts/real_data/phantoms_<modality>/; one already trained there is kept): each as the
+    endpoint would serve it, with its comparison row (epochs, train_seconds, the phantom metrics)."""
     phantoms = workspace(params, WORKSPACE / f"phantoms_{modality}", params.path(params.phantoms.hcp_root),
                          params.path(params.phantoms.brats_root), modality)
     report = phantoms.path(compare.REPORT_JSON)
     trained = set(json.loads(report.read_text())) if report.is_file() else set()
     if missing := [name for name in detectors if name not in trained]:
         compare.run(phantoms, only=missing)
-    return {name: bundle_predictor(load_params(phantoms.path(compare.WORKSPACES / name / "params.yaml")), f"{name} on phantoms")
-            for name in detectors}
+    rows = json.loads(report.read_text())
+    return {name: (bundle_predictor(load_params(phantoms.path(compare.WORKSPACES / name / "params.yaml")), f"{name} on phantoms"),
+                   rows[name]) for name in detectors}
 
 
 def site_calibrated(predictor: VolumePredictor, params: Params, healthy: list[Subject]) -> VolumePredictor:
@@ -193,7 +194,7 @@ def cost_of_phantoms(params: Params, real: Params, detectors: list[str], samples
     healthy training scans; all on the real test scans through the endpoint's predictor."""
     subjects, calibration_scans = split_subjects(real, "test"), split_subjects(real, "val", ("healthy",))
     rows = {}
-    for name, phantom in trained_on_phantoms(params, real.data.modality, detectors).items():
+    for name, (phantom, _) in trained_on_phantoms(params, real.data.modality, detectors).items():
         on_real = bundle_predictor(load_params(real.path(compare.WORKSPACES / name / "params.yaml")), f"{name} trained on real")
         predictors = {"trained_on_phantoms": phantom, "trained_on_phantoms_site_calibrated": site_calibrated(phantom, params, calibration_scans),
                       "trained_on_real": on_real}
@@ -225,8 +226,11 @@ def served_on_real(params: Params, tumour: Path, modality: str, extra: list[Path
 def candidates_on_real(params: Params, tumour: Path, modality: str, extra: list[Path], detectors: list[str]) -> dict:
     """Each candidate for the served default trained on the phantoms at ``modality``, scoring the
     real tumour scans through the endpoint's predictor at its deployed thresholds."""
-    return {"modality": modality, "rows": {name: on_real_scans(predictor, params, tumour, modality, extra)
-                                           for name, predictor in trained_on_phantoms(params, modality, detectors).items()}}
+    rows = {}
+    for name, (predictor, phantom_row) in trained_on_phantoms(params, modality, detectors).items():
+        rows[name] = {**on_real_scans(predictor, params, tumour, modality, extra), "epochs": phantom_row.get("epochs"),
+                      "train_seconds": phantom_row.get("train_seconds"), "phantom_slice_auroc": phantom_row.get("slice_auroc")}
+    return {"modality": modality, "rows": rows}
 
 
 def interval(metrics: dict, key: str) -> str:
