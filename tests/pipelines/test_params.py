@@ -7,7 +7,7 @@ from tests.conftest import REPO, write_params
 
 def test_repo_params_load():
     params = load_params(REPO / "params.yaml")
-    assert params.model.name == "spatial_vae" and params.preprocess.spec().size == 64
+    assert params.model.name == "denoising_ae" and params.preprocess.spec().size == 64
     assert params.path(params.data.healthy_root).is_absolute() and params.data.tumour_layout == "auto"
 
 
