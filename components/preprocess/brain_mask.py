@@ -80,7 +80,8 @@ def extract_brain(image: np.ndarray, spacing: tuple[float, float, float], erode_
         return otsu_head_mask(image)
     grown = ndimage.distance_transform_edt(~core, sampling=coarse_spacing) <= erode_mm + regain_mm
     for axis, k in enumerate(step):  # back onto the image's grid
-        grown = np.repeat(grown, k, axis=axis)[tuple(slice(0, n) if a == axis else slice(None) for a, n in enumerate(image.shape))]
+        grown = np.repeat(grown, k, axis=axis)
+    grown = grown[tuple(slice(0, n) for n in image.shape)]
     return fill_axial_holes(grown & (image > threshold))
 
 
