@@ -5,10 +5,11 @@
 Runs after `make run`, on the pipeline's model and every site of ``data.sites_root``. Each
 site's held-out healthy scans are scored once (through the model's recipe, as `brainomaly
 calibrate` scores them); then, for each number n of calibration scans, ``--draws`` random sets
-of n scans set the slice threshold at ``calibrate.target_false_alarm_rate`` (as `calibrate`
-does), and the share of the *other* healthy scans' slices above it is the false-alarm rate
-the site would see. Reported per site and n: the mean realised rate and its 5-95 % range over
-draws. The training site's own threshold (models/calibration.json) is shown for comparison.
+of n scans set the split-conformal slice and volume thresholds for
+``calibrate.target_false_alarm_rate`` (as `calibrate` does), and the share of the *other*
+healthy scans' slices, and of those scans, above them is the false-alarm rate the site would
+see. Reported per site and n: the mean realised rate and its 5-95 % range over draws (slices),
+the mean share of volumes flagged and the rate n scans guarantee for volumes, 1/(n+1). The training site's own threshold (models/calibration.json) is shown for comparison.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from components.atomic import write_json
+from components.metrics.conformal import conformal_threshold
 from pipelines.evaluate import CALIBRATION, load_trained
 from pipelines.params import load_params
 from pipelines.preprocess import PROCESSED_DIR
@@ -32,15 +34,17 @@ REPO = Path(__file__).resolve().parents[1]
 COUNTS = (1, 2, 3, 5, 10)
 
 
-def realised_rates(scores: list[np.ndarray], count: int, target: float, draws: int, rng) -> np.ndarray:
-    """False-alarm rates on the held-out scans of ``draws`` calibrations from ``count`` scans each."""
-    rates = []
+def realised_rates(scores: list[np.ndarray], count: int, target: float, draws: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Slice and volume false-alarm rates on the held-out scans of ``draws`` calibrations from ``count`` scans each."""
+    slices, volumes = [], []
     for _ in range(draws):
         chosen = rng.choice(len(scores), size=count, replace=False)
         rest = np.setdiff1d(np.arange(len(scores)), chosen)
-        threshold = np.percentile(np.concatenate([scores[i] for i in chosen]), 100 * (1 - target))
-        rates.append(float((np.concatenate([scores[i] for i in rest]) > threshold).mean()))
-    return np.array(rates)
+        threshold = conformal_threshold(np.concatenate([scores[i] for i in chosen]), target).threshold
+        slices.append(float((np.concatenate([scores[i] for i in rest]) > threshold).mean()))
+        volume = conformal_threshold([scores[i].max() for i in chosen], target).threshold
+        volumes.append(float(np.mean([scores[i].max() > volume for i in rest])))
+    return np.array(slices), np.array(volumes)
 
 
 def main() -> None:
@@ -67,9 +71,11 @@ def main() -> None:
             "by_calibration_scans": {},
         }
         for count in (c for c in COUNTS if c < len(scores)):
-            rates = realised_rates(scores, count, target, args.draws, rng)
+            rates, volumes = realised_rates(scores, count, target, args.draws, rng)
             results[site]["by_calibration_scans"][count] = {
-                "mean": float(rates.mean()), "p5": float(np.percentile(rates, 5)), "p95": float(np.percentile(rates, 95))}
+                "mean": float(rates.mean()), "p5": float(np.percentile(rates, 5)), "p95": float(np.percentile(rates, 95)),
+                "volumes_flagged_mean": float(volumes.mean()),
+                "volume_guarantee": conformal_threshold(np.arange(count, dtype=float), target).guaranteed_rate}
     report = {"model": description["model_name"], "target_false_alarm_rate": target, "draws": args.draws,
               "machine": "a 2-core CPU machine", "sites": results}
     write_json(args.output, report)
@@ -82,7 +88,8 @@ def main() -> None:
         cells = [f"{found['deployed_threshold_false_alarm_rate']:.3f}"]
         for count in COUNTS:
             got = found["by_calibration_scans"].get(count)
-            cells.append(f"{got['mean']:.3f} [{got['p5']:.3f}, {got['p95']:.3f}]" if got else "-")
+            cells.append(f"{got['mean']:.3f} [{got['p5']:.3f}, {got['p95']:.3f}]; volumes {got['volumes_flagged_mean']:.2f} "
+                         f"(<= {got['volume_guarantee']:.2f})" if got else "-")
         table.add_row(site, *cells)
     Console().print(table)
 

@@ -14,6 +14,11 @@ one fifth of the tumour cohort's val + test slices, metrics on the rest, mean an
 folds) is computed for the detector's score and for each alternative score its paper compares
 against (``alternative_scores``).
 
+Thresholds are split-conformal on the healthy validation scans (components/metrics/conformal.py);
+the rates those scans can guarantee are reported beside them (``guaranteed_false_alarm_rates``:
+4 validation volumes guarantee no better than 1/5), and every rate at them carries its count and
+exact binomial interval (``counts``, ``exact95``).
+
 Writes metrics/evaluate.json (the headline metrics: DVC metrics), reports/evaluation.json
 (every metric), plots/roc_slice.csv and three figures (curves, score histograms, example
 slices; DVC plots), models/calibration.json (thresholds + reference scores) and the evidence the
@@ -39,6 +44,7 @@ from components.metrics.detection import (
     best_dice, dice_by_subject, dice_per_subject, fold_metrics_by_size, lesion_kind_metrics, other_lesion_metrics, pixel_metrics,
     rectified_auroc_per_subject, roc_table, slice_metrics, slice_metrics_by_size, slice_truth,
 )
+from components.metrics.conformal import conformal_threshold
 from components.metrics.operating_point import OPERATING_POINT, metric_frames, with_intervals
 from components.reports import figures
 from components.metrics.postprocess import segment, smooth_subject, subject_blocks
@@ -102,18 +108,24 @@ def segment_subjects(split: dict, threshold: float, min_voxels: int) -> np.ndarr
 
 def calibrate(val: dict, percentile: float, pixel_percentile: float, score_reference: str = "none",
               precision: str = "fp32") -> Calibration:
-    """Slice and volume thresholds at ``percentile`` of healthy scores (relative to
-    ``score_reference``, in ``precision``, as ``val``'s were scored); the pixel threshold at ``pixel_percentile`` of
-    healthy brain pixels' post-processed maps."""
+    """Split-conformal thresholds from healthy scans (components/metrics/conformal.py): slices
+    and volumes for a false-alarm rate of 1 - ``percentile`` / 100 (scores relative to
+    ``score_reference``, in ``precision``, as ``val``'s were scored), the pixel threshold for
+    1 - ``pixel_percentile`` / 100 of healthy brain pixels' post-processed maps."""
     volumes = val["index"].assign(score=val["scores"]).groupby("subject")["score"].agg(volume_score)
+    found = {"slice": conformal_threshold(val["scores"], 1.0 - percentile / 100.0),
+             "volume": conformal_threshold(volumes, 1.0 - percentile / 100.0),
+             "pixel": conformal_threshold(val["smoothed"][val["brain"]], 1.0 - pixel_percentile / 100.0)}
     return Calibration(
         percentile=percentile,
-        slice_threshold=float(np.percentile(val["scores"], percentile)),
-        volume_threshold=float(np.percentile(volumes, percentile)),
-        pixel_threshold=float(np.percentile(val["smoothed"][val["brain"]], pixel_percentile)),
+        slice_threshold=found["slice"].threshold,
+        volume_threshold=found["volume"].threshold,
+        pixel_threshold=found["pixel"].threshold,
         reference_scores=[round(float(s), 6) for s in val["scores"]],
         score_reference=score_reference,
         precision=precision,
+        scans=len(volumes),
+        guaranteed_rates={kind: round(t.guaranteed_rate, 6) for kind, t in found.items()},
     )
 
 
@@ -153,6 +165,8 @@ def run(params: Params) -> dict:
         "slice_threshold": calibration.slice_threshold,
         "pixel_threshold": calibration.pixel_threshold,
         "volume_threshold": calibration.volume_threshold,
+        "calibration_scans": calibration.scans,  # healthy val scans, and the false-alarm rates they guarantee
+        "guaranteed_false_alarm_rates": calibration.guaranteed_rates,
     }
     metrics |= operating_point(test, labels, rated, segmented, calibration, settings.bootstrap_samples)
     alternatives = {
@@ -178,7 +192,7 @@ def operating_point(split: dict, labels: np.ndarray, rated: np.ndarray, segmente
     dice = dice_by_subject(segmented, split["tumour"], index["subject"].to_numpy())
     slices, subjects = metric_frames(index, split["scores"], labels, rated, dice)
     found = with_intervals(slices, subjects, calibration.slice_threshold, calibration.volume_threshold, samples)
-    return {k: v for k, v in found.items() if k in (*OPERATING_POINT, "ci95")}
+    return {k: v for k, v in found.items() if k in (*OPERATING_POINT, "ci95", "counts", "exact95")}
 
 
 def pooled(first: dict, second: dict, rows: np.ndarray) -> dict:

@@ -14,6 +14,10 @@ Beside the ranking metrics (slice AUROC / AUPRC), at the thresholds a model is s
 Each comes with a percentile bootstrap interval over subjects (``ci95``): subjects are resampled
 with replacement, healthy and tumour subjects apart so that every draw holds both, and every
 metric is recomputed on the draw. Slices of one subject are not independent; subjects are.
+Each rate also comes with its count (``counts``: flagged, of) and the exact binomial
+(Clopper-Pearson) interval of that count (``exact95``): for volumes the interval to quote (0 of 4
+healthy volumes flagged reads [0, 0.60]); for slices it treats them as independent, which they
+are not, so it is narrower than the bootstrap's.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from typing import Callable, Iterator, Mapping
 import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
+
+from components.metrics.conformal import exact_interval
 
 OPERATING_POINT = ("slice_false_alarm_rate", "healthy_slice_false_alarm_rate", "volume_false_alarm_rate",
                    "slice_sensitivity", "volume_sensitivity")
@@ -71,6 +77,23 @@ def detection_metrics(slices: Mapping, subjects: Mapping, slice_threshold: float
     }
 
 
+def rate_counts(slices: Mapping, subjects: Mapping, slice_threshold: float,
+                volume_threshold: float) -> dict[str, tuple[int, int]]:
+    """Each rate of ``OPERATING_POINT`` as (flagged, of), on ``detection_metrics``'s inputs."""
+    flagged = np.asarray(slices["score"], float) > slice_threshold
+    healthy = np.asarray(subjects["cohort"]) == "healthy"
+    volume_flagged = np.asarray(subjects["volume_score"], float) > volume_threshold
+    among = {
+        "slice_false_alarm_rate": (flagged, np.asarray(slices["tumour_free"], bool)),
+        "healthy_slice_false_alarm_rate": (flagged, np.isin(np.asarray(slices["subject"]),
+                                                            np.asarray(subjects["subject"])[healthy])),
+        "slice_sensitivity": (flagged, np.asarray(slices["abnormal"], bool)),
+        "volume_false_alarm_rate": (volume_flagged, healthy),
+        "volume_sensitivity": (volume_flagged, ~healthy),
+    }
+    return {name: (int(hits[rows].sum()), int(rows.sum())) for name, (hits, rows) in among.items()}
+
+
 def metric_frames(index: pd.DataFrame, scores: np.ndarray, abnormal: np.ndarray, rated: np.ndarray,
                   dice: dict[str, float]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(slices, subjects) for ``detection_metrics`` from a slice index (subject, cohort,
@@ -109,8 +132,12 @@ def bootstrap_intervals(metric: Callable[[Mapping, Mapping], dict[str, float]], 
 
 def with_intervals(slices: pd.DataFrame, subjects: pd.DataFrame, slice_threshold: float, volume_threshold: float,
                    samples: int = 1000, seed: int = 0, ranking: bool = True) -> dict:
-    """``detection_metrics`` and, under ``ci95``, their bootstrap intervals over subjects."""
+    """``detection_metrics``; under ``ci95`` their bootstrap intervals over subjects; under
+    ``counts`` and ``exact95`` each rate's count and its exact binomial interval."""
     def metric(s, v):
         return detection_metrics(s, v, slice_threshold, volume_threshold, ranking)
 
-    return {**metric(slices, subjects), "ci95": bootstrap_intervals(metric, slices, subjects, samples, seed)}
+    counts = rate_counts(slices, subjects, slice_threshold, volume_threshold)
+    exact = {name: dict(zip(("low", "high"), exact_interval(*count))) for name, count in counts.items() if count[1]}
+    return {**metric(slices, subjects), "ci95": bootstrap_intervals(metric, slices, subjects, samples, seed),
+            "counts": {name: {"flagged": k, "of": n} for name, (k, n) in counts.items()}, "exact95": exact}

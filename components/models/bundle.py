@@ -34,7 +34,8 @@ TEST_SCORES = "test_scores.parquet"
 
 @dataclass(frozen=True)
 class Calibration:
-    """Decision thresholds, all from healthy validation data at ``percentile``.
+    """Decision thresholds, all from healthy scans: split-conformal for a false-alarm rate of
+    1 - ``percentile`` / 100 (components/metrics/conformal.py).
 
     slice_threshold: on slice scores; volume_threshold: on volume scores (max over slices);
     pixel_threshold: on post-processed anomaly-map voxels inside the brain (see components/metrics/postprocess.py).
@@ -43,6 +44,9 @@ class Calibration:
     the scan's; "brain_median", the slice's own typical residual: components/models/inference.py);
     the thresholds and the reference scores are in those units, so every scorer of the model applies it.
     precision: the arithmetic the scores were computed in ("fp32"; "bf16", autocast), applied likewise.
+    scans: how many healthy scans the thresholds came from; guaranteed_rates: per threshold
+    ("slice", "volume", "pixel"), the false-alarm rate those scans guarantee (above the target
+    when they were too few). Both empty in bundles saved before them.
     """
 
     percentile: float
@@ -52,6 +56,8 @@ class Calibration:
     reference_scores: list[float]
     score_reference: str = "none"  # bundles saved before the field scored as "none"
     precision: str = "fp32"  # and in fp32
+    scans: int = 0
+    guaranteed_rates: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:  # refused at load, not at every prediction
         if self.score_reference not in SCORE_REFERENCES:

@@ -104,6 +104,14 @@ def _ci(metrics: dict, key: str) -> str:
     return f"{value:.3f} [{interval['low']:.2f}, {interval['high']:.2f}]" if interval else f"{value:.3f}"
 
 
+def _counted(metrics: dict, key: str) -> str:
+    """'flagged/of [low, high]': a rate's count with its exact binomial 95 % interval (``exact95``), or '-'."""
+    count, interval = metrics.get("counts", {}).get(key), metrics.get("exact95", {}).get(key)
+    if not count or not interval:
+        return _ci(metrics, key)
+    return f"{count['flagged']}/{count['of']} [{interval['low']:.2f}, {interval['high']:.2f}]"
+
+
 def _beaten(results: dict[str, dict], name: str, site: str) -> str:
     """' ▽' when the intensity baseline ranks this site's slices better than ``name`` does."""
     baseline = results.get(BASELINE, {}).get(site)
@@ -131,7 +139,10 @@ def site_tables(results: dict[str, dict[str, dict]]) -> list[tuple[str, pd.DataF
     return [
         ("Slice AUROC [95 % interval over subjects] per site (▽: below the intensity baseline)", ranking),
         ("Tumour-free slices flagged: at the deployed threshold → after site calibration", table(false_alarms)),
-        ("Healthy volumes flagged after site calibration", table(lambda m: _ci(m["calibrated"], "volume_false_alarm_rate"))),
+        ("Healthy volumes flagged after site calibration [exact 95 % interval]",
+         table(lambda m: _counted(m["calibrated"], "volume_false_alarm_rate"))),
+        ("Tumour volumes caught after site calibration [exact 95 % interval]",
+         table(lambda m: _counted(m["calibrated"], "volume_sensitivity"))),
         ("Tumour slices flagged after site calibration (sensitivity)", table(lambda m: _ci(m["calibrated"], "slice_sensitivity"))),
         ("Pixel AUPRC", table(lambda m: _num(m.get("pixel_auprc")))),
         ("Dice after site calibration (mean over tumour subjects)", table(lambda m: _ci(m["calibrated"], "dice_mean"))),

@@ -8,28 +8,34 @@ from pipelines.evaluate import calibrate
 from pipelines.sites import site_names
 
 
-def test_slice_volume_and_pixel_thresholds_take_their_own_percentiles():
+def test_slice_volume_and_pixel_thresholds_are_conformal_at_their_own_rates():
     rng = np.random.default_rng(0)
     scores = rng.random(200)
     smoothed = rng.random((200, 1, 8, 8)).astype(np.float32)
     brain = np.ones_like(smoothed, bool)
     index = pd.DataFrame({"subject": np.repeat([f"s{i}" for i in range(20)], 10)})
     found = calibrate({"index": index, "scores": scores, "smoothed": smoothed, "brain": brain}, 95.0, 99.5)
-    assert found.slice_threshold == pytest.approx(np.percentile(scores, 95.0))
-    assert found.volume_threshold == pytest.approx(np.percentile(scores.reshape(20, 10).max(1), 95.0))
-    assert found.pixel_threshold == pytest.approx(np.percentile(smoothed, 99.5))
-    assert (smoothed > found.pixel_threshold).mean() == pytest.approx(0.005, abs=0.001)
+    assert found.slice_threshold == np.sort(scores)[191 - 1]  # ceil(201 x 0.95) = 191
+    assert found.volume_threshold == np.sort(scores.reshape(20, 10).max(1))[20 - 1]  # ceil(21 x 0.95) = 20
+    assert found.pixel_threshold == np.sort(smoothed.ravel())[12737 - 1]  # ceil(12801 x 0.995) = 12737
+    assert found.scans == 20
+    assert found.guaranteed_rates["slice"] == pytest.approx(1 - 191 / 201, abs=1e-6)
+    assert found.guaranteed_rates["volume"] == pytest.approx(1 / 21, abs=1e-6)  # 20 scans: 4.8 %, within 5 %
 
 
 def test_thresholds_of_a_tiny_split_by_hand():
-    """Two healthy subjects of five slices: slice scores 1-5 and 2-10 in steps of 2."""
+    """Two healthy subjects of five slices: slice scores 1-5 and 2-10 in steps of 2. At a 50 %
+    target the slice threshold is the ceil(11 x 0.5) = 6th smallest of 1 2 2 3 4 4 5 6 8 10;
+    two volumes (5 and 10) need rank ceil(3 x 0.5) = 2, the larger; pixels 0-9 at 10 % need
+    rank ceil(11 x 0.9) = 10, the largest."""
     index = pd.DataFrame({"subject": ["a"] * 5 + ["b"] * 5})
     scores = np.array([1, 2, 3, 4, 5, 2, 4, 6, 8, 10], dtype=float)
     smoothed = np.arange(10, dtype=np.float32).reshape(10, 1, 1, 1)
     found = calibrate({"index": index, "scores": scores, "smoothed": smoothed, "brain": smoothed >= 0}, 50.0, 90.0)
-    assert found.slice_threshold == 4.0  # sorted 1 2 2 3 4 | 4 5 6 8 10
-    assert found.volume_threshold == 7.5  # the subjects' highest slices, 5 and 10
-    assert found.pixel_threshold == pytest.approx(8.1)  # pixels 0-9
+    assert found.slice_threshold == 4.0  # the 6th: 1 2 2 3 4 [4] 5 6 8 10
+    assert found.volume_threshold == 10.0
+    assert found.pixel_threshold == 9.0
+    assert found.guaranteed_rates == pytest.approx({"slice": 5 / 11, "volume": 1 / 3, "pixel": 1 / 11}, abs=1e-6)
     assert found.reference_scores == scores.tolist()
 
 
