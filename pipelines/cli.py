@@ -89,10 +89,13 @@ def sites(params: Path = PARAMS_OPTION) -> None:
 def calibrate(
     site: str = typer.Option(..., "--site", help="the site's name: ?site=NAME on the endpoint applies its calibration"),
     healthy: Path = typer.Option(..., "--healthy", help="the site's healthy scans: any supported layout or a folder of .nii/.nii.gz"),
+    allow_few_scans: bool = typer.Option(False, "--allow-few-scans",
+                                         help="calibrate with fewer than calibrate.min_scans scans (their guarantee is stated)"),
     params: Path = PARAMS_OPTION,
 ) -> None:
-    """Thresholds for a new site from its own healthy scans, stored with the served model in the registry."""
-    _run_stage("calibrate", params, site=site, healthy=healthy)
+    """Thresholds for a site from its own healthy scans, stored with the served model; the site is
+    listed in sites.yaml, so every model registered later is calibrated for it too."""
+    _run_stage("calibrate", params, site=site, healthy=healthy, allow_few_scans=allow_few_scans)
 
 
 @app.command()

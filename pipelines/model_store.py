@@ -27,6 +27,14 @@ class ModelIntegrityError(ModelNotFoundError):
     """A version answers, but its files are not the ones registered (or cannot be checked)."""
 
 
+def champion(client: MlflowClient, name: str, alias: str):
+    """The version the alias points at, or None."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
 def fetch_bundle(model_uri: str, tracking_uri: str, destination: Path) -> tuple[Path, str, str]:
     """Download the model; returns (bundle folder, registered name, version)."""
     name, version = resolve_version(model_uri, tracking_uri)

@@ -185,6 +185,7 @@ class CalibrateParams(Section):
 
     target_false_alarm_rate: float = Field(0.05, gt=0.0, lt=0.5)
     healthy_scans: int = Field(10, ge=1)  # per site in `sites`: the first (by id) calibrate, the rest test
+    min_scans: int = Field(10, ge=1)  # `calibrate` refuses fewer unless --allow-few-scans
 
 
 class CompareParams(Section):

@@ -1,7 +1,11 @@
 """Stage `register`: log the self-describing model to MLflow, register it, and move the
 ``champion`` alias to it only when it beats the current champion by more than noise, on the
 same evaluation data (components/metrics/promotion.py). Every version's tags record what it was
-compared with and why it was or was not promoted."""
+compared with and why it was or was not promoted.
+
+Before the alias can move, the new version is calibrated for every site of sites.yaml
+(pipelines/calibrate.py), so a site calibrated for the champion stays calibrated across a swap;
+a site whose scans cannot be read holds the promotion and is named in the report."""
 
 from __future__ import annotations
 
@@ -23,7 +27,9 @@ from components.metrics.promotion import Decision, decide
 from components.models.bundle import TEST_SCORES, Calibration, DetectorBundle, bundle_digests
 from components.preprocess.spec import PreprocessSpec
 from pipelines import tracking
+from pipelines.calibrate import calibrate_known_sites
 from pipelines.evaluate import ALL_METRICS, CALIBRATION, EVALUATION
+from pipelines.model_store import champion
 from pipelines.evaluate import TEST_SCORES as EVALUATED_SCORES
 from pipelines.params import Params
 from pipelines.preprocess import PROCESSED_DIR
@@ -71,14 +77,6 @@ def pyfunc_model(bundle_folder: Path) -> dict:
     return {"python_model": str(PYFUNC_CODE), "artifacts": {"bundle": str(bundle_folder)},
             "code_paths": [str(Path(components.__file__).parent)],
             "pip_requirements": ["torch", "nibabel", "scipy", "numpy", "pandas", "scikit-learn", "mlflow"]}
-
-
-def champion(client, name: str, alias: str):
-    """The version the alias points at, or None."""
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
 
 
 def champion_scores(client, version) -> pd.DataFrame | None:
@@ -151,7 +149,14 @@ def run(params: Params) -> dict:
         with mlflow.start_run(run_id=tracking.training_run(params, description["ray_run_name"])):
             info = mlflow.pyfunc.log_model(name="detector", registered_model_name=name,
                                            **pyfunc_model(Path(tmp) / "bundle"))
-    version = str(info.registered_model_version)
+        version = str(info.registered_model_version)
+        _, detector = DetectorBundle.load(Path(tmp) / "bundle", params.evaluate.device)
+        sites = calibrate_known_sites(params, client, name, version, bundle, detector)
+    lost = sorted(site for site, found in sites.items() if not found["calibrated"])
+    if decision.promote and lost:  # the alias would move to a version these sites cannot use
+        decision = Decision(False, f"held: site{'s' if len(lost) > 1 else ''} {', '.join(lost)} could not be "
+                                   f"calibrated for it ({sites[lost[0]]['error']}); restore the scans, or remove the "
+                                   f"site from sites.yaml, and register again", decision.difference, decision.interval)
     value = float(bundle.metrics[primary])
     tags = {"primary_metric": primary, "primary_metric_value": repr(value),  # full precision: ties must tie
             "evaluation_data": bundle.evaluation.get("data_fingerprint", "unknown"), **bundle.data_version,
@@ -174,7 +179,7 @@ def run(params: Params) -> dict:
         "previous_value": float(current.tags["primary_metric_value"]) if current and "primary_metric_value" in current.tags else None,
         "difference": decision.difference, "difference_interval": decision.interval,
         "champion": version if decision.promote else (str(current.version) if current else None),
-        "model_uri": f"models:/{name}@{alias}",
+        "model_uri": f"models:/{name}@{alias}", "sites": sites,
     }
     write_json(params.path(REPORT), report)
     return report

@@ -20,8 +20,10 @@ from pipelines import tracking
 from pipelines.errors import StageError
 from pipelines.params import Params, with_overrides
 from pipelines.preprocess import PROCESSED_DIR
+from pipelines.site_store import SITES_FILE
 
-LINKED = (PROCESSED_DIR, Path("dvc.lock"))  # dvc.lock: the data version `register` records
+# dvc.lock: the data version `register` records; sites.yaml: the sites it calibrates each new version for
+LINKED = (PROCESSED_DIR, Path("dvc.lock"), SITES_FILE)
 
 
 def merged(base: dict, changes: dict) -> dict:

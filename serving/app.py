@@ -8,8 +8,10 @@
                        ?map=nifti -> the anomaly map as NIfTI on the input's grid
                        ?map=png   -> a quick-look overlay of the most anomalous slices
                        ?site=NAME -> verdicts at that site's calibration (`brainomaly calibrate
-                                     --site`; unknown: 400 listing the known), drift per site
+                                     --site`; unknown: 400 listing the known; a calibration that
+                                     failed to load: 503 for that site alone), drift per site
     GET  /v1/model     the model served, its thresholds and where it came from
+    GET  /v1/sites     the sites the served version is calibrated for: scans, guaranteed rates, when
     GET  /healthz      liveness
     GET  /readyz       200 once a model is loaded, 503 before
     GET  /metrics      Prometheus exposition: the monitor's, for the whole deployment, and the
@@ -49,7 +51,7 @@ from serving.settings import EndpointSettings
 log = logging.getLogger("brainomaly.serving")
 logging.getLogger("nibabel").setLevel(logging.ERROR)  # its header fix-up notes, one per odd upload
 api = FastAPI(title="Brainomaly", description="Unsupervised brain-MRI anomaly detection", version="1")
-ROUTES = {"/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"}
+ROUTES = {"/v1/predict", "/v1/model", "/v1/sites", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"}
 OPEN_ROUTES = {"/healthz", "/readyz"}  # the orchestrator's probes; /metrics too unless serve.metrics_require_key
 API_KEY_HEADER = "X-API-Key"
 PROBE_HEADROOM = 8  # requests the ingress admits beyond the model's capacity: probes, /metrics
@@ -172,6 +174,15 @@ class Ingress:
         if served["model"] is None:
             raise RequestError(503, f"no model loaded yet ({served['last_load_error'] or 'loading'}); see /readyz")
         return {**served["model"], "model_uri": self.settings.model_uri, "last_load_error": served["last_load_error"]}
+
+    @api.get("/v1/sites")
+    async def sites(self) -> dict:
+        """Every site the served version knows, each with its scan count, guaranteed false-alarm
+        rates and when it was calibrated; a site whose calibration failed to load, with why."""
+        model = await self.served()
+        listed = [{"site": site, "status": "calibrated", **found} for site, found in model["sites"].items()]
+        listed += [{"site": site, "status": "unavailable", **found} for site, found in model.get("broken_sites", {}).items()]
+        return {"model": model["name"], "version": model["version"], "sites": sorted(listed, key=lambda s: s["site"])}
 
     @api.get("/metrics")
     async def prometheus(self) -> Response:

@@ -26,7 +26,7 @@ from components.data.nifti_io import VolumeLimits
 from pipelines.model_store import resolve_version
 from serving.model_source import load_predictor, sites_changed, with_sites
 from serving.monitor import tell
-from serving.predictor import Upload, VolumePredictor
+from serving.predictor import SiteUnavailableError, Upload, VolumePredictor
 from serving.settings import EndpointSettings
 
 log = logging.getLogger("brainomaly.serving")
@@ -60,6 +60,8 @@ def score_jobs(jobs: list[Job], limits: VolumeLimits) -> list[dict]:
 def as_result(answer: dict | Exception) -> dict:
     if isinstance(answer, TimeoutError):
         return {"timeout": str(answer)}
+    if isinstance(answer, SiteUnavailableError):  # the server's fault, and that site's alone
+        return {"unavailable": str(answer)}
     if isinstance(answer, Exception):  # the upload's own error: a scan or a site it cannot use
         return {"error": str(answer)}
     return answer
@@ -77,7 +79,8 @@ class DetectorModel:
     async def predict(self, data: np.ndarray, affine: np.ndarray, with_map: str | None, site: str | None = None,
                       timeout_s: float | None = None) -> dict:
         """The predictor's result, or {"error": ...} for a volume it cannot use or a site it does
-        not know, {"unavailable": ...} before any version has loaded, or {"timeout": ...} when
+        not know, {"unavailable": ...} before any version has loaded or for a site whose
+        calibration failed to load, or {"timeout": ...} when
         scoring ran past ``timeout_s`` (it stops there: a thread cannot be cancelled, so the
         predictor checks the deadline between batches)."""
         predictor = self.predictor  # this request keeps this version even if a swap happens now

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from pipelines.model_store import fetch_bundle, registry_client
-from pipelines.site_store import load_site_calibrations, sites_tag
+from pipelines.site_store import load_site_calibrations, site_records
 from serving.predictor import VolumePredictor
 
 
@@ -22,12 +22,14 @@ def load_predictor(name: str, version: str, tracking_uri: str) -> VolumePredicto
 
 def sites_changed(predictor: VolumePredictor, tracking_uri: str) -> bool:
     """Whether the registry holds other site calibrations for the predictor's version than it has."""
-    return sites_tag(registry_client(tracking_uri), predictor.model_name, predictor.model_version) != predictor.sites_stamp
+    return site_records(registry_client(tracking_uri), predictor.model_name, predictor.model_version) != predictor.sites_stamp
 
 
 def with_sites(predictor: VolumePredictor, tracking_uri: str) -> VolumePredictor:
-    """The predictor with its version's site calibrations as the registry holds them now."""
+    """The predictor with its version's site calibrations as the registry holds them now; a site
+    whose calibration cannot be loaded is kept aside with the reason (its requests get 503, the
+    others are served)."""
     client = registry_client(tracking_uri)
-    stamp = sites_tag(client, predictor.model_name, predictor.model_version)
-    sites = load_site_calibrations(client, predictor.model_name, predictor.model_version)
-    return replace(predictor, sites=sites, sites_stamp=stamp)
+    records = site_records(client, predictor.model_name, predictor.model_version)
+    sites, broken = load_site_calibrations(client, predictor.model_name, predictor.model_version, records)
+    return replace(predictor, sites=sites, broken_sites=broken, sites_stamp=records)

@@ -30,6 +30,10 @@ class UnknownSiteError(ValueError):
     """A request named a site this model has no calibration for."""
 
 
+class SiteUnavailableError(RuntimeError):
+    """A request named a site whose calibration exists but could not be loaded."""
+
+
 class Upload(NamedTuple):
     """One scan to score and what its client asked for."""
 
@@ -46,12 +50,16 @@ class VolumePredictor:
     model_name: str = "unregistered"
     model_version: str = "0"
     sites: dict[str, Calibration] = field(default_factory=dict)  # `brainomaly calibrate --site`
-    sites_stamp: dict[str, dict] = field(default_factory=dict)  # each one's calibration run and when it ran
+    sites_stamp: dict[str, dict] = field(default_factory=dict)  # each one's registry record (run, when, scans)
+    broken_sites: dict[str, str] = field(default_factory=dict)  # calibrated, but not loadable: why
 
     def calibration(self, site: str | None) -> Calibration:
         """The site's calibration; the training one without a site."""
         if site is None:
             return self.bundle.calibration
+        if site in self.broken_sites:
+            raise SiteUnavailableError(f"site {site!r} is calibrated for this model, but {self.broken_sites[site]}; "
+                                       "the server log says more, and `brainomaly calibrate` again mends it")
         if site not in self.sites:
             known = ", ".join(sorted(self.sites)) or "none yet (`brainomaly calibrate --site NAME --healthy DIR`)"
             raise UnknownSiteError(f"unknown site {site!r}; sites calibrated for this model: {known}")
@@ -73,10 +81,14 @@ class VolumePredictor:
             "threshold_percentile": calibration.percentile, "reference_scores": len(calibration.reference_scores),
             "slice_size": self.bundle.preprocess.size, "metrics": self.bundle.metrics,
             "sites": {site: {"slice_threshold": c.slice_threshold, "volume_threshold": c.volume_threshold,
-                             "reference_scores": len(c.reference_scores),
+                             "reference_scores": len(c.reference_scores), "scans": c.scans,
+                             "guaranteed_false_alarm_rates": c.guaranteed_rates,
                              "calibrated": self.sites_stamp.get(site, {}).get("calibrated"),
                              "calibration_run": self.sites_stamp.get(site, {}).get("run_id")}
                       for site, c in sorted(self.sites.items())},
+            "broken_sites": {site: {"error": reason, "calibrated": self.sites_stamp.get(site, {}).get("calibrated"),
+                                    "calibration_run": self.sites_stamp.get(site, {}).get("run_id")}
+                             for site, reason in sorted(self.broken_sites.items())},
         }
 
     def predict(self, data: np.ndarray, affine: np.ndarray, with_map: Literal["nifti", "png"] | None = None,
@@ -98,7 +110,7 @@ class VolumePredictor:
         return answer
 
     def predict_together(self, uploads: list[Upload], limits: VolumeLimits = VolumeLimits(),
-                         deadline: float | None = None) -> list[dict | InvalidVolumeError | UnknownSiteError]:
+                         deadline: float | None = None) -> list[dict | Exception]:
         """Each upload's answer (as ``predict`` gives it) or the error that refuses it, their slices
         scored in shared batches. An upload's answer is the one it gets alone: a neighbour's
         slices do not change its scores and a neighbour's bad scan does not fail it. Past
@@ -108,7 +120,7 @@ class VolumePredictor:
         for i, upload in enumerate(uploads):
             try:
                 prepared[i] = self.prepare(upload, limits)
-            except (InvalidVolumeError, UnknownSiteError) as err:
+            except (InvalidVolumeError, UnknownSiteError, SiteUnavailableError) as err:
                 answers[i] = err
         scored = score_volumes(self.detector, list(prepared.values()), self.bundle.calibration, deadline)
         for (i, slices), scores in zip(prepared.items(), scored):

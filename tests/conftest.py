@@ -40,7 +40,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 TINY_PARAMS = {
     "phantoms": {"n_healthy": 10, "n_tumour": 4, "test_healthy": 8, "test_tumour": 2, "voxel_size_mm": 3.0, "seed": 11,
                  "tumour_radius_mm": [10.0, 30.0]},
-    "calibrate": {"healthy_scans": 4},
+    "calibrate": {"healthy_scans": 4, "min_scans": 4},
     "evaluate": {"bootstrap_samples": 100},
     "preprocess": {"size": 32},
     "model": {"name": "spatial_vae", "spatial_vae": {"base_channels": 16, "latent_channels": 32, "downsamplings": 3, "kl_weight": 0.01}},

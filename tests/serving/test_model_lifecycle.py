@@ -253,3 +253,131 @@ def test_a_site_calibrated_while_serving_is_applied_by_name(server, project, pip
     text = requests.get(f"{server}/metrics", timeout=10).text
     assert f'brainomaly_slice_threshold{{site="elsewhere"}} {site["slice_threshold"]}' in text
     assert metric(server, 'brainomaly_drift_window{site="elsewhere"}') == len(at_site["slices"])
+
+
+@pytest.fixture(scope="module")
+def site_scans(pipeline_repo, tmp_path_factory) -> Path:
+    """A site's healthy scans as a plain folder of files (no layout, no masks)."""
+    folder = tmp_path_factory.mktemp("site_scans")
+    for subject in read_hcp(pipeline_repo / "data" / "raw" / "sites" / "other_vendor" / "healthy"):
+        shutil.copy(subject.image, folder / f"{subject.subject_id}.nii.gz")
+    return folder
+
+
+def calibrate_command(site: str, healthy: Path, *flags: str) -> list[str]:
+    return [str(Path(sys.executable).parent / "brainomaly"), "calibrate", "--site", site, "--healthy", str(healthy), *flags]
+
+
+def test_calibrate_with_too_few_scans_says_what_they_guarantee_and_stops(project, registry, site_scans, tmp_path):
+    for name in sorted(p.name for p in site_scans.iterdir())[:2]:
+        shutil.copy(site_scans / name, tmp_path / name)
+    champion = registry.get_model_version_by_alias(NAME, ALIAS).version
+    refused = subprocess.run(calibrate_command("tiny_clinic", tmp_path), cwd=project, env=venv_env(), capture_output=True,
+                             text=True, timeout=600)
+    assert refused.returncode == 1
+    said = " ".join(refused.stderr.split())
+    assert "2 healthy scans can guarantee at best 33.3% of healthy volumes flagged" in said, said
+    assert "5% needs 19 scans" in said and "calibrate.min_scans is 4" in said and "--allow-few-scans" in said
+    assert "brainomaly.site.tiny_clinic" not in registry.get_model_version(NAME, champion).tags
+    allowed = subprocess.run(calibrate_command("tiny_clinic", tmp_path, "--allow-few-scans"), cwd=project, env=venv_env(),
+                             capture_output=True, text=True, timeout=600)
+    assert allowed.returncode == 0, allowed.stderr[-3000:]
+    record = json.loads(registry.get_model_version(NAME, champion).tags["brainomaly.site.tiny_clinic"])
+    assert record["scans"] == 2 and record["guaranteed_rates"]["volume"] == pytest.approx(1 / 3, abs=1e-6)
+
+
+def test_two_calibrations_at_once_keep_both(project, registry, site_scans):
+    champion = registry.get_model_version_by_alias(NAME, ALIAS).version
+    runs = [subprocess.Popen(calibrate_command(site, site_scans), cwd=project, env=venv_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for site in ("north", "south")]
+    for run in runs:
+        _, err = run.communicate(timeout=600)
+        assert run.returncode == 0, err[-3000:]
+    tags = registry.get_model_version(NAME, champion).tags
+    assert {"brainomaly.site.north", "brainomaly.site.south"} <= set(tags)
+    assert json.loads(tags["brainomaly.site.north"])["run_id"] != json.loads(tags["brainomaly.site.south"])["run_id"]
+    import yaml
+
+    listed = yaml.safe_load((project / "sites.yaml").read_text())["sites"]
+    assert {"north", "south"} <= set(listed) and listed["north"]["healthy"] == str(site_scans.resolve())
+
+
+def wait_for_site(server: str, site: str, present: bool = True) -> dict:
+    deadline = time.monotonic() + 60  # replicas poll the registry every second here
+    while time.monotonic() < deadline:
+        sites = requests.get(f"{server}/v1/sites", headers=KEY, timeout=10).json()
+        if (site in {s["site"] for s in sites["sites"]}) == present:
+            return sites
+        time.sleep(1)
+    raise AssertionError(f"/v1/sites never {'showed' if present else 'dropped'} {site}: {sites}")
+
+
+def test_a_broken_site_calibration_fails_only_that_site(server, registry, scan):
+    champion = registry.get_model_version_by_alias(NAME, ALIAS).version
+    wait_for_site(server, "north")
+    registry.set_model_version_tag(NAME, champion, "brainomaly.site.ghost",
+                                   json.dumps({"run_id": "0" * 32, "calibrated": "2026-01-01T00:00:00Z"}))
+    sites = {s["site"]: s for s in wait_for_site(server, "ghost")["sites"]}
+    assert sites["ghost"]["status"] == "unavailable" and "could not be loaded" in sites["ghost"]["error"]
+    assert sites["north"]["status"] == "calibrated" and sites["north"]["scans"] >= 4
+    assert sites["north"]["guaranteed_false_alarm_rates"]["volume"] <= 1 / 5 and sites["north"]["calibrated"]
+    ghost = requests.post(f"{server}/v1/predict?site=ghost", data=scan, headers=KEY, timeout=120)
+    assert ghost.status_code == 503 and "'ghost' is calibrated for this model" in ghost.json()["error"]
+    for site in ("north", None):
+        answer = requests.post(f"{server}/v1/predict", params={"site": site} if site else {}, data=scan, headers=KEY,
+                               timeout=120)
+        assert answer.status_code == 200 and answer.json()["site"] == site
+    assert requests.get(f"{server}/readyz", timeout=10).status_code == 200
+    registry.delete_model_version_tag(NAME, champion, "brainomaly.site.ghost")
+    wait_for_site(server, "ghost", present=False)
+
+
+PIPELINE_OUTPUTS = ("models/detector", "models/calibration.json", "models/test_scores.parquet", "models/evaluation.json",
+                    "reports/evaluation.json", "data/processed/preprocess_spec.json", "dvc.lock")
+
+
+def test_a_calibrated_site_is_answered_across_a_promotion(server, project, pipeline_repo, registry, scan):
+    """`register` calibrates every listed site for the new version before the alias moves: a
+    client asking at a site throughout sees the old version, then the new, and no error. The
+    champion is the successor registered by hand above, with no metric to compare: the
+    pipeline's model, registered again, takes over."""
+    for name in PIPELINE_OUTPUTS:  # the pipeline's model, registered again from this project
+        source, target = pipeline_repo / name, project / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)
+    before = str(registry.get_model_version_by_alias(NAME, ALIAS).version)
+    answers, failures, done = [], [], threading.Event()
+
+    def keep_asking():
+        while not done.is_set():
+            try:
+                response = requests.post(f"{server}/v1/predict?site=north", data=scan, headers=KEY, timeout=120)
+            except Exception as err:  # anything the client meets is a failure of the swap
+                failures.append(repr(err))
+                return
+            if response.status_code != 200:
+                failures.append(f"{response.status_code}: {response.text[:300]}")
+                return
+            answers.append((response.json()["model"]["version"], response.json()["threshold"]))
+
+    client = threading.Thread(target=keep_asking)
+    client.start()
+    try:
+        registered = subprocess.run([str(Path(sys.executable).parent / "brainomaly"), "register"], cwd=project,
+                                    env=venv_env(), capture_output=True, text=True, timeout=600)
+        report = json.loads((project / "reports" / "registration.json").read_text())
+        deadline = time.monotonic() + 60
+        while not any(version == report["version"] for version, _ in answers) and time.monotonic() < deadline \
+                and not failures:
+            time.sleep(0.5)
+        time.sleep(1)
+    finally:
+        done.set()
+        client.join(timeout=120)
+    assert registered.returncode == 0, registered.stderr[-3000:]
+    assert report["promoted"] and all(report["sites"][s]["calibrated"] for s in ("north", "south", "tiny_clinic"))
+    assert not failures and not client.is_alive(), failures
+    versions = [version for version, _ in answers]
+    assert versions[0] == before and versions[-1] == report["version"], versions
+    record = json.loads(registry.get_model_version(NAME, report["version"]).tags["brainomaly.site.north"])
+    assert record["scans"] >= 4

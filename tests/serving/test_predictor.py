@@ -14,7 +14,7 @@ from components.models.inference import relative_to_level, score_volume
 from components.models.registry import DETECTORS, build_detector, data_hyperparams
 from components.preprocess.spec import PreprocessSpec
 from components.preprocess.geometry import to_ras
-from serving.predictor import UnknownSiteError, Upload, VolumePredictor
+from serving.predictor import SiteUnavailableError, UnknownSiteError, Upload, VolumePredictor
 from tests.components.test_detectors import TINY
 
 
@@ -211,3 +211,18 @@ def test_uploads_answered_together_get_their_own_answers_and_errors(predictor, p
         assert [s["verdict"] for s in answer["slices"]] == [s["verdict"] for s in alone["slices"]]
     assert {s["verdict"] for s in answers[2]["slices"]} == {"anomalous"}  # the site's threshold 0, not the training one's
     assert answers[0]["map"][:2] == b"\x1f\x8b"  # the map asked for, gzipped NIfTI
+
+
+def test_a_site_whose_calibration_failed_to_load_fails_alone(predictor, phantom_roots):
+    """Its uploads are refused as unavailable (a server fault, 503), named as such; the training
+    calibration and every other site serve on, in the same pass."""
+    image, affine = load_volume(read_brats(phantom_roots[1])[0].image)
+    served = VolumePredictor(predictor.bundle, predictor.detector, "brainomaly-detector", "7",
+                             sites={"north": Calibration(98.0, 0.0, 0.0, 0.3, [0.1])},
+                             broken_sites={"east": "its calibration (run r1) could not be loaded (OSError)"})
+    answers = served.predict_together([Upload(image, affine, None, "east"), Upload(image, affine, None, "north"),
+                                       Upload(image, affine)])
+    assert isinstance(answers[0], SiteUnavailableError) and "'east' is calibrated" in str(answers[0])
+    assert answers[1]["site"] == "north" and answers[2]["site"] is None
+    assert served.description()["broken_sites"]["east"]["error"].startswith("its calibration")
+    assert list(served.description()["sites"]) == ["north"]
