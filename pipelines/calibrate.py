@@ -69,7 +69,7 @@ def calibrate_known_sites(params: Params, client, name: str, version: str, bundl
     move: per site, what was stored, or why it could not be (its scans gone, say)."""
     report = {}
     for site, entry in read_sites(params.path(SITES_FILE)).items():
-        healthy = Path(entry["healthy"])
+        healthy = params.path(entry["healthy"])  # a relative folder is the project's
         try:  # listed once, so accepted once: a site of few scans keeps its stated guarantee
             calibration, details = calibrate_site(params, bundle, detector, site, healthy, allow_few_scans=True)
         except (OSError, ValueError) as err:
