@@ -91,6 +91,9 @@ def run(params: Params, site: str, healthy: Path, allow_few_scans: bool = False)
     version = champion(client, name, alias)
     if version is None:
         raise ValueError(f"no model has alias {alias!r} under {name!r}: run `make run` (or `brainomaly register`) first")
+    if not allow_few_scans and Path(healthy).is_dir():  # said before the model is fetched, not after
+        check_scan_count(len(read_dataset(Path(healthy), "auto", params.data.modality, "healthy")),
+                         params.calibrate.target_false_alarm_rate, params.calibrate.min_scans)
     with tempfile.TemporaryDirectory() as tmp:
         folder, _, _ = fetch_bundle(f"models:/{name}/{version.version}", client.tracking_uri, Path(tmp))
         bundle, detector = DetectorBundle.load(folder, params.evaluate.device)
