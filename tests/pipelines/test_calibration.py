@@ -47,3 +47,25 @@ def test_a_project_without_other_sites_has_an_empty_sites_folder_and_a_missing_o
     assert site_names(tmp_path / "sites") == ["hospital_b"]
     with pytest.raises(FileNotFoundError, match="make it an empty folder"):
         site_names(tmp_path / "nowhere")
+
+
+def test_a_broken_sites_file_is_named_and_a_site_is_added_with_its_scans_hash(tmp_path):
+    from pipelines.site_store import add_site, read_sites
+
+    sites = tmp_path / "sites.yaml"
+    assert read_sites(sites) == {}  # no file: no sites
+    for text, message in (("sites: [a, b", "not valid YAML"), ("sites: [a, b]", "expected `sites:"),
+                          ("sites:\n  Bad Name: {healthy: x}\n", "site name 'Bad Name'")):
+        sites.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            read_sites(sites)
+    sites.unlink()
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    (scans / "a.nii.gz").write_bytes(b"one")
+    first = add_site(sites, "north", scans)["scans_sha256"]
+    (scans / "a.nii.gz").write_bytes(b"two")
+    add_site(sites, "south", scans)
+    listed = read_sites(sites)
+    assert set(listed) == {"north", "south"} and listed["north"]["healthy"] == str(scans.resolve())
+    assert listed["north"]["scans_sha256"] == first != listed["south"]["scans_sha256"]  # the scans' version, per site

@@ -190,3 +190,20 @@ def test_a_version_whose_files_changed_since_registration_is_refused(project, tm
     assert not set(DIGEST_TAGS) & set(unverifiable.tags)
     with pytest.raises(ModelIntegrityError, match="carries no weights_sha256 / bundle_sha256 tags"):
         fetch_bundle(f"models:/brainomaly-detector/{unverifiable.version}", uri, tmp_path / "untagged")
+
+
+def test_every_listed_site_is_calibrated_for_a_new_version_and_a_lost_one_holds_the_promotion(project, phantom_roots):
+    """sites.yaml names a site whose scans are there and one whose folder is gone: the version is
+    calibrated for the first before any alias move, and the second is named, not dropped."""
+    hcp_root, _ = phantom_roots
+    (project.root / "sites.yaml").write_text(
+        f"sites:\n  here: {{healthy: {hcp_root}}}\n  gone: {{healthy: {project.root / 'no-such-folder'}}}\n")
+    held = register_with(project, scores_with_separation(1.0, seed=0))
+    assert not held["promoted"] and held["champion"] is None
+    assert "site gone could not be calibrated" in held["reason"] and "no-such-folder" in held["reason"]
+    assert held["sites"]["gone"]["calibrated"] is False and held["sites"]["here"]["calibrated"] is True
+    record = json.loads(tracking.client(project).get_model_version("brainomaly-detector", "1").tags["brainomaly.site.here"])
+    assert record["scans"] == 4 and record["guaranteed_rates"]["volume"] == pytest.approx(1 / 5, abs=1e-6)
+    (project.root / "sites.yaml").write_text(f"sites:\n  here: {{healthy: {hcp_root}}}\n")  # the lost site removed
+    again = register_with(project, scores_with_separation(1.0, seed=0))
+    assert again["promoted"] and again["sites"]["here"]["calibrated"]
