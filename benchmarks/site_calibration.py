@@ -9,7 +9,8 @@ of n scans set the split-conformal slice and volume thresholds for
 ``calibrate.target_false_alarm_rate`` (as `calibrate` does), and the share of the *other*
 healthy scans' slices, and of those scans, above them is the false-alarm rate the site would
 see. Reported per site and n: the mean realised rate and its 5-95 % range over draws (slices),
-the mean share of volumes flagged and the rate n scans guarantee for volumes, 1/(n+1). The training site's own threshold (models/calibration.json) is shown for comparison.
+the mean share of volumes flagged and the rate n scans guarantee for volumes, 1/(n+1). The
+training site's own threshold (models/calibration.json) is shown for comparison.
 """
 
 from __future__ import annotations

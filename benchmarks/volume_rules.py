@@ -44,6 +44,7 @@ from benchmarks.volume_verdicts import load_champion  # noqa: E402
 from components.data.layouts import read_dataset  # noqa: E402
 from components.data.phantoms import generate_phantoms  # noqa: E402
 from components.metrics.conformal import conformal_threshold, exact_interval  # noqa: E402
+from components.metrics.detection import slice_truth  # noqa: E402
 from components.metrics.postprocess import smooth_subject  # noqa: E402
 from components.models.inference import score_slices, with_reference  # noqa: E402
 from components.scoring.volume import kth_highest, largest_component, slices_above, volume_score  # noqa: E402
@@ -53,7 +54,7 @@ from pipelines.sites import _preprocess, site_subjects  # noqa: E402
 RULES = ("max", "third_highest", "slices_above", "largest_component")
 
 
-def scored_scans(predictor, subjects, workers: int) -> list[dict]:
+def scored_scans(predictor, subjects, workers: int, min_tumour_pixels: int) -> list[dict]:
     """Per scan: slice scores, tumour-slice and tumour-free flags, post-processed maps, brain, mL per model voxel."""
     calibration, spec = predictor.bundle.calibration, predictor.bundle.preprocess
     scans = []
@@ -66,7 +67,8 @@ def scored_scans(predictor, subjects, workers: int) -> list[dict]:
                                                  precision=calibration.precision), calibration.score_reference)
             native_ml = float(np.prod(nib.load(subject.image).header.get_zooms()[:3])) / 1000.0
             lesions = slices.lesion_pixels if slices.lesion_pixels is not None else np.zeros_like(slices.tumour_pixels)
-            scans.append({"scores": scored.scores, "abnormal": slices.tumour_pixels > 20,
+            abnormal, _ = slice_truth(slices.tumour_pixels, lesions, min_tumour_pixels)
+            scans.append({"scores": scored.scores, "abnormal": abnormal,
                           "tumour_free": (slices.tumour_pixels == 0) & (lesions == 0),
                           "smoothed": smooth_subject(scored.maps, slices.brain), "brain": slices.brain,
                           "ml_per_voxel": native_ml * slices.brain_pixels.sum() / max(int(slices.brain.sum()), 1)})
@@ -144,7 +146,8 @@ def measure_site(predictor, healthy, tumour, params, workers: int, draws: int) -
     splits), the rest test; then the same over random calibration sets."""
     count, target = params.calibrate.healthy_scans, params.calibrate.target_false_alarm_rate
     pixel_target = 1.0 - params.evaluate.pixel_threshold_percentile / 100.0
-    healthy_scans, tumour_scans = scored_scans(predictor, healthy, workers), scored_scans(predictor, tumour, workers)
+    least = params.evaluate.min_tumour_pixels  # the one slice label
+    healthy_scans, tumour_scans = (scored_scans(predictor, scans, workers, least) for scans in (healthy, tumour))
     split = at_split(healthy_scans[:count], healthy_scans[count:], tumour_scans, target, pixel_target)
     return {"scans": {"calibration": count, "healthy_test": len(healthy_scans) - count, "tumour_test": len(tumour_scans)},
             **split, "random_calibration_sets": {"draws": draws, **over_draws(healthy_scans, tumour_scans, count, draws,

@@ -42,15 +42,19 @@ def check_scan_count(scans: int, target: float, min_scans: int) -> None:
             f"pass --allow-few-scans to calibrate with these and that guarantee")
 
 
-def calibrate_site(params: Params, bundle: DetectorBundle, detector, site: str, healthy: Path,
-                   allow_few_scans: bool = False) -> tuple[Calibration, dict]:
-    """The site's calibration for one model, and what it came from (scans, slices, skipped ones)."""
-    target, least = params.calibrate.target_false_alarm_rate, params.calibrate.min_scans
+def site_scans(params: Params, site: str, healthy: Path) -> list:
+    """The site's healthy scans, or a clear error when their folder is gone."""
     if not Path(healthy).is_dir():
         raise FileNotFoundError(f"site {site}: its healthy scans' folder {healthy} is missing")
-    subjects = read_dataset(Path(healthy), "auto", params.data.modality, "healthy")
-    if not allow_few_scans:
-        check_scan_count(len(subjects), target, least)
+    return read_dataset(Path(healthy), "auto", params.data.modality, "healthy")
+
+
+def calibrate_site(params: Params, bundle: DetectorBundle, detector, site: str, healthy: Path,
+                   allow_few_scans: bool = False) -> tuple[Calibration, dict]:
+    """The site's calibration for one model, and what it came from (scans, slices, skipped ones);
+    unless ``allow_few_scans``, fewer usable scans than ``calibrate.min_scans`` are refused."""
+    target, least = params.calibrate.target_false_alarm_rate, params.calibrate.min_scans
+    subjects = site_scans(params, site, healthy)
     rule, precision = bundle.calibration.score_reference, bundle.calibration.precision  # the model's units
     reference, skipped = score_subjects(detector, subjects, bundle.preprocess, params.preprocess.workers, rule, precision,
                                         f"calibrate: {site}")
@@ -91,9 +95,9 @@ def run(params: Params, site: str, healthy: Path, allow_few_scans: bool = False)
     version = champion(client, name, alias)
     if version is None:
         raise ValueError(f"no model has alias {alias!r} under {name!r}: run `make run` (or `brainomaly register`) first")
-    if not allow_few_scans and Path(healthy).is_dir():  # said before the model is fetched, not after
-        check_scan_count(len(read_dataset(Path(healthy), "auto", params.data.modality, "healthy")),
-                         params.calibrate.target_false_alarm_rate, params.calibrate.min_scans)
+    if not allow_few_scans:  # said before the model is fetched; scans that then prove unusable are counted again
+        check_scan_count(len(site_scans(params, site, healthy)), params.calibrate.target_false_alarm_rate,
+                         params.calibrate.min_scans)
     with tempfile.TemporaryDirectory() as tmp:
         folder, _, _ = fetch_bundle(f"models:/{name}/{version.version}", client.tracking_uri, Path(tmp))
         bundle, detector = DetectorBundle.load(folder, params.evaluate.device)

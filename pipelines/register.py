@@ -29,8 +29,8 @@ from components.preprocess.spec import PreprocessSpec
 from pipelines import tracking
 from pipelines.calibrate import calibrate_known_sites
 from pipelines.evaluate import ALL_METRICS, CALIBRATION, EVALUATION
-from pipelines.model_store import champion
 from pipelines.evaluate import TEST_SCORES as EVALUATED_SCORES
+from pipelines.model_store import champion
 from pipelines.params import Params
 from pipelines.preprocess import PROCESSED_DIR
 from pipelines.train import MODEL_DIR

@@ -5,7 +5,7 @@ Angelopoulos & Bates, "A gentle introduction to conformal prediction", 2021): th
 score with k = ceil((n + 1)(1 - alpha)). A new healthy score, exchangeable with the n, lies above
 it with probability at most 1 - k / (n + 1) <= alpha. A percentile of the n (np.percentile)
 carries no such promise: with 4 scores its 95th lies just under the largest, so a new healthy
-scan lands above it about a fifth of the time. When k > n, no score of the n is high enough for
+scan lands above it more than a fifth of the time. When k > n, no score of the n is high enough for
 alpha: the largest is the best there is, and guarantees 1 / (n + 1).
 
 The guarantee is exact for units that are exchangeable: whole scans of one site. Slices and

@@ -42,10 +42,6 @@ def resampled_subjects(strata: list[np.ndarray], samples: int, seed: int) -> Ite
         yield np.concatenate([rng.choice(stratum, size=len(stratum)) for stratum in strata])
 
 
-def _rate(flagged: np.ndarray, among: np.ndarray) -> float:
-    return float(flagged[among].mean()) if among.any() else float("nan")
-
-
 def _ranking(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     if labels.all() or not labels.any():
         return {"slice_auroc": float("nan"), "slice_auprc": float("nan")}
@@ -61,18 +57,12 @@ def detection_metrics(slices: Mapping, subjects: Mapping, slice_threshold: float
     Columns of a DataFrame or arrays in a dict."""
     rated = np.asarray(slices["rated"], bool)
     abnormal, score = np.asarray(slices["abnormal"], bool), np.asarray(slices["score"], float)
-    flagged = score > slice_threshold
-    healthy = np.asarray(subjects["cohort"]) == "healthy"
-    healthy_slice = np.isin(np.asarray(slices["subject"]), np.asarray(subjects["subject"])[healthy])
-    volume_flagged = np.asarray(subjects["volume_score"], float) > volume_threshold
     dice = np.asarray(subjects["dice"], float)
+    rates = {name: flagged / among if among else float("nan")
+             for name, (flagged, among) in rate_counts(slices, subjects, slice_threshold, volume_threshold).items()}
     return {
         **(_ranking(abnormal[rated], score[rated]) if ranking else {}),
-        "slice_false_alarm_rate": _rate(flagged, np.asarray(slices["tumour_free"], bool)),
-        "healthy_slice_false_alarm_rate": _rate(flagged, healthy_slice),
-        "slice_sensitivity": _rate(flagged, abnormal),
-        "volume_false_alarm_rate": _rate(volume_flagged, healthy),
-        "volume_sensitivity": _rate(volume_flagged, ~healthy),
+        **rates,
         "dice_mean": float(np.nanmean(dice)) if np.isfinite(dice).any() else float("nan"),
     }
 
