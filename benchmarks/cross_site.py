@@ -25,6 +25,7 @@ from components.atomic import write_json
 from pipelines import compare
 from pipelines.params import load_params
 from pipelines.sites import REPORT_JSON as SITES_JSON
+from components.machine import machine
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {  # on the unseen sites, after calibrating with at most 10 healthy scans each
@@ -63,7 +64,7 @@ def main() -> None:
         found = json.loads(served.read_text())
         results[f"{found['model']} as served"] = {"sites": found["sites"]}
     unseen = [s for s in next(iter(results.values()))["sites"] if s != params.phantoms.spec.training_site]
-    report = {"machine": "a 2-core CPU machine", "training_site": params.phantoms.spec.training_site,
+    report = {"machine": machine(), "training_site": params.phantoms.spec.training_site,
               "targets": {k: f"{op} {bound}" for k, (op, bound) in TARGETS.items()}, "detectors": {}}
     for name, found in results.items():
         sites = {site: site_values(values) for site, values in found["sites"].items()}

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -21,6 +19,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from components.machine import machine
 
 REPO = Path(__file__).resolve().parents[1]
 REPORT = REPO / "reports" / "comparison.json"
@@ -42,7 +41,7 @@ def main() -> None:
         seconds = round(time.perf_counter() - start)
     results = json.loads(REPORT.read_text())
     record = {"benchmark": "brainomaly compare: every detector trained (Ray Train, 2 workers) and evaluated on the default phantoms",
-              "machine": f"{os.cpu_count()}-core CPU ({platform.machine()}), no GPU", "wall_seconds": seconds,
+              "machine": machine(), "wall_seconds": seconds,
               "results": results}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(record, indent=2))

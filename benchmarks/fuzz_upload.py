@@ -32,6 +32,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 from rich.table import Table
+from components.machine import machine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -205,7 +206,7 @@ def main() -> None:
         statuses = fuzz(url, args.examples, after_each=after_each)
         seconds = time.perf_counter() - start
         alive = requests.get(f"{url}/readyz", timeout=30).status_code == 200
-    result = {"machine": "a 2-core CPU machine", "examples": sum(statuses.values()),
+    result = {"machine": machine(), "examples": sum(statuses.values()),
               "statuses": {str(k): v for k, v in sorted(statuses.items())},
               "server_errors": sum(v for k, v in statuses.items() if k >= 500), "ready_after": alive,
               "seconds": round(seconds, 1),

@@ -29,6 +29,7 @@ from components.atomic import write_json
 from pipelines.params import load_params
 from pipelines.sites import REPORT_JSON as SITES_JSON
 from pipelines.workspace import create, run_stage
+from components.machine import machine
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = {  # README "Preprocessing": the four ways to put scans on one intensity scale
@@ -80,7 +81,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     params = load_params(REPO / "params.yaml")
-    report = {"machine": "a 2-core CPU machine", "model": args.model, "training_site": params.phantoms.spec.training_site,
+    report = {"machine": machine(), "model": args.model, "training_site": params.phantoms.spec.training_site,
               "recipes": {recipe: run_recipe(params, args.model, recipe) for recipe in args.recipes}}
     write_json(args.output or REPO / f"benchmarks/results/intensity_recipes_{args.model}.json", report)
     print_table(report)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from components.machine import machine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     record = {
         "benchmark": "dvc repro, fresh clone, embedded phantom data",
-        "machine": f"{os.cpu_count()}-core CPU ({platform.machine()}), no GPU",
+        "machine": machine(),
         "params": str(args.params or "params.yaml (committed)"),
         **run_pipeline(args.params),
     }

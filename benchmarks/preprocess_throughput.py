@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
 import tempfile
@@ -34,6 +33,7 @@ from components.preprocess.spec import PreprocessSpec
 from components.preprocess.volume import reference_landmarks
 from pipelines.params import PreprocessParams
 from pipelines.preprocess import process_subject
+from components.machine import machine
 
 REPO = Path(__file__).resolve().parents[1]
 BRATS_SHAPE = (240, 240, 155)
@@ -102,7 +102,7 @@ def main() -> None:
                 ("dual_vae_improved", 2, args.volumes)]
         runs = [measure(Path(tmp), recipe, specs[recipe], workers, count) for recipe, workers, count in plan]
     record = {"benchmark": "preprocess, BraTS-sized .nii.gz volumes (240x240x155, 1 mm)",
-              "machine": f"{os.cpu_count()}-core CPU, no GPU", "target_volumes_per_minute": 30, "runs": runs}
+              "machine": machine(), "target_volumes_per_minute": 30, "runs": runs}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(record, indent=2))
     table = Table(title=record["benchmark"])

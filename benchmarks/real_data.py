@@ -60,6 +60,7 @@ from pipelines.tracking import tracking_uri
 from pipelines.workspace import create, run_stage
 from serving.model_source import load_predictor
 from serving.predictor import VolumePredictor
+from components.machine import machine
 
 REPO = Path(__file__).resolve().parents[1]
 WORKSPACE = Path("artifacts/real_data")
@@ -296,7 +297,7 @@ def main() -> None:
         if not scan.is_file():
             parser.error(f"no such scan: {scan}")
     params = load_params(REPO / "params.yaml")
-    report = {"machine": "a 2-core CPU machine", "healthy": args.healthy.resolve().name,
+    report = {"machine": machine(), "healthy": args.healthy.resolve().name,
               "tumour": args.tumour.resolve().name, "modality": args.modality}  # folder names: the paths are the user's
     real = trained_on_real(params, args) if "real" not in args.skip else load_params(params.path(WORKSPACE / "params.yaml"))
     report["trained_on_real"] = real_rows(real)

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
-import platform
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +35,7 @@ from components.data.layouts import read_brats
 from components.data.nifti_io import load_volume
 from pipelines.params import load_params
 from serving.local_server import running_server
+from components.machine import machine
 
 REPO = Path(__file__).resolve().parents[1]
 BRATS_SHAPE = (240, 240, 155)
@@ -112,7 +111,7 @@ def main() -> None:
     capacity = (serve.max_ongoing_requests + serve.max_queued_requests) * replicas
     with running_server(REPO) as url:
         result = {
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "machine": machine(),
             "volume": {"shape": list(BRATS_SHAPE), "upload_bytes": len(payload), "format": ".nii.gz"},
             "serve": {"replicas": replicas, "max_ongoing_requests": serve.max_ongoing_requests,
                       "max_queued_requests": serve.max_queued_requests},

@@ -30,6 +30,7 @@ from pipelines.params import load_params
 from pipelines.preprocess import PROCESSED_DIR
 from pipelines.sites import score_subjects, site_names, site_subjects
 from components.preprocess.spec import PreprocessSpec
+from components.machine import machine
 
 REPO = Path(__file__).resolve().parents[1]
 COUNTS = (1, 2, 3, 5, 10)
@@ -78,7 +79,7 @@ def main() -> None:
                 "volumes_flagged_mean": float(volumes.mean()),
                 "volume_guarantee": conformal_threshold(np.arange(count, dtype=float), target).guaranteed_rate}
     report = {"model": description["model_name"], "target_false_alarm_rate": target, "draws": args.draws,
-              "machine": "a 2-core CPU machine", "sites": results}
+              "machine": machine(), "sites": results}
     write_json(args.output, report)
     table = Table(title=f"Healthy slices flagged on held-out scans (target {target:.0%}), by calibration scans")
     table.add_column("site")

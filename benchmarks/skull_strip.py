@@ -28,6 +28,7 @@ from components.data.layouts import read_dataset
 from components.data.nifti_io import load_volume
 from components.preprocess.brain_mask import ERODE_MM, REGAIN_MM, extract_brain, is_skull_stripped, otsu_head_mask
 from components.preprocess.geometry import ras_spacing, to_ras
+from components.machine import machine
 
 REPO = Path(__file__).resolve().parents[1]
 GRID = list(product((4.0, 6.0, 8.0), (2.0, 4.0)))
@@ -78,7 +79,7 @@ def main() -> None:
     scans = len(next(iter(found.values()))["dice"])
     if not scans:
         parser.error(f"every scan in {args.healthy} is already skull-stripped: nothing to extract")
-    report = {"machine": "a 2-core CPU machine", "healthy": args.healthy.resolve().name, "modality": args.modality,
+    report = {"machine": machine(), "healthy": args.healthy.resolve().name, "modality": args.modality,
               "scans": scans, "methods": {name: summary(values, values["seconds"]) for name, values in found.items()}}
     write_json(args.output, report)
     table = Table(title=f"Brain masks of {scans} skull-on {args.modality} scans of {report['healthy']} against their own")

@@ -46,6 +46,7 @@ from pipelines.evaluate import load_trained, score_split
 from pipelines.params import load_params
 from pipelines.preprocess import PROCESSED_DIR
 from pipelines.sites import score_subjects, site_names, site_subjects
+from components.machine import machine
 
 REPO = Path(__file__).resolve().parents[1]
 TOP = 0.02
@@ -148,7 +149,7 @@ def main() -> None:
             for name in deployed}
     model_name = description["model_name"]
     output = args.output or REPO / f"benchmarks/results/slice_scores_{model_name}.json"
-    write_json(output, {"model": model_name, "machine": "a 2-core CPU machine", "target_false_alarm_rate": target,
+    write_json(output, {"model": model_name, "machine": machine(), "target_false_alarm_rate": target,
                         "deployed_percentile": params.evaluate.threshold_percentile, "sites": results})
     table = Table(title=f"{model_name}: slice AUROC [95 % CI] / tumour-free slices flagged, deployed -> calibrated"
                         " / tumour slices caught, deployed -> calibrated")

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -24,6 +22,7 @@ from rich.table import Table
 from pipelines import tune
 from pipelines.params import load_params
 from pipelines.workspace import create
+from components.machine import machine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,7 +49,7 @@ def main() -> None:
     args = parser.parse_args()
     runs = [sweep(scheduler, args.samples, args.epochs) for scheduler in ("asha", "none")]
     record = {"benchmark": f"brainomaly tune, {args.samples} trials of up to {args.epochs} epochs, default detector",
-              "machine": f"{os.cpu_count()}-core CPU ({platform.machine()})", "runs": runs}
+              "machine": machine(), "runs": runs}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(record, indent=2))
     table = Table(title=record["benchmark"])
