@@ -33,7 +33,7 @@ from pipelines.params import load_params  # noqa: E402
 from pipelines.workspace import create, run_stage  # noqa: E402
 
 WORKSPACES = Path("artifacts/repeat")
-METRICS = ("slice_auroc", "slice_auprc", "pixel_auprc", "dice_mean", "best_dice_oracle",
+METRICS = ("slice_auroc", "slice_auprc", "pixel_auroc", "pixel_auprc", "dice_mean", "best_dice_oracle",
            "slice_false_alarm_rate", "slice_sensitivity", "volume_false_alarm_rate", "volume_sensitivity")
 
 

@@ -29,6 +29,8 @@ the metrics and figures to the training run in MLflow.
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import time
 from dataclasses import asdict
@@ -42,7 +44,7 @@ from components.atomic import atomic_path, write_json, write_text
 from components.data.slice_store import load_slices, processed_fingerprint, read_index
 from components.metrics.detection import (
     best_dice, dice_by_subject, dice_per_subject, fold_metrics_by_size, lesion_kind_metrics, other_lesion_metrics, pixel_metrics,
-    rectified_auroc_per_subject, roc_table, slice_metrics, slice_metrics_by_size, slice_truth,
+    rectified_auroc_per_subject, roc_table, slice_labels, slice_metrics, slice_metrics_by_size, slice_truth,
 )
 from components.metrics.conformal import conformal_threshold
 from components.metrics.operating_point import OPERATING_POINT, metric_frames, with_intervals
@@ -240,7 +242,19 @@ def _write_evidence(params: Params, test: dict, labels: np.ndarray, rated: np.nd
                           "abnormal": labels[rated], "score": test["scores"][rated].astype(np.float64)})
     with atomic_path(params.path(TEST_SCORES)) as tmp:
         table.to_parquet(tmp, index=False)
-    write_json(params.path(EVALUATION), {"data_fingerprint": processed_fingerprint(root), "test_slices": len(table)})
+    write_json(params.path(EVALUATION), {**evaluation_identity(root, params.evaluate.min_tumour_pixels),
+                                         "test_slices": len(table)})
+
+
+def evaluation_identity(root: Path, min_tumour_pixels: int) -> dict:
+    """What makes two evaluations comparable: the processed data, and how their slices are rated
+    and labelled (the label rule's code and its setting). The promotion gate compares a candidate
+    with the champion only when ``evaluation_fingerprint`` matches."""
+    rule = "".join(inspect.getsource(f) for f in (slice_truth, slice_labels))
+    labels = {"min_tumour_pixels": min_tumour_pixels, "rule_sha256": hashlib.sha256(rule.encode()).hexdigest()[:12]}
+    data = processed_fingerprint(root)
+    identity = json.dumps({"data": data, "labels": labels}, sort_keys=True).encode()
+    return {"data_fingerprint": data, "labels": labels, "evaluation_fingerprint": hashlib.sha256(identity).hexdigest()[:12]}
 
 
 def _log_to_mlflow(params: Params, run_id: str, metrics: dict) -> None:

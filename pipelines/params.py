@@ -371,6 +371,11 @@ class Params(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _gate_has_a_margin(self) -> "Params":
+        self.registry.rule.margin(self.evaluate.primary_metric)  # raises, naming the missing key
+        return self
+
     def path(self, relative: str | Path) -> Path:
         """A path of the project, absolute, resolved against the params file's folder."""
         return (self.root / relative).resolve()

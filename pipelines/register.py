@@ -101,7 +101,7 @@ def gate(params: Params, client, bundle: DetectorBundle, scores: pd.DataFrame) -
         # evaluate.primary_metric was changed on purpose: the new metric's first model takes over
         return Decision(True, f"the champion has no {primary} to compare with (judged on "
                               f"{current.tags.get('primary_metric', 'nothing')})"), current
-    same_data = current.tags.get("evaluation_data") == bundle.evaluation.get("data_fingerprint")
+    same_data = current.tags.get("evaluation_data") == bundle.evaluation.get("evaluation_fingerprint")
     decision = decide(primary, float(bundle.metrics[primary]), float(current.tags["primary_metric_value"]), same_data,
                       scores, champion_scores(client, current) if same_data else None, params.registry.rule)
     return decision, current
@@ -112,9 +112,9 @@ def model_description(alias: str, primary: str) -> str:
     return (f"Brainomaly's unsupervised brain-MRI anomaly detector, trained on healthy scans only. Each version is one "
             f"trained detector with its preprocessing recipe, thresholds and test scores (`brainomaly register`). "
             f"The `{alias}` alias, which the endpoint serves, moves to a new version only when the promotion gate "
-            f"finds it better on {primary} than the current {alias}, on the same evaluation data, by more than "
-            f"noise (a paired bootstrap over test subjects); each version's tags and description say why it did "
-            f"or did not move.")
+            f"finds it better on {primary} than the current {alias}, on the same evaluation data and labels, by more "
+            f"than noise (a paired permutation test over test subjects, and a margin of two standard deviations of "
+            f"repeated training); each version's tags and description say why it did or did not move.")
 
 
 def version_description(params: Params, bundle: DetectorBundle, decision: Decision, current) -> str:
@@ -156,16 +156,17 @@ def run(params: Params) -> dict:
     if decision.promote and lost:  # the alias would move to a version these sites cannot use
         decision = Decision(False, f"held: site{'s' if len(lost) > 1 else ''} {', '.join(lost)} could not be "
                                    f"calibrated for it ({sites[lost[0]]['error']}); restore the scans, or remove the "
-                                   f"site from sites.yaml, and register again", decision.difference, decision.interval)
+                                   f"site from sites.yaml, and register again", decision.difference, decision.p_value)
     value = float(bundle.metrics[primary])
     tags = {"primary_metric": primary, "primary_metric_value": repr(value),  # full precision: ties must tie
-            "evaluation_data": bundle.evaluation.get("data_fingerprint", "unknown"), **bundle.data_version,
+            "evaluation_data": bundle.evaluation.get("evaluation_fingerprint", "unknown"),
+            "evaluation_labels": json.dumps(bundle.evaluation.get("labels", {}), sort_keys=True), **bundle.data_version,
             "compared_with": str(current.version) if current else "none", "promoted": str(decision.promote).lower(),
             "decision": decision.reason, **digests}
     if decision.difference is not None:
         tags["difference"] = repr(decision.difference)
-    if decision.interval is not None:
-        tags["difference_interval"] = json.dumps([round(v, 6) for v in decision.interval])
+    if decision.p_value is not None:
+        tags["p_value"] = repr(decision.p_value)
     for key, tag in tags.items():
         client.set_model_version_tag(name, version, key, tag)
     client.update_registered_model(name, description=model_description(alias, primary))
@@ -177,7 +178,7 @@ def run(params: Params) -> dict:
         "primary_metric": primary, "value": value,
         "previous_champion": str(current.version) if current else None,
         "previous_value": float(current.tags["primary_metric_value"]) if current and "primary_metric_value" in current.tags else None,
-        "difference": decision.difference, "difference_interval": decision.interval,
+        "difference": decision.difference, "p_value": decision.p_value,
         "champion": version if decision.promote else (str(current.version) if current else None),
         "model_uri": f"models:/{name}@{alias}", "sites": sites,
     }

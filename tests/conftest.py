@@ -42,7 +42,7 @@ TINY_PARAMS = {
                  "tumour_radius_mm": [10.0, 30.0]},
     "calibrate": {"healthy_scans": 4, "min_scans": 4},
     "evaluate": {"bootstrap_samples": 100},
-    "preprocess": {"size": 32},
+    "preprocess": {"size": 32, "tumour_split": None},
     "model": {"name": "spatial_vae", "spatial_vae": {"base_channels": 16, "latent_channels": 32, "downsamplings": 3, "kl_weight": 0.01}},
     "train": {"epochs": 30, "batch_size": 32, "num_workers": 2, "learning_rate": 0.002},
     "serve": {"max_upload_mb": 2, "drift": {"window": 200, "min_scores": 20}},

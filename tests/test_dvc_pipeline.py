@@ -30,7 +30,7 @@ def test_repro_runs_every_stage_to_a_registered_champion(pipeline_repo):
     assert run.data.params["model.name"] == "spatial_vae"
     assert "test_slice_auroc" in run.data.metrics and "train_loss" in run.data.metrics
     assert champion.tags["processed_data_md5"] != "unknown" and len(champion.tags["git_commit"]) == 40
-    evaluated = json.loads((pipeline_repo / "models" / "evaluation.json").read_text())["data_fingerprint"]
+    evaluated = json.loads((pipeline_repo / "models" / "evaluation.json").read_text())["evaluation_fingerprint"]
     assert champion.tags["evaluation_data"] == evaluated and champion.tags["compared_with"] == "none"
     assert set(metrics) <= set(json.loads((pipeline_repo / "reports" / "evaluation.json").read_text()))
 

@@ -88,7 +88,7 @@ class DetectorBundle:
     calibration: Calibration
     data_version: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
-    evaluation: dict = field(default_factory=dict)  # data_fingerprint: the processed data evaluated on
+    evaluation: dict = field(default_factory=dict)  # evaluation_fingerprint: the data and labels evaluated on
 
     def save(self, folder: Path, state_dict: dict) -> Path:
         folder = Path(folder)

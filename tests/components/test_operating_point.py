@@ -5,7 +5,6 @@ import pandas as pd
 import pytest
 
 from components.metrics.operating_point import detection_metrics, resampled_subjects, with_intervals
-from components.metrics.promotion import paired_bootstrap
 
 
 def cohort(n_healthy: int, n_tumour: int, separation: float, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -69,12 +68,3 @@ def test_intervals_hold_the_estimate_and_shrink_with_more_subjects():
             assert low <= result[name] <= high
         widths[n] = result["ci95"]["slice_auroc"]["high"] - result["ci95"]["slice_auroc"]["low"]
     assert widths[48] < 0.6 * widths[6]
-
-
-def test_paired_bootstrap_sees_a_better_model():
-    slices, _ = cohort(8, 8, separation=0.5)
-    better = slices.assign(score=slices["score"] + 2.0 * slices["abnormal"])
-    columns = ["subject", "abnormal", "score"]
-    draws = paired_bootstrap(better[columns].assign(slice=slices.index % 10), slices[columns].assign(slice=slices.index % 10),
-                             "slice_auroc", samples=200)
-    assert len(draws) == 200 and np.quantile(draws, 0.05) > 0

@@ -35,6 +35,8 @@ def test_repo_params_load():
         ("train", {"augment": {"flip_p": -1}}, "train.augment.flip_p is a probability"),
         ("validate", {"abnormal_fraction": [0.9, 0.1]}, "validate.abnormal_fraction must be"),
         ("register", {"confidence": 1.5}, "register.confidence must lie in"),
+        ("register", {"margins": {"dice_mean": 0.1}}, "register.margins has no margin for slice_auroc"),
+        ("register", {"margins": {"slice_auroc": -0.1}}, "register.margins must be >= 0"),
     ],
 )
 def test_bad_values_name_their_key(tmp_path, section, values, message):

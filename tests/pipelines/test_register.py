@@ -55,7 +55,7 @@ def register_with(params, scores: np.ndarray, data: str = "data-v1", **metrics) 
         (params.root / folder).mkdir(exist_ok=True)
     values = {"slice_auroc": roc_auc_score(TEST_SLICES["abnormal"], scores), **metrics}
     (params.root / "reports" / "evaluation.json").write_text(json.dumps(values))
-    (params.root / "models" / "evaluation.json").write_text(json.dumps({"data_fingerprint": data}))
+    (params.root / "models" / "evaluation.json").write_text(json.dumps({"data_fingerprint": data, "evaluation_fingerprint": data}))
     TEST_SLICES.assign(score=scores).to_parquet(params.root / "models" / "test_scores.parquet")
     return register.run(params)
 
@@ -84,19 +84,18 @@ def test_a_win_within_noise_does_not_move_the_alias(project):
     report = register_with(project, lucky)
     assert report["value"] > report["previous_value"], "the candidate must be higher, or the test proves nothing"
     assert not report["promoted"] and report["champion"] == "1"
-    low, high = report["difference_interval"]
-    assert low < 0 < high
+    assert report["p_value"] > 0.05
     tags = tracking.client(project).get_model_version("brainomaly-detector", report["version"]).tags
-    assert tags["compared_with"] == "1" and tags["promoted"] == "false" and "paired bootstrap" in tags["decision"]
+    assert tags["compared_with"] == "1" and tags["promoted"] == "false" and "paired permutation test" in tags["decision"]
     described = tracking.client(project).get_model_version("brainomaly-detector", report["version"]).description
-    assert "Promotion gate (compared with version 1): not promoted; paired bootstrap" in described
-    assert json.loads(tags["difference_interval"]) == pytest.approx([low, high], abs=1e-6)
+    assert "Promotion gate (compared with version 1): not promoted; paired permutation test" in described
+    assert float(tags["p_value"]) == report["p_value"]
 
 
 def test_a_clear_win_on_the_same_data_moves_the_alias(project):
     register_with(project, scores_with_separation(0.5, seed=0))
     report = register_with(project, scores_with_separation(3.0, seed=0))
-    assert report["promoted"] and report["champion"] == "2" and report["difference_interval"][0] > 0
+    assert report["promoted"] and report["champion"] == "2" and report["p_value"] <= 0.05
     champion = tracking.client(project).get_model_version_by_alias("brainomaly-detector", "champion")
     assert str(champion.version) == "2" and champion.tags["compared_with"] == "1"
     assert float(champion.tags["primary_metric_value"]) == report["value"]
@@ -106,6 +105,18 @@ def test_a_candidate_evaluated_on_other_data_is_not_compared(project):
     register_with(project, scores_with_separation(0.5, seed=0), data="data-v1")
     report = register_with(project, scores_with_separation(3.0, seed=0), data="data-v2")
     assert not report["promoted"] and "other data" in report["reason"] and report["champion"] == "1"
+
+
+def test_a_label_change_is_another_evaluation_on_the_same_data(processed_project):
+    """evaluate.min_tumour_pixels rates other slices abnormal: the processed data are the same,
+    the evaluation is not, so the gate never compares the two on their values."""
+    from pipelines.evaluate import evaluation_identity
+
+    root = processed_project / "data" / "processed"
+    at_20, at_50 = evaluation_identity(root, 20), evaluation_identity(root, 50)
+    assert at_20["data_fingerprint"] == at_50["data_fingerprint"] and at_20["labels"]["min_tumour_pixels"] == 20
+    assert at_20["evaluation_fingerprint"] != at_50["evaluation_fingerprint"]
+    assert evaluation_identity(root, 20) == at_20
 
 
 def test_allow_data_change_compares_on_the_value_alone(processed_project, project):
@@ -125,9 +136,10 @@ def test_a_new_primary_metric_takes_over_from_a_champion_judged_on_another(proje
 
 def test_a_metric_without_slice_scores_needs_the_margin(project):
     by_dice = load_params(write_params(project.root, evaluate={"primary_metric": "dice_mean"}))
+    margin = by_dice.registry.rule.margins["dice_mean"]
     register_with(by_dice, scores_with_separation(1.0, seed=0), dice_mean=0.50)
-    assert not register_with(by_dice, scores_with_separation(1.0, seed=0), dice_mean=0.51)["promoted"]  # < min_gain
-    assert register_with(by_dice, scores_with_separation(1.0, seed=0), dice_mean=0.55)["promoted"]
+    assert not register_with(by_dice, scores_with_separation(1.0, seed=0), dice_mean=0.50 + margin / 2)["promoted"]
+    assert register_with(by_dice, scores_with_separation(1.0, seed=0), dice_mean=0.50 + margin + 0.01)["promoted"]
 
 
 def test_registered_model_is_self_describing_and_loads_as_pyfunc(project):
@@ -140,7 +152,7 @@ def test_registered_model_is_self_describing_and_loads_as_pyfunc(project):
         model.predict(torch.rand(3, 1, 32, 32).numpy())
     bundle = model.unwrap_python_model().bundle
     assert bundle.preprocess.size == 32 and bundle.calibration.reference_scores == [0.05, 0.07, 0.09]
-    assert bundle.evaluation == {"data_fingerprint": "data-v1"}
+    assert bundle.evaluation == {"data_fingerprint": "data-v1", "evaluation_fingerprint": "data-v1"}
 
 
 def test_serving_fetches_the_champion_from_this_store_alone(project, tmp_path, monkeypatch):
