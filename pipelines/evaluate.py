@@ -17,7 +17,7 @@ against (``alternative_scores``).
 Thresholds are split-conformal on the healthy validation scans (components/metrics/conformal.py);
 the rates those scans can guarantee are reported beside them (``guaranteed_false_alarm_rates``:
 4 validation volumes guarantee no better than 1/5), and every rate at them carries its count and
-exact binomial interval (``counts``, ``exact95``).
+exact binomial interval (``counts``, and ``ci95``: exact for rates, bootstrap for the rest).
 
 Writes metrics/evaluate.json (the headline metrics: DVC metrics), reports/evaluation.json
 (every metric), plots/roc_slice.csv and three figures (curves, score histograms, example
@@ -156,7 +156,7 @@ def run(params: Params) -> dict:
         **pixel_metrics(test["smoothed"], test["tumour"], brain),
         **rectified_auroc_per_subject(test["smoothed"], test["tumour"], brain, test["index"]["subject"].to_numpy()),
         **dice_per_subject(segmented, test["tumour"], test["index"]["subject"].to_numpy()),
-        **best_dice(test["smoothed"], test["tumour"], brain),
+        **best_dice(test["smoothed"], test["tumour"], brain, test["index"]["subject"].to_numpy(), settings.min_component_voxels),
         **slice_metrics_by_size(test["scores"], test["index"]["tumour_pixels"], test["index"]["lesion_pixels"],
                                 settings.tumour_pixel_sizes, calibration.slice_threshold),
         **cross_validated(tumour_cohort, tumour_cohort["scores"], healthy_val["scores"], settings.tumour_pixel_sizes),
@@ -194,7 +194,7 @@ def operating_point(split: dict, labels: np.ndarray, rated: np.ndarray, segmente
     dice = dice_by_subject(segmented, split["tumour"], index["subject"].to_numpy())
     slices, subjects = metric_frames(index, split["scores"], labels, rated, dice)
     found = with_intervals(slices, subjects, calibration.slice_threshold, calibration.volume_threshold, samples)
-    return {k: v for k, v in found.items() if k in (*OPERATING_POINT, "ci95", "counts", "exact95")}
+    return {k: v for k, v in found.items() if k in (*OPERATING_POINT, "ci95", "counts")}
 
 
 def pooled(first: dict, second: dict, rows: np.ndarray) -> dict:

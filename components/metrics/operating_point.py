@@ -11,13 +11,13 @@ Beside the ranking metrics (slice AUROC / AUPRC), at the thresholds a model is s
   flagged;
 - ``dice_mean``: the mean over tumour subjects of the Dice of the thresholded maps.
 
-Each comes with a percentile bootstrap interval over subjects (``ci95``): subjects are resampled
-with replacement, healthy and tumour subjects apart so that every draw holds both, and every
-metric is recomputed on the draw. Slices of one subject are not independent; subjects are.
-Each rate also comes with its count (``counts``: flagged, of) and the exact binomial
-(Clopper-Pearson) interval of that count (``exact95``): for volumes the interval to quote (0 of 4
-healthy volumes flagged reads [0, 0.60]); for slices it treats them as independent, which they
-are not, so it is narrower than the bootstrap's.
+Each comes with a 95 % interval (``ci95``). AUROC, AUPRC and Dice: a percentile bootstrap over
+subjects (resampled with replacement, healthy and tumour subjects apart so that every draw holds
+both; slices of one subject are not independent, subjects are). A rate: its count (``counts``:
+flagged, of) and the exact binomial (Clopper-Pearson) interval of that count, which reads 0 of
+4 healthy volumes flagged as [0, 0.60] where the bootstrap collapses to [0, 0]; for slice rates
+widened to the bootstrap's where that is wider, since the binomial treats a scan's slices as
+independent.
 """
 
 from __future__ import annotations
@@ -122,12 +122,21 @@ def bootstrap_intervals(metric: Callable[[Mapping, Mapping], dict[str, float]], 
 
 def with_intervals(slices: pd.DataFrame, subjects: pd.DataFrame, slice_threshold: float, volume_threshold: float,
                    samples: int = 1000, seed: int = 0, ranking: bool = True) -> dict:
-    """``detection_metrics``; under ``ci95`` their bootstrap intervals over subjects; under
-    ``counts`` and ``exact95`` each rate's count and its exact binomial interval."""
+    """``detection_metrics``, with ``ci95``: for AUROC, AUPRC and Dice the bootstrap interval over
+    subjects; for a rate (``counts``: how many of how many) its exact binomial interval, which
+    never collapses at 0 of n as the bootstrap's does. A slice rate's is widened to the bootstrap's
+    where that is wider: slices of one scan rise and fall together, which the binomial ignores."""
     def metric(s, v):
         return detection_metrics(s, v, slice_threshold, volume_threshold, ranking)
 
     counts = rate_counts(slices, subjects, slice_threshold, volume_threshold)
-    exact = {name: dict(zip(("low", "high"), exact_interval(*count))) for name, count in counts.items() if count[1]}
-    return {**metric(slices, subjects), "ci95": bootstrap_intervals(metric, slices, subjects, samples, seed),
-            "counts": {name: {"flagged": k, "of": n} for name, (k, n) in counts.items()}, "exact95": exact}
+    intervals = bootstrap_intervals(metric, slices, subjects, samples, seed)
+    for name, (flagged, of) in counts.items():
+        if not of:
+            continue
+        low, high = exact_interval(flagged, of)
+        if name.startswith("slice") or name.startswith("healthy_slice"):
+            low, high = min(low, intervals.get(name, {}).get("low", low)), max(high, intervals.get(name, {}).get("high", high))
+        intervals[name] = {"low": low, "high": high}
+    return {**metric(slices, subjects), "ci95": intervals,
+            "counts": {name: {"flagged": k, "of": n} for name, (k, n) in counts.items()}}

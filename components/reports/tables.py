@@ -105,8 +105,8 @@ def _ci(metrics: dict, key: str) -> str:
 
 
 def _counted(metrics: dict, key: str) -> str:
-    """'flagged/of [low, high]': a rate's count with its exact binomial 95 % interval (``exact95``), or '-'."""
-    count, interval = metrics.get("counts", {}).get(key), metrics.get("exact95", {}).get(key)
+    """'flagged/of [low, high]': a rate's count with its 95 % interval (exact binomial, ``ci95``), or '-'."""
+    count, interval = metrics.get("counts", {}).get(key), metrics.get("ci95", {}).get(key)
     if not count or not interval:
         return _ci(metrics, key)
     return f"{count['flagged']}/{count['of']} [{interval['low']:.2f}, {interval['high']:.2f}]"

@@ -131,13 +131,22 @@ def test_subject_blocks_keep_order():
     assert [list(b) for b in blocks] == [[0, 1], [2, 3, 4], [5]]
 
 
-def test_best_dice_finds_the_separating_threshold_and_says_it_is_an_oracle():
+def test_best_dice_of_a_small_separable_tumour_is_one():
+    """A tumour of 0.13 % of the brain, every voxel of it above every other but one isolated speck
+    (dropped with the small components, as the calibrated Dice drops it), and a healthy subject
+    whose bright block counts for nobody: the ceiling is a perfect 1.0."""
     from components.metrics.detection import best_dice
 
-    maps = np.array([[[[0.1, 0.2, 0.8, 0.9]]]])
-    tumour = np.array([[[[0, 0, 1, 1]]]], bool)
-    found = best_dice(maps, tumour, np.ones_like(tumour), thresholds=10)
-    assert found["best_dice_oracle"] == 1.0 and 0.2 <= found["best_dice_oracle_threshold"] < 0.8
+    rng = np.random.default_rng(0)
+    maps = rng.uniform(0, 0.5, (40, 1, 32, 32)).astype(np.float32)
+    tumour = np.zeros(maps.shape, bool)
+    tumour[8:11, 0, 10:13, 10:13] = True
+    maps[tumour] = rng.uniform(0.6, 0.7, tumour.sum())
+    maps[15, 0, 25, 25] = 0.95  # one voxel: a component of 1 < 6
+    maps[30:34, 0, 5:9, 5:9] = 0.9  # the healthy subject's bright block
+    subjects = np.repeat(["tumour", "healthy"], 20)
+    found = best_dice(maps, tumour, np.ones_like(tumour), subjects, min_voxels=6)
+    assert found["best_dice_oracle"] == 1.0 and 0.49 < found["best_dice_oracle_threshold"] < 0.6  # above the background
 
 
 def test_slice_metrics_for_each_tumour_size_leave_out_other_lesions():

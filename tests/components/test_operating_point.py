@@ -44,12 +44,11 @@ def test_every_rate_carries_its_count_and_exact_interval():
     subjects = pd.DataFrame({"subject": [f"h{i}" for i in range(4)] + ["t"], "cohort": ["healthy"] * 4 + ["tumour"],
                              "volume_score": [0.1, 0.2, 0.3, 0.4, 0.9], "dice": [np.nan] * 4 + [0.5]})
     result = with_intervals(slices, subjects, slice_threshold=0.5, volume_threshold=0.5, samples=100)
-    assert result["volume_false_alarm_rate"] == 0.0 and result["ci95"]["volume_false_alarm_rate"]["high"] == 0.0
-    assert result["counts"]["volume_false_alarm_rate"] == {"flagged": 0, "of": 4}
-    assert result["exact95"]["volume_false_alarm_rate"]["low"] == 0.0
-    assert result["exact95"]["volume_false_alarm_rate"]["high"] == pytest.approx(0.6024, abs=1e-4)
+    assert result["volume_false_alarm_rate"] == 0.0 and result["counts"]["volume_false_alarm_rate"] == {"flagged": 0, "of": 4}
+    assert result["ci95"]["volume_false_alarm_rate"] == pytest.approx({"low": 0.0, "high": 0.6024}, abs=1e-4)
+    assert result["ci95"]["slice_false_alarm_rate"] == pytest.approx({"low": 0.0, "high": 0.6024}, abs=1e-4)
     assert result["counts"]["volume_sensitivity"] == {"flagged": 1, "of": 1}
-    assert result["exact95"]["volume_sensitivity"]["low"] == pytest.approx(0.025)
+    assert result["ci95"]["volume_sensitivity"]["low"] == pytest.approx(0.025)
 
 
 def test_draws_keep_each_cohort_at_its_size():
