@@ -49,9 +49,9 @@ from components.metrics.detection import (
 from components.metrics.conformal import conformal_threshold
 from components.metrics.operating_point import OPERATING_POINT, metric_frames, with_intervals
 from components.reports import figures
-from components.metrics.postprocess import segment, smooth_subject, subject_blocks
+from components.metrics.postprocess import segment, smooth_by_subject, subject_blocks
 from components.models.bundle import Calibration
-from components.models.inference import resolve_device, score_slices, with_reference
+from components.models.inference import reconstruct_slices, resolve_device, score_slices, with_reference
 from components.models.registry import build_detector
 from components.scoring.volume import volume_score
 from pipelines import tracking
@@ -92,10 +92,7 @@ def score_split(detector, root: Path, index: pd.DataFrame, reference: str = "non
     seconds = time.perf_counter() - start
     maps, scores, alternatives, _ = with_reference(scored, reference, index["subject"].to_numpy())
     index = index.reset_index(drop=True)
-    blocks = subject_blocks(index["subject"].to_numpy())
-    smoothed = np.concatenate([smooth_subject(maps[rows], arrays["brain"][rows]) for rows in blocks])
-    order = np.concatenate(blocks)
-    smoothed = smoothed[np.argsort(order)]  # back to the index's row order
+    smoothed = smooth_by_subject(maps, arrays["brain"], index["subject"].to_numpy())
     return {**arrays, "maps": maps, "smoothed": smoothed, "scores": scores, "alternatives": alternatives, "index": index,
             "ms_per_slice": 1000 * seconds / max(len(index), 1)}
 
@@ -220,9 +217,7 @@ def _draw(params: Params, detector, test: dict, labels: np.ndarray, rated: np.nd
     # Each subject's slice with the most tumour, for the subjects with the most (then tumour-free ones).
     largest = test["index"].reset_index().sort_values("tumour_pixels", ascending=False, kind="stable")
     largest = largest.drop_duplicates("subject")["index"].to_numpy()[:EXAMPLE_SLICES]
-    x = torch.from_numpy(np.ascontiguousarray(test["images"][largest]))
-    reconstructions = detector.reconstruct(x).detach().numpy()
-    figures.example_grid(test["images"][largest], reconstructions, test["smoothed"][largest], test["tumour"][largest],
+    figures.example_grid(test["images"][largest], reconstruct_slices(detector, test["images"][largest]), test["smoothed"][largest], test["tumour"][largest],
                          params.path(FIGURES["examples"]))
 
 

@@ -17,6 +17,13 @@ def smooth_subject(maps: np.ndarray, brain: np.ndarray, median: int = 5, erosion
     return (stack * inner)[:, None].astype(np.float32)
 
 
+def smooth_by_subject(maps: np.ndarray, brain: np.ndarray, subjects: np.ndarray) -> np.ndarray:
+    """``smooth_subject`` of each subject's slices (contiguous rows), in the rows' own order."""
+    blocks = subject_blocks(np.asarray(subjects))
+    smoothed = np.concatenate([smooth_subject(maps[rows], brain[rows]) for rows in blocks])
+    return smoothed[np.argsort(np.concatenate(blocks))]
+
+
 def drop_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
     """Remove 3-D connected components (26-connectivity) of fewer than ``min_voxels`` voxels."""
     labels, count = ndimage.label(mask, structure=np.ones((3,) * mask.ndim))

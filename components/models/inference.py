@@ -110,6 +110,13 @@ def score_slices(detector: Detector, images: np.ndarray, brain: np.ndarray, batc
                   np.concatenate(levels))
 
 
+def reconstruct_slices(detector: Detector, images: np.ndarray) -> np.ndarray:
+    """The detector's reconstructions of preprocessed slices (figures), computed on its own
+    device and returned as float32 arrays on the CPU."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(detector.device)
+    return detector.reconstruct(x).detach().float().cpu().numpy()
+
+
 def score_volume(detector: Detector, spec: PreprocessSpec, data: np.ndarray, affine: np.ndarray,
                  calibration: Calibration, deadline: float | None = None) -> tuple[ProcessedSlices, Scored]:
     """One (X, Y, Z) skull-stripped volume through the model's own recipe, then scored as

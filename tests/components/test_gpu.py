@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import distributed as dist
 
-from components.models.inference import score_slices
+from components.metrics.postprocess import smooth_by_subject
+from components.models.inference import reconstruct_slices, score_slices, with_reference
 from components.models.registry import DETECTORS
 from components.training.loop import LoopData, LoopSettings, prepare, run_epochs
 from tests.components.test_detectors import batch, tiny
@@ -68,3 +69,22 @@ def test_scores_on_the_gpu_match_the_cpus(name):
     gpu = score_slices(detector.to(CUDA), images, brain).scores
     np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-5)
 
+
+
+def test_the_evaluate_stages_scoring_and_figures_run_on_the_gpu():
+    """What `evaluate` computes with `evaluate.device: auto` on a GPU machine: scores relative to
+    each slice's level, maps smoothed per subject, and the example figure's reconstructions,
+    from a detector on the GPU, the same as on the CPU."""
+    torch.manual_seed(0)
+    detector = tiny("spatial_vae").eval()
+    slices = batch(16)
+    images, brain, subjects = slices.image.numpy(), slices.brain.numpy(), np.repeat(["a", "b"], 8)
+
+    def evaluate_on(device):
+        torch.manual_seed(1)
+        scored = with_reference(score_slices(detector.to(device), images, brain), "brain_median")
+        return scored.scores, smooth_by_subject(scored.maps, brain, subjects), reconstruct_slices(detector, images[:4])
+
+    for cpu, gpu in zip(evaluate_on(torch.device("cpu")), evaluate_on(CUDA)):
+        assert isinstance(gpu, np.ndarray) and gpu.dtype == np.float32
+        np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-4)
