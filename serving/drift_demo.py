@@ -2,10 +2,10 @@
 (a bias field, a gamma contrast change, a global rescale, or the other contrast), reading the
 endpoint's drift gauges after each phase.
 
-The healthy scans are the healthy validation and test subjects of the processed data (never
-the training ones, whose scores sit below the reference), sent round after round until the
-drift window is full; the shifted phase sends as many again, so its window holds only shifted
-scores. Everything stays on the machine: the endpoint is named by URL (127.0.0.1 by default).
+The healthy scans are the healthy test subjects of the processed data: neither the training
+ones, whose scores sit below the reference, nor the validation ones, whose scores are the
+reference itself and would match it too well. They are sent round after round until the drift
+window is full; the shifted phase sends as many again, so its window holds only shifted scores. Everything stays on the machine: the endpoint is named by URL (127.0.0.1 by default).
 """
 
 from __future__ import annotations
@@ -39,12 +39,12 @@ class Phase:
 
 
 def held_out_healthy(processed: Path, root: Path, layout: str, modality: str) -> list:
-    """Healthy validation and test subjects, read with the training data's layout."""
+    """Healthy test subjects (not the reference's validation ones), read with the training data's layout."""
     index = read_index(processed)
-    held_out = set(index.loc[(index.cohort == "healthy") & index.split.isin(["val", "test"]), "subject"])
+    held_out = set(index.loc[(index.cohort == "healthy") & (index.split == "test"), "subject"])
     subjects = [s for s in read_dataset(root, layout, modality, "healthy") if s.subject_id in held_out]
     if not subjects:
-        raise ValueError(f"no healthy validation or test subject of {processed} found under {root}")
+        raise ValueError(f"no healthy test subject of {processed} found under {root}")
     return subjects
 
 

@@ -8,14 +8,14 @@ replicas serve requests.
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 
 from prometheus_client import generate_latest
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from components.monitoring.drift import DriftMonitor
+from components.monitoring.drift import DriftMonitor, DriftSettings
 from serving.metrics import EndpointMetrics
-from components.monitoring.drift import DriftSettings
 
 log = logging.getLogger("brainomaly.serving")
 
@@ -78,9 +78,7 @@ class Monitor:
             if site in self.drift and self.calibrated.get(site) == stamp:
                 continue  # already watched, with this calibration
             try:
-                self.drift[site] = DriftMonitor(scores, threshold, window=self.settings.window,
-                                                min_scores=self.settings.min_scores, cusum_k=self.settings.cusum_k,
-                                                cusum_h=self.settings.cusum_h)
+                self.drift[site] = DriftMonitor(scores, threshold, **asdict(self.settings))
             except ValueError as err:  # e.g. a site calibrated on too few slices: served, not watched
                 log.warning("no drift watch for site %r: %s", site, err)
                 continue
@@ -100,4 +98,7 @@ class Monitor:
         return {"model": self.description, "last_load_error": self.load_error}
 
     def exposition(self) -> bytes:
+        for site, monitor in self.drift.items():  # traffic that stopped: its window goes, its alerts resolve
+            if monitor.expire():
+                self.metrics.show_drift(site, None, 0)
         return generate_latest(self.metrics.registry)

@@ -9,17 +9,24 @@ window statistics say how far it moved, and a sequential test says when:
 - The two-sample Kolmogorov-Smirnov statistic (largest gap between the two CDFs, 0-1).
 - The 1-Wasserstein distance, in score units (how far, not only whether).
 - The fraction of window scores above the decision threshold vs the reference's fraction.
-- A two-sided CUSUM on scores standardised by the reference: it accumulates evidence slice by
-  slice and raises an event when the mean has moved by more than ``cusum_k`` reference standard
-  deviations for long enough (``cusum_h``); it then starts afresh, so events can be counted.
-  With k = 0.5 and h = 12, 5,000 independent in-distribution scores raise no event and a
-  one-std shift is caught after 51 slices (tests/components/test_drift.py, seeded draws).
+- A two-sided CUSUM on scans: each scan is one observation, the mean of its slice scores
+  standardised by the reference's mean and standard deviation. Slices of one scan rise and
+  fall together, so a CUSUM over slices counts one odd scan many times over; the mean of a
+  scan's standardised scores has a standard deviation of at most 1 however its slices
+  correlate, which is what the CUSUM's slack ``cusum_k`` and alarm level ``cusum_h`` assume.
+  It raises an event when scans have moved by more than ``cusum_k`` for long enough, then
+  starts afresh, so events can be counted (benchmarks/drift_events.py measures how often on
+  healthy traffic, and how soon after a shift).
+
+A window that has seen no scan for ``stale_after_s`` is emptied (``expire``): its statistics
+describe traffic that has stopped, and an alert on them must be able to resolve.
 
 Scores are slice scores (floats, any scale); everything here is plain numpy/scipy.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -32,13 +39,15 @@ PSI_FLOOR = 1e-4  # a bin that is empty on one side would make PSI infinite
 @dataclass(frozen=True)
 class DriftSettings:
     """Score drift (``serve.drift`` in params.yaml): the ``window`` latest slice scores,
-    statistics once ``min_scores`` arrived; CUSUM slack ``cusum_k`` and alarm level ``cusum_h``
-    in reference standard deviations."""
+    statistics once ``min_scores`` arrived; the per-scan CUSUM's slack ``cusum_k`` and alarm
+    level ``cusum_h`` in reference standard deviations; a window with no scan for
+    ``stale_after_s`` seconds is emptied."""
 
     window: int = 500
     min_scores: int = 100
     cusum_k: float = 0.5
-    cusum_h: float = 12.0
+    cusum_h: float = 5.0
+    stale_after_s: float = 900.0
 
     def __post_init__(self) -> None:
         if self.window < 10 or self.min_scores < 1:
@@ -47,6 +56,8 @@ class DriftSettings:
             raise ValueError(f"serve.drift.min_scores ({self.min_scores}) is above window ({self.window})")
         if self.cusum_k < 0 or self.cusum_h <= 0:
             raise ValueError(f"serve.drift needs cusum_k >= 0 and cusum_h > 0, got {self.cusum_k} and {self.cusum_h}")
+        if self.stale_after_s <= 0:
+            raise ValueError(f"serve.drift.stale_after_s must be > 0, got {self.stale_after_s}")
 
 
 def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
@@ -84,9 +95,9 @@ class DriftReport:
 
 
 class Cusum:
-    """Two-sided CUSUM on standardised scores (Page, 1954); ``update`` returns the events raised."""
+    """Two-sided CUSUM on standardised observations (Page, 1954); ``update`` returns the events raised."""
 
-    def __init__(self, mean: float, std: float, k: float = 0.5, h: float = 12.0) -> None:
+    def __init__(self, mean: float, std: float, k: float = 0.5, h: float = 5.0) -> None:
         if not std > 0:
             raise ValueError("a CUSUM needs a reference standard deviation > 0")
         if k < 0 or h <= 0:
@@ -94,9 +105,9 @@ class Cusum:
         self.mean, self.std, self.k, self.h = mean, std, k, h
         self.upper = self.lower = 0.0
 
-    def update(self, scores: np.ndarray) -> int:
+    def update(self, values: np.ndarray) -> int:
         events = 0
-        for z in (np.asarray(scores, dtype=float) - self.mean) / self.std:
+        for z in (np.asarray(values, dtype=float) - self.mean) / self.std:
             self.upper = max(0.0, self.upper + z - self.k)
             self.lower = max(0.0, self.lower - z - self.k)
             if self.upper > self.h or self.lower > self.h:
@@ -104,17 +115,21 @@ class Cusum:
                 self.upper = self.lower = 0.0
         return events
 
+    def reset(self) -> None:
+        self.upper = self.lower = 0.0
+
 
 class DriftMonitor:
-    """A sliding window of the latest ``window`` scores, compared with the reference on demand.
+    """A sliding window of the latest ``window`` slice scores, compared with the reference on demand.
 
-    ``update`` takes the scores of one request (any number of slices) and returns how many
-    CUSUM events they raised; ``report`` is None until ``min_scores`` scores have arrived.
+    ``update`` takes the scores of one scan (any number of slices) and returns how many CUSUM
+    events it raised; ``report`` is None until ``min_scores`` scores have arrived; ``expire``
+    empties a window that has seen no scan for ``stale_after_s`` seconds.
     """
 
     def __init__(
         self, reference: np.ndarray, threshold: float, *, window: int = 500, min_scores: int = 100,
-        cusum_k: float = 0.5, cusum_h: float = 12.0,
+        cusum_k: float = 0.5, cusum_h: float = 5.0, stale_after_s: float = 900.0,
     ) -> None:
         reference = np.asarray(reference, dtype=float)
         if reference.size < 10 or not np.isfinite(reference).all():
@@ -127,12 +142,27 @@ class DriftMonitor:
         self.expected_fraction_above = fraction_above(self.reference, threshold)
         self.scores: deque[float] = deque(maxlen=window)
         self.cusum = Cusum(float(reference.mean()), float(reference.std()), cusum_k, cusum_h)
+        self.stale_after_s, self.last_scan = stale_after_s, None
 
-    def update(self, scores: np.ndarray) -> int:
+    def update(self, scores: np.ndarray, now: float | None = None) -> int:
+        """One scan's slice scores; ``now``: time.monotonic() unless given."""
         scores = np.asarray(scores, dtype=float)
         scores = scores[np.isfinite(scores)]
+        if not scores.size:
+            return 0
         self.scores.extend(scores.tolist())
-        return self.cusum.update(scores)
+        self.last_scan = time.monotonic() if now is None else now
+        return self.cusum.update([scores.mean()])
+
+    def expire(self, now: float | None = None) -> bool:
+        """Empty the window (and the CUSUM) if no scan came for ``stale_after_s``; whether it did."""
+        now = time.monotonic() if now is None else now
+        if self.last_scan is None or now - self.last_scan < self.stale_after_s:
+            return False
+        self.scores.clear()
+        self.cusum.reset()
+        self.last_scan = None
+        return True
 
     def report(self) -> DriftReport | None:
         if len(self.scores) < self.min_scores:

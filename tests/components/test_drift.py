@@ -71,14 +71,38 @@ def test_the_window_slides_and_a_report_waits_for_enough_scores():
     assert monitor.report().window == 200
 
 
-def test_cusum_is_quiet_on_in_distribution_scores_and_fires_soon_after_a_shift():
-    monitor = DriftMonitor(REFERENCE, THRESHOLD)
-    assert monitor.update(draw(5000, seed=6)) == 0
-    cusum = Cusum(float(REFERENCE.mean()), float(REFERENCE.std()))
-    shifted = draw(200, seed=7, shift=float(REFERENCE.std()))
-    first = next(i for i in range(1, 201) if cusum.update(shifted[i - 1:i]))
-    assert first <= 60  # one std up: 51 slices for this draw
-    assert monitor.update(draw(200, seed=8, scale=0.5)) >= 2  # a drop is drift too, events keep counting
+def scans(count: int, seed: int, shift: float = 0.0, slices: int = 50) -> list[np.ndarray]:
+    """Healthy scans as they come: a scan's own offset (a quarter of the variance) and slice noise
+    correlated along it, ``shift`` reference standard deviations up."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        noise = rng.normal(size=slices)
+        for k in range(1, slices):
+            noise[k] = 0.6 * noise[k - 1] + 0.8 * noise[k]
+        out.append(rng.normal(0, 0.5) + np.sqrt(0.75) * noise + shift)
+    return out
+
+
+def test_the_cusum_counts_scans_not_slices_quiet_on_healthy_traffic_and_soon_after_a_shift():
+    reference = np.concatenate(scans(40, seed=0))
+    healthy = scans(2000, seed=1)
+    by_scan = DriftMonitor(reference, 2.0)
+    assert sum(by_scan.update(scan) for scan in healthy) <= 2  # 100,000 healthy slices
+    by_slice = Cusum(float(reference.mean()), float(reference.std()), k=0.5, h=12)
+    assert sum(by_slice.update(scan) for scan in healthy) > 20  # what a CUSUM over slices raised
+    shifted = DriftMonitor(reference, 2.0)
+    first = next(i for i, scan in enumerate(scans(100, seed=2, shift=1.0), 1) if shifted.update(scan))
+    assert first <= 20  # one standard deviation up: caught within a few scans
+    assert sum(shifted.update(np.full(50, -3.0)) for _ in range(3)) >= 1  # a drop is drift too
+
+
+def test_a_window_without_scans_for_stale_after_s_is_emptied():
+    monitor = DriftMonitor(REFERENCE, THRESHOLD, window=200, min_scores=50, stale_after_s=60)
+    monitor.update(draw(100, seed=9), now=1000.0)
+    assert not monitor.expire(now=1059.0) and monitor.report().window == 100
+    assert monitor.expire(now=1060.0) and monitor.report() is None and not monitor.scores
+    assert not monitor.expire(now=5000.0)  # nothing left to expire
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ import pytest
 import requests
 import yaml
 
+from components.data.slice_store import read_index
 from pipelines.params import load_params
 from pipelines.preprocess import PROCESSED_DIR
 from serving.drift_demo import held_out_healthy, other_contrast_scans, send_phase, upload
@@ -85,6 +86,9 @@ def test_healthy_scans_keep_quiet_and_shifted_ones_fire_the_drift_alert(pipeline
     data, window = params.data, params.serve.drift.window
     subjects = held_out_healthy(params.path(PROCESSED_DIR), params.path(data.healthy_root), data.healthy_layout,
                                 data.modality)
+    index = read_index(params.path(PROCESSED_DIR))
+    reference = set(index.loc[(index.cohort == "healthy") & (index.split == "val"), "subject"])
+    assert subjects and not {s.subject_id for s in subjects} & reference  # not the reference's own scans
     # T1 scans with a bias field sent to the T2 model: the tiny model's scores vary from one training to the
     # next, and either shift alone once stayed under the alert limits (bias field PSI 0.20, T1 PSI 0.24)
     t1 = other_contrast_scans(subjects, params.path(data.healthy_root), data.healthy_layout, data.modality)
