@@ -5,8 +5,9 @@ spatial-autoencoder paper: each subject's maps median-filtered (5x5x5) inside an
 AUROC/AUPRC over brain voxels, the IntroVAE paper's rectified ROC-AUC (per subject, Z-scored
 maps inside the brain, 1000 operating thresholds; mean and std over subjects), Dice per subject
 after thresholding at the healthy validation percentile and dropping 3-D components under
-``evaluate.min_component_voxels``; the best Dice over thresholds is reported apart, as
-``best_dice_oracle`` (it peeks at the test labels).
+``evaluate.min_component_voxels``; the best mean Dice one threshold reaches (every distinct
+map value tried, the same component removal and per-subject mean) is reported apart, as
+``best_dice_oracle`` (it peeks at the test labels: a ceiling, not a result).
 Slice metrics are also given for each T of ``evaluate.tumour_pixel_sizes`` (``_t<T>``), and the
 inference time per slice (batches of 64, on the evaluating machine) as the paper's speed column.
 The dual-VAE paper's cross-validated protocol (``cv_*_t<T>``: the F1-best percentile chosen on
@@ -23,7 +24,7 @@ Writes metrics/evaluate.json (the headline metrics: DVC metrics), reports/evalua
 (every metric), plots/roc_slice.csv and three figures (curves, score histograms, example
 slices; DVC plots), models/calibration.json (thresholds + reference scores) and the evidence the
 promotion gate compares (models/test_scores.parquet: each rated test slice's label and score;
-models/evaluation.json: the content hash of the data evaluated on), read by `register`; logs
+models/evaluation.json: the fingerprint of the data and labels evaluated on), read by `register`; logs
 the metrics and figures to the training run in MLflow.
 """
 
@@ -90,8 +91,10 @@ def score_split(detector, root: Path, index: pd.DataFrame, reference: str = "non
     start = time.perf_counter()
     scored = score_slices(detector, arrays["images"], arrays["brain"], precision=precision, progress=progress)
     seconds = time.perf_counter() - start
-    maps, scores, alternatives, _ = with_reference(scored, reference, index["subject"].to_numpy())
     index = index.reset_index(drop=True)
+    # one key per subject everywhere below: raw ids are unique within a dataset only
+    index = index.assign(subject=index["dataset"].astype(str) + "/" + index["subject"].astype(str))
+    maps, scores, alternatives, _ = with_reference(scored, reference, index["subject"].to_numpy())
     smoothed = smooth_by_subject(maps, arrays["brain"], index["subject"].to_numpy())
     return {**arrays, "maps": maps, "smoothed": smoothed, "scores": scores, "alternatives": alternatives, "index": index,
             "ms_per_slice": 1000 * seconds / max(len(index), 1)}
@@ -187,7 +190,7 @@ def operating_point(split: dict, labels: np.ndarray, rated: np.ndarray, segmente
                     calibration: Calibration, samples: int) -> dict:
     """False alarms and sensitivity at the calibrated thresholds, and the 95 % intervals over
     subjects of those and of slice AUROC / AUPRC and Dice (components/metrics/operating_point.py)."""
-    index = split["index"].assign(subject=split["index"]["dataset"].astype(str) + "/" + split["index"]["subject"].astype(str))
+    index = split["index"]
     dice = dice_by_subject(segmented, split["tumour"], index["subject"].to_numpy())
     slices, subjects = metric_frames(index, split["scores"], labels, rated, dice)
     found = with_intervals(slices, subjects, calibration.slice_threshold, calibration.volume_threshold, samples)
@@ -232,8 +235,7 @@ def _write_evidence(params: Params, test: dict, labels: np.ndarray, rated: np.nd
     """What the promotion gate compares: each rated test slice (subject, slice, label, score),
     and which data they came from."""
     rows = test["index"][rated]
-    subjects = rows["dataset"].astype(str) + "/" + rows["subject"].astype(str)  # ids are unique per dataset only
-    table = pd.DataFrame({"subject": subjects.to_numpy(), "slice": rows["slice"].to_numpy(),
+    table = pd.DataFrame({"subject": rows["subject"].to_numpy(), "slice": rows["slice"].to_numpy(),
                           "abnormal": labels[rated], "score": test["scores"][rated].astype(np.float64)})
     with atomic_path(params.path(TEST_SCORES)) as tmp:
         table.to_parquet(tmp, index=False)

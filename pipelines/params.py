@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from components.data.augment import AugmentSpec
+from components.data.nifti_io import VolumeLimits
 from components.data.phantoms import PhantomSpec
 from components.metrics.promotion import PromotionRule
 from components.models.registry import DETECTORS, accepted_hyperparams
@@ -301,8 +302,8 @@ class ServeParams(Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     max_upload_mb: float = Field(256, gt=0)
-    max_voxels: int = Field(2**26, ge=8)
-    max_axis: int = Field(1024, ge=2)
+    max_voxels: int = Field(VolumeLimits.max_voxels, ge=8)
+    max_axis: int = Field(VolumeLimits.max_axis, ge=2)
     route_prefix: str = Field("/", pattern=r"^/[A-Za-z0-9._~/-]*$")
     model_version: int | None = Field(None, ge=1)  # pin this registered version; None follows register.alias
     spill_directory: Path | None = None  # where Ray may spill scans under memory pressure; None: nowhere
@@ -317,6 +318,7 @@ class ServeParams(Section):
     predict_timeout_s: float = Field(120, gt=0)
     batch_volumes: int | None = Field(None, ge=1)  # None: max_ongoing_requests on a GPU replica, 1 on CPUs
     batch_wait_s: float = Field(0.005, ge=0, le=1)
+    drain_timeout_s: float = Field(30, gt=0)  # on SIGTERM/SIGINT: how long requests in flight may take to finish
     drift: DriftSettings = DriftSettings()
 
     @model_validator(mode="after")
@@ -339,7 +341,7 @@ class ServeParams(Section):
         scaling = {"autoscaling_config": self.autoscaling.model_dump()} if self.autoscaling else {"num_replicas": self.num_replicas}
         gpus = {"ray_actor_options": {"num_gpus": self.num_gpus}} if self.num_gpus else {}
         return {**scaling, **gpus, "max_ongoing_requests": self.max_ongoing_requests,
-                "max_queued_requests": self.max_queued_requests}
+                "max_queued_requests": self.max_queued_requests, "graceful_shutdown_timeout_s": self.drain_timeout_s}
 
 
 class Params(Section):

@@ -133,6 +133,7 @@ class Ingress:
                  capacity: int) -> None:
         self.settings, self.model, self.monitor = settings, model, monitor
         self.capacity, self.in_flight = capacity, 0  # predictions the model replicas can hold, and held now
+        self.draining = False  # set on SIGTERM/SIGINT (serving/run.py): no new predictions
         self.at_model = 0  # of those, past their upload: at a model replica (queued or scored) or answered
         # the (single) ingress's own counts, read at each scrape rather than sent to the monitor late
         self.registry = CollectorRegistry()
@@ -161,8 +162,19 @@ class Ingress:
     async def healthz(self) -> dict:
         return {"status": "ok"}
 
+    async def drain(self, timeout_s: float) -> int:
+        """Stop taking predictions (503; /readyz 503 so a load balancer moves on) and wait up to
+        ``timeout_s`` for those in flight to finish; how many had not."""
+        self.draining = True
+        deadline = time.monotonic() + timeout_s
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self.in_flight
+
     @api.get("/readyz")
     async def readyz(self) -> JSONResponse:
+        if self.draining:
+            return JSONResponse({"status": "stopping"}, status_code=503)
         served = await self.served_model()
         if served["model"] is None:
             return JSONResponse({"status": "not ready", "error": served["last_load_error"] or "loading the model"}, status_code=503)
@@ -199,6 +211,8 @@ class Ingress:
     ) -> Response:
         if site is not None and not SITE_NAME.match(site):
             raise RequestError(400, f"site {site[:64]!r} is not a site name (lower-case letters, digits, '_', '-')")
+        if self.draining:
+            raise RequestError(503, "the endpoint is shutting down; retry on another replica or shortly")
         if self.in_flight >= self.capacity:  # answer before reading the upload: that is what keeps 503s fast
             raise RequestError(503, f"over capacity: {self.in_flight} predictions in progress; retry shortly")
         self.in_flight += 1
@@ -268,9 +282,10 @@ def build_app(settings: EndpointSettings, deployment_options: dict):
     autoscaling = deployment_options.get("autoscaling_config")
     replicas = autoscaling["max_replicas"] if autoscaling else deployment_options["num_replicas"]
     light = {"num_cpus": 0}  # parsing and bookkeeping: the model replicas hold the CPUs
-    monitor = Monitor.options(ray_actor_options=light).bind(settings.drift)
+    drain = {"graceful_shutdown_timeout_s": deployment_options["graceful_shutdown_timeout_s"]}
+    monitor = Monitor.options(ray_actor_options=light, **drain).bind(settings.drift)
     model = DetectorModel.options(**deployment_options).bind(settings, monitor)
     capacity = per_replica * replicas
     ingress = Ingress.options(max_ongoing_requests=capacity + PROBE_HEADROOM, max_queued_requests=PROBE_HEADROOM,
-                              ray_actor_options=light)
+                              ray_actor_options=light, **drain)
     return ingress.bind(settings, model, monitor, capacity)

@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -67,6 +68,25 @@ def test_second_repro_runs_nothing(pipeline_repo):
     assert "Running stage" not in again.stdout
     status = subprocess.run(["dvc", "status"], cwd=pipeline_repo, env=venv_env(), capture_output=True, text=True)
     assert "up to date" in status.stdout
+
+
+def test_bytecode_python_writes_beside_a_stages_code_changes_no_stage(pipeline_repo):
+    """Running the project's Python outside the pipeline (a benchmark, `brainomaly calibrate`, a
+    notebook) writes __pycache__ into the folders the stages depend on, and deleting it is no
+    change either: `dvc status` stays clean."""
+    importing = ("import importlib, pkgutil\n"
+                 "for package in ('components', 'pipelines'):\n"
+                 "    for module in pkgutil.walk_packages(importlib.import_module(package).__path__, package + '.'):\n"
+                 "        importlib.import_module(module.name)\n")
+    result = subprocess.run([sys.executable, "-c", importing], cwd=pipeline_repo, env=venv_env(), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = sorted((pipeline_repo / "components").rglob("*.pyc"))
+    assert len(written) > 20  # the imports wrote bytecode where the stages look
+    status = run_command(["dvc", "status"], pipeline_repo)
+    assert "up to date" in status.stdout, status.stdout
+    written[0].unlink()
+    assert "up to date" in run_command(["dvc", "status"], pipeline_repo).stdout
 
 
 def test_metrics_show_prints_the_headline_cleanly(pipeline_repo):
