@@ -1,6 +1,7 @@
 """Run-to-run spread: the default recipe trained k times on the same data, seeds apart.
 
-    python benchmarks/repeat_training.py [--runs 5] [--evaluate-only] [--output benchmarks/results/repeat_training.json]
+    python benchmarks/repeat_training.py [--runs 5] [--evaluate-only | --missing-only]
+                                         [--output benchmarks/results/repeat_training.json]
 
 Runs after `make run` (it needs the processed data). Each run is the ordinary `train` and
 `evaluate` stages (Ray Train, MLflow) in its own workspace, artifacts/repeat/seed-<n>/, with
@@ -8,7 +9,8 @@ Runs after `make run` (it needs the processed data). Each run is the ordinary `t
 split it reports each run's value, the mean, the standard deviation and the range. The promotion
 gate's margins (``register.margins`` in params.yaml) are two of these standard deviations: a
 candidate must beat the champion by more than two trainings of one recipe differ.
-``--evaluate-only`` evaluates the models already trained there again (after a change to evaluate).
+``--evaluate-only`` evaluates the models already trained there again (after a change to evaluate);
+``--missing-only`` trains only the seeds whose workspace holds no model yet (after an interruption).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from components.machine import machine  # noqa: E402
 from components.atomic import write_json  # noqa: E402
 from pipelines.evaluate import ALL_METRICS  # noqa: E402
 from pipelines.params import load_params  # noqa: E402
+from pipelines.train import MODEL_DIR  # noqa: E402
 from pipelines.workspace import create, run_stage  # noqa: E402
 
 WORKSPACES = Path("artifacts/repeat")
@@ -47,6 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--evaluate-only", action="store_true", help="evaluate the models trained earlier again")
+    parser.add_argument("--missing-only", action="store_true", help="train only the seeds without a model yet")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks/results/repeat_training.json")
     args = parser.parse_args()
     if args.runs < 2:
@@ -55,7 +59,8 @@ def main() -> None:
     runs, start = [], time.perf_counter()
     for seed in range(args.runs):
         folder = create(params, WORKSPACES / f"seed-{seed}", {"train": {"seed": seed}})
-        seconds = None if args.evaluate_only else run_stage("train", folder, params)
+        trained = (folder / MODEL_DIR / "weights.pt").is_file()
+        seconds = None if args.evaluate_only or (args.missing_only and trained) else run_stage("train", folder, params)
         run_stage("evaluate", folder, params)
         metrics = json.loads((folder / ALL_METRICS).read_text())
         runs.append({"seed": seed, "train_seconds": seconds, **{key: metrics[key] for key in METRICS if key in metrics}})
