@@ -1,9 +1,9 @@
 """How often the drift CUSUM cries wolf on healthy traffic, and how soon it sees a shift.
 
-    python benchmarks/drift_events.py [--streams 200] [--scans 500] [--shift bias_field]
+    python benchmarks/drift_events.py [--streams 200] [--scans 500] [--shift bias_field] [--version N]
                                       [--output benchmarks/results/drift_events.json]
 
-Runs after `make run`, on the registered champion, as the endpoint scores: the training site's
+Runs after `make run`, on the registered champion (or version N), as the endpoint scores: the training site's
 held-out healthy scans (data/raw/sites/<training site>/healthy: never trained on, and not the
 validation scans whose scores are the drift reference) and the same scans with ``--shift``
 applied. Healthy traffic is ``--streams`` streams of ``--scans`` scans drawn at random from them;
@@ -90,11 +90,12 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=200)
     parser.add_argument("--scans", type=int, default=500)
     parser.add_argument("--shift", default="bias_field", choices=sorted(SHIFTS))
+    parser.add_argument("--version", help="a registered version instead of the champion")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks/results/drift_events.json")
     args = parser.parse_args()
     params = load_params(REPO / "params.yaml")
     settings, start = params.serve.drift, time.perf_counter()
-    predictor = load_champion(params)
+    predictor = load_champion(params, args.version)
     subjects, _ = site_subjects(params.path(params.phantoms.sites_root) / params.phantoms.spec.training_site, params.data.modality)
     healthy, shifted = scan_scores(predictor, subjects, None), scan_scores(predictor, subjects, args.shift)
     reference = np.asarray(predictor.bundle.calibration.reference_scores)

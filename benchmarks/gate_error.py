@@ -1,6 +1,6 @@
 """How often the promotion gate promotes a model that is no better, and how often one that is.
 
-    python benchmarks/gate_error.py [--pairs 400] [--output benchmarks/results/gate_error.json]
+    python benchmarks/gate_error.py [--pairs 1000] [--output benchmarks/results/gate_error.json]
 
 Simulates pairs of models scoring the test split, laid out as the default data's is (its
 subjects, their slices and which slices are abnormal, read from data/processed after `make
@@ -99,7 +99,7 @@ def promotion_rate(layout: pd.DataFrame, rule: PromotionRule, pairs: int, candid
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", type=int, default=400)
+    parser.add_argument("--pairs", type=int, default=1000)
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks/results/gate_error.json")
     args = parser.parse_args()
     params = load_params(REPO / "params.yaml")

@@ -30,8 +30,9 @@ from serving.predictor import VolumePredictor
 REPO = Path(__file__).resolve().parents[1]
 
 
-def load_champion(params) -> VolumePredictor:
-    uri = f"models:/{params.registry.model_name}@{params.registry.alias}"
+def load_champion(params, version: str | None = None) -> VolumePredictor:
+    """The registry's champion, or the registered ``version`` when one is named."""
+    uri = f"models:/{params.registry.model_name}" + (f"/{version}" if version else f"@{params.registry.alias}")
     with tempfile.TemporaryDirectory() as tmp:
         folder, name, version = fetch_bundle(uri, tracking_uri(params), Path(tmp))
         return VolumePredictor.from_folder(folder, name, version)
