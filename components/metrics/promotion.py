@@ -11,10 +11,9 @@ same labels (the evaluation fingerprint), and then promotes when
   subjects finds it: under "the two models are equally good", which model scored a subject's
   slices is a coin flip, so the observed gain is compared with the gains of every swap of the
   two models' scores subject by subject (all 2^n swaps, or ``permutations`` random ones). The
-  swap moves raw scores: any rescaling computed from one model's scores would change with the
-  swap and cost the test its exactness (ranks within each model let 6 % of equal pairs through
-  where 5 % was asked; benchmarks/gate_error.py). A candidate on another score scale than the
-  champion's is therefore judged conservatively. The test holds its error rate at any split
+  swap moves raw scores: any rescaling computed from one model's scores (ranks within each
+  model, say) would change with the swap and cost the test its exactness. A candidate on another
+  score scale than the champion's is therefore judged conservatively. The test holds its error rate at any split
   size; with fewer subjects than can reach it (2^n swaps give p >= 1/2^n: n >= 5 for 5 %), it
   says so and the champion stays.
 """
