@@ -17,6 +17,7 @@ statistics (PSI, KS) of a full window of independent healthy scans against the r
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 import sys
 import time
 from pathlib import Path
@@ -55,8 +56,7 @@ def stream_events(healthy: list[np.ndarray], reference: np.ndarray, settings, st
     rng = np.random.default_rng(seed)
     by_scan, by_slice = [], []
     for _ in range(streams):
-        monitor = DriftMonitor(reference, 0.0, window=settings.window, min_scores=settings.min_scores,
-                               cusum_k=settings.cusum_k, cusum_h=settings.cusum_h)
+        monitor = DriftMonitor(reference, 0.0, **asdict(settings))
         slices = Cusum(float(reference.mean()), float(reference.std()), k=0.5, h=12.0)
         drawn = [healthy[i] for i in rng.integers(0, len(healthy), scans)]
         by_scan.append(sum(monitor.update(s, now=0.0) for s in drawn))
@@ -72,8 +72,7 @@ def detection_delay(healthy, shifted, reference, settings, streams: int, seed: i
     """Shifted scans seen before the first event, after WARM_UP healthy ones (None: not within 200)."""
     rng, delays = np.random.default_rng(seed), []
     for _ in range(streams):
-        monitor = DriftMonitor(reference, 0.0, window=settings.window, min_scores=settings.min_scores,
-                               cusum_k=settings.cusum_k, cusum_h=settings.cusum_h)
+        monitor = DriftMonitor(reference, 0.0, **asdict(settings))
         for i in rng.integers(0, len(healthy), WARM_UP):
             monitor.update(healthy[i], now=0.0)
         monitor.cusum.reset()  # the delay from a clean start: warm-up events are counted above
