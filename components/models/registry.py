@@ -8,14 +8,16 @@ from components.models.anovaegan import AnoVAEGAN
 from components.models.autoencoders import DenseAE, DenseVAE, SpatialAE, SpatialVAE
 from components.models.baselines import CoarseNoiseDAE, IntensityThreshold
 from components.models.detector import Detector
-from components.models.diffusion import PatchedDDPM
+from components.models.diffusion import ConditionedDDPM, PatchedDDPM
 from components.models.dual_vae import CEDVAE, DualVAE, VAEWithContextRegulariser
+from components.models.flow import RectifiedFlow
 from components.models.introvae import IntroVAEPatchMetric
 from components.models.latent_constrained import LatentConstrainedDetector
 
 DETECTORS: dict[str, type[Detector]] = {
     "anovaegan": AnoVAEGAN,
     "ce_dvae": CEDVAE,
+    "conditioned_ddpm": ConditionedDDPM,
     "dense_ae": DenseAE,
     "dense_vae": DenseVAE,
     "denoising_ae": CoarseNoiseDAE,
@@ -24,6 +26,7 @@ DETECTORS: dict[str, type[Detector]] = {
     "intensity": IntensityThreshold,
     "introvae": IntroVAEPatchMetric,
     "latent_constrained": LatentConstrainedDetector,
+    "rectified_flow": RectifiedFlow,
     "spatial_ae": SpatialAE,
     "spatial_vae": SpatialVAE,
     "vae_ce": VAEWithContextRegulariser,

@@ -27,7 +27,11 @@ TINY = {
     "diffusion": {"base_channels": 8, "levels": 2, "timesteps": 100, "noise_level": 30, "sampling_steps": 3},
     "intensity": {"top_fraction": 0.1},
     "denoising_ae": {"base_channels": 4, "levels": 2, "noise_resolution": 4},
+    "conditioned_ddpm": {"base_channels": 8, "levels": 2, "timesteps": 100, "noise_level": 30, "sampling_steps": 3},
+    "rectified_flow": {"base_channels": 8, "levels": 2, "steps": 2, "noise_resolution": 4, "corruption": "both"},
 }
+LEARNERS = ["ce_dvae", "dual_vae", "vae_ce", "latent_constrained", "introvae", "diffusion", "denoising_ae",
+            "conditioned_ddpm", "rectified_flow"]
 
 
 def tiny(name: str):
@@ -91,19 +95,33 @@ def blobs(n: int = 6) -> Slices:
     return Slices(images, brain, Slices(images.flip(-1), brain.flip(-1)))
 
 
-# the autoencoders and AnoVAEGAN have learning tests of their own (test_autoencoders.py, test_anovaegan.py)
-@pytest.mark.parametrize("name", ["ce_dvae", "dual_vae", "vae_ce", "latent_constrained", "introvae", "diffusion", "denoising_ae"])
-def test_a_few_steps_on_a_fixed_batch_lower_the_loss(name):
-    """Learning, not one finite step: the validation loss (its random draws seeded alike) falls."""
+def validation_loss_before_and_after(name: str, learning_rate: float, steps: int = 30) -> tuple[float, float]:
+    """The validation loss on a fixed batch before and after ``steps`` updates, its random draws
+    (noise, corruptions, steps) seeded alike both times."""
     torch.manual_seed(0)
     detector, slices = tiny(name), blobs()
     torch.manual_seed(1)
     before = detector.eval().validation_losses(slices)["loss"]
-    optimizers = detector.train().make_optimizers(3e-3)  # the paper's own rate where it fixed one
-    for _ in range(30):
+    optimizers = detector.train().make_optimizers(learning_rate)
+    for _ in range(steps):
         detector.train_step(slices, optimizers)
     torch.manual_seed(1)
-    assert detector.eval().validation_losses(slices)["loss"] < 0.95 * before
+    return before, detector.eval().validation_losses(slices)["loss"]
+
+
+# the autoencoders and AnoVAEGAN have learning tests of their own (test_autoencoders.py, test_anovaegan.py)
+@pytest.mark.parametrize("name", LEARNERS)
+def test_a_few_steps_on_a_fixed_batch_lower_the_loss(name):
+    """Learning, not one finite step: the validation loss (its random draws seeded alike) falls."""
+    before, after = validation_loss_before_and_after(name, 3e-3)
+    assert after < 0.95 * before
+
+
+@pytest.mark.parametrize("name", ["diffusion", "conditioned_ddpm", "rectified_flow", "denoising_ae"])
+def test_the_learning_test_fails_with_optimisation_disabled(name):
+    """What the test above measures is the updates: at a learning rate of 0 the loss stays put."""
+    before, after = validation_loss_before_and_after(name, 0.0, steps=5)
+    assert after == pytest.approx(before, rel=1e-5)
 
 
 def test_dual_vae_needs_its_unlabelled_slices_and_scores_by_latent_distance():
@@ -234,3 +252,48 @@ def test_denoising_ae_noise_is_coarse_and_scaled_to_the_value_range():
     # Coarse: neighbouring pixels move together far more than white noise's would.
     neighbours = torch.corrcoef(torch.stack([noise[..., :-1].flatten(), noise[..., 1:].flatten()]))[0, 1]
     assert neighbours > 0.9
+
+
+def test_rectified_flow_corrupts_only_the_brain_and_takes_its_euler_steps():
+    torch.manual_seed(0)
+    slices = batch()
+    for corruption in ("coarse", "blobs", "both"):
+        detector = build_detector("rectified_flow", **{**TINY["rectified_flow"], "corruption": corruption}, image_size=SIZE)
+        corrupted = detector.corrupt(slices.image, slices.brain)
+        assert torch.equal(corrupted[~slices.brain], slices.image[~slices.brain])
+        assert (corrupted - slices.image).abs().amax(dim=(1, 2, 3)).gt(0).all(), corruption  # every slice is changed
+    times = []
+
+    def constant_velocity(x, t):  # records when it is asked, moves every pixel by 0.5 per unit time
+        times.append(t.tolist())
+        return torch.full_like(x, 0.5)
+
+    detector = tiny("rectified_flow")
+    detector.steps, detector.velocity_at = 4, constant_velocity
+    x = slices.image
+    torch.testing.assert_close(detector.reconstruct(x), x + 0.5)  # 4 steps of 1/4: the whole path
+    assert [ts[0] for ts in times] == [0.0, 0.25, 0.5, 0.75] and all(len(set(ts)) == 1 for ts in times)
+    with pytest.raises(ValueError, match="corruption"):
+        build_detector("rectified_flow", corruption="salt")
+
+
+def test_the_flow_target_is_the_straight_line_from_corrupted_to_healthy():
+    """A velocity field that returns healthy - corrupted exactly has zero loss at every t."""
+    torch.manual_seed(0)
+    detector, slices = tiny("rectified_flow"), batch()
+    torch.manual_seed(3)
+    corrupted = detector.corrupt(slices.image, slices.brain)
+    detector.corrupt = lambda x, brain: corrupted
+    detector.velocity_at = lambda x_t, t: slices.image - corrupted
+    assert detector.loss(slices)[1]["loss"] == pytest.approx(0.0)
+
+
+def test_the_conditioned_ddpm_is_guided_by_its_input_and_denoises_the_whole_slice():
+    torch.manual_seed(0)
+    detector, x = tiny("conditioned_ddpm").eval(), batch().image
+    assert detector.patch_fraction == 1.0
+    guided = detector.reconstruct(x)
+    with torch.no_grad():
+        detector.encoder.features[-1].bias.add_(1.0)  # another condition, nothing else changed
+    assert (detector.reconstruct(x) - guided).abs().max() > 1e-4
+    assert build_detector("diffusion", **TINY["diffusion"]).condition(x) is None

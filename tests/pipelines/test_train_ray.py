@@ -105,12 +105,14 @@ def test_two_worker_training_checkpoints_tracks_and_resumes(project):
      {"train_adversarial", "train_discriminator"}, {}),
     ("dual_vae", {"base_channels": 8, "latent_size": 16, "downsamplings": 3, "latent_samples": 1},
      {"train_mixed_loss", "val_l2"}, {"precision": "bf16", "channels_last": True}),
+    ("rectified_flow", {"base_channels": 8, "levels": 2}, {"train_loss", "val_loss"}, {}),
+    ("conditioned_ddpm", {"base_channels": 8, "levels": 2, "sampling_steps": 2}, {"train_loss", "val_loss"}, {}),
 ])
 def test_other_detectors_train_through_the_same_stage(project, name, hyperparams, parts, extra, monkeypatch, capfd):
     """model.name is the only change: a dense VAE (its image size comes from the data), a
-    two-network adversarial detector, and the dual VAE, whose second VAE learns from the
+    two-network adversarial detector, the dual VAE, whose second VAE learns from the
     unlabelled tumour-cohort slices of a third dataset (in bf16 mixed precision, channels-last),
-    all on 2 workers. The dense VAE trains verbosely: the workers' logs reach the console."""
+    the rectified flow and the conditioned DDPM, all on 2 workers. The dense VAE trains verbosely: the workers' logs reach the console."""
     if name == "dense_vae":
         monkeypatch.setenv(VERBOSE_VARIABLE, "1")  # `brainomaly --verbose`
     train_params = {"epochs": 1, "num_workers": 2, **extra}
