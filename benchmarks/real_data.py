@@ -299,15 +299,23 @@ def main() -> None:
     params = load_params(REPO / "params.yaml")
     report = {"machine": machine(), "healthy": args.healthy.resolve().name,
               "tumour": args.tumour.resolve().name, "modality": args.modality}  # folder names: the paths are the user's
-    real = trained_on_real(params, args) if "real" not in args.skip else load_params(params.path(WORKSPACE / "params.yaml"))
-    report["trained_on_real"] = real_rows(real)
+    real = None
+    if "real" not in args.skip:
+        real = trained_on_real(params, args)
+        report["trained_on_real"] = real_rows(real)
     if "phantoms" not in args.skip:
+        # the real workspace under today's params (its rows were trained by an earlier run when "real" is skipped)
+        real = real or workspace(params, WORKSPACE, args.healthy, args.tumour, args.modality)
         detectors = list(dict.fromkeys([params.model.name, *args.phantom_detectors]))
         report["cost_of_phantoms"] = cost_of_phantoms(params, real, detectors, params.evaluate.bootstrap_samples)
     if "served" not in args.skip:
         report["served"] = served_on_real(params, args.tumour, args.served_modality, args.served_extra)
     if "candidates" not in args.skip:
-        report["candidates"] = candidates_on_real(params, args.tumour, args.served_modality, args.served_extra, args.candidates)
+        found = candidates_on_real(params, args.tumour, args.served_modality, args.served_extra, args.candidates)
+        earlier = (json.loads(args.output.read_text()) if args.output.is_file() else {}).get("candidates", {})
+        if earlier.get("modality") == found["modality"]:  # the candidates not rerun keep their rows
+            found["rows"] = earlier["rows"] | found["rows"]
+        report["candidates"] = found
     # The steps not run keep their earlier results, read just now: another run may have written some.
     report = (json.loads(args.output.read_text()) if args.output.is_file() else {}) | report
     write_json(args.output, report)

@@ -5,9 +5,9 @@ A velocity field v(x_t, t) learns to carry a corrupted healthy slice x_0 straigh
 slice x_1 it came from: on the line x_t = (1 - t) x_0 + t x_1 the target is x_1 - x_0 for every
 t (Liu et al. 2023, "Flow straight and fast"). A tumour is a corruption the field has learnt to
 undo, so ``steps`` Euler steps from the input, x <- x + v(x, t) / steps, land on its healthy
-counterpart and the residual |x - x_hat| is the anomaly map. Straight paths are why one step
-nearly suffices: the per-slice cost is ``steps`` network passes, where a diffusion model needs
-its whole denoising schedule.
+counterpart and the residual |x - x_hat| is the anomaly map. Straight paths are why one or two
+steps suffice: the per-slice cost is ``steps`` network passes, where a diffusion model needs its
+whole denoising schedule.
 
 Where it follows the paper: the abnormal-to-healthy transport by a rectified flow, trained on
 synthetic anomalies made from healthy scans only, and scored by the residual after one or a few
@@ -58,7 +58,7 @@ def blob_masks(n: int, size: int, device, dtype) -> torch.Tensor:
 class RectifiedFlow(ReconstructionDetector):
     """A U-Net velocity field from corrupted to healthy slices; the residual after Euler steps is the map."""
 
-    def __init__(self, base_channels: int = 16, levels: int = 4, steps: int = 1, corruption: str = "both",
+    def __init__(self, base_channels: int = 16, levels: int = 4, steps: int = 2, corruption: str = "both",
                  noise_resolution: int = 8, noise_std: float = 0.2, image_size: int = 64,
                  output_range: tuple[float, float] | None = (0.0, 1.0)) -> None:
         super().__init__()
