@@ -9,8 +9,9 @@ Runs `brainomaly compare` (each detector trained on the training site, evaluated
 every site's held-out scans at the deployed thresholds and after site calibration; see README
 "Across sites"), then checks each detector, and the pipeline's own model as `make run` registers
 it (``reports/sites.json``), on the unseen sites (every site but
-``phantoms.training_site``) against the targets below, after calibration. Writes the JSON and
-prints the table; reports/comparison.md holds the full tables.
+``phantoms.training_site``) against the targets below, after calibration, and applies the rule
+that picks `make run`'s detector (``choose_default``). Writes the JSON and prints the table;
+reports/comparison.md holds the full tables.
 """
 
 from __future__ import annotations
