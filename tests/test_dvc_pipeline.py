@@ -105,7 +105,7 @@ def test_metrics_show_prints_the_headline_cleanly(pipeline_repo):
     assert "slice_auroc" in shown.stdout and "failed" not in (shown.stdout + shown.stderr).lower()
     header = next(line for line in shown.stdout.splitlines() if line.startswith("Path"))
     assert len(header.split()) <= len(HEADLINE) + 1 and "alternative_scores" not in shown.stdout
-    assert "denoising_ae" in show("reports/comparison.json").stdout  # the comparison, by name
+    assert "rectified_flow" in show("reports/comparison.json").stdout  # the comparison, by name
 
 
 def test_push_then_pull_into_a_clean_clone_reproduces_the_data(pipeline_repo, tmp_path):
