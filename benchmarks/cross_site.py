@@ -39,16 +39,17 @@ TARGETS = {  # on the unseen sites, after calibrating with at most 10 healthy sc
 }
 
 
-# The rule that picks the detector `make run` trains and serves (model.name), written before the
-# comparison it is applied to (README "Which detector make run serves"):
+# The rule that picks the detector `make run` trains and serves (model.name); README "Maps: the
+# rectified flow, the conditioned DDPM and the default rule" tells how it came to read healthy slices:
 #  1. eligible: it trains within MAX_TRAIN_SECONDS in the comparison (so `make run` stays within 15
-#     minutes on 2 cores); at every unseen site, after calibration, the share of healthy
-#     subjects' slices it flags is not above the target beyond doubt (the low end of its 95 %
-#     interval is at most 5 %: tumour patients' tumour-free slices lie next to tumours, where edema
-#     below the slice label's cut is an anomaly too, and would favour a detector blind to it); and, trained on the phantoms, it ranks real glioma slices at slice AUROC
-#     >= REAL_SLICE_AUROC (benchmarks/real_data.py's candidates, real T2 scans): the served
-#     default's first duty, which phantoms alone cannot show (the spatial VAE ranked phantom
-#     tumours best and real ones near chance). A detector not measured there is not eligible;
+#     minutes on 2 cores); at every unseen site, after calibration, the share of healthy subjects'
+#     slices it flags is not above the target beyond doubt (the low end of its 95 % interval is at
+#     most 5 %; tumour patients' tumour-free slices lie next to tumours, where edema below the slice
+#     label's cut is abnormal too, and would favour a detector blind to it); and, trained on the
+#     phantoms, it ranks real glioma slices at slice AUROC >= REAL_SLICE_AUROC
+#     (benchmarks/real_data.py's candidates, real T2 scans): the served default's first duty, which
+#     phantoms alone cannot show (the spatial VAE ranked phantom tumours best and real ones near
+#     chance). A detector not measured there is not eligible;
 #  2. of those, the ones that meet the slice AUROC target (>= 0.95) at every unseen site, if any;
 #  3. the highest mean calibrated Dice over the unseen sites wins, but the current default keeps
 #     its place unless beaten by more than register.margins.dice_mean (two standard deviations of

@@ -44,7 +44,11 @@ def main() -> None:
     if not args.params.is_file():
         raise SystemExit(f"{args.params} does not exist: run `brainomaly compare --only rectified_flow` first")
     params = load_params(args.params)
-    detector, description = load_trained(params)
+    try:
+        detector, description = load_trained(params)
+    except FileNotFoundError:
+        raise SystemExit(f"{args.params.parent} holds no trained detector: run `brainomaly compare --only "
+                         "rectified_flow` first") from None
     if description["model_name"] != "rectified_flow":
         raise SystemExit(f"{args.params} trained a {description['model_name']}, not a rectified_flow")
     root = params.path(PROCESSED_DIR)

@@ -311,13 +311,15 @@ def main() -> None:
     if "served" not in args.skip:
         report["served"] = served_on_real(params, args.tumour, args.served_modality, args.served_extra)
     if "candidates" not in args.skip:
-        found = candidates_on_real(params, args.tumour, args.served_modality, args.served_extra, args.candidates)
-        earlier = (json.loads(args.output.read_text()) if args.output.is_file() else {}).get("candidates", {})
-        if earlier.get("modality") == found["modality"]:  # the candidates not rerun keep their rows
-            found["rows"] = earlier["rows"] | found["rows"]
-        report["candidates"] = found
-    # The steps not run keep their earlier results, read just now: another run may have written some.
-    report = (json.loads(args.output.read_text()) if args.output.is_file() else {}) | report
+        report["candidates"] = candidates_on_real(params, args.tumour, args.served_modality, args.served_extra,
+                                                  args.candidates)
+    # The steps not run keep their earlier results, read just now: another run may have written some;
+    # so do the candidates not rerun.
+    earlier = json.loads(args.output.read_text()) if args.output.is_file() else {}
+    kept = earlier.get("candidates", {})
+    if "candidates" in report and kept.get("modality") == report["candidates"]["modality"]:
+        report["candidates"]["rows"] = kept["rows"] | report["candidates"]["rows"]
+    report = earlier | report
     write_json(args.output, report)
     print_tables(report)
 
