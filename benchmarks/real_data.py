@@ -59,7 +59,7 @@ from pipelines.sites import score_subjects
 from pipelines.tracking import tracking_uri
 from pipelines.workspace import create, run_stage
 from serving.model_source import load_predictor
-from serving.predictor import VolumePredictor
+from components.scoring.predictor import VolumePredictor
 from components.machine import machine
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,7 +5,8 @@
 Runs after `make run`: serves this repo's registered champion with `brainomaly serve` on a free
 port of 127.0.0.1 (the params' serve section as it is), and drives it from this process:
 
-1. latency: one client, ``--requests`` sequential predictions -> p50, p90, p99;
+1. latency: one client, ``--requests`` sequential predictions -> p50, p90, p99, and the median
+   of each stage the endpoint reports in its Server-Timing header (where the time goes);
 2. throughput: 1, 2 and 4 concurrent clients for ``--seconds`` each -> volumes/s and latency;
 3. overload: twice the capacity ((max_ongoing + max_queued) x replicas x 2 clients) for
    ``--seconds``: every answer must be 200 or 503, 503s must come fast, and the server must
@@ -51,12 +52,17 @@ def brats_sized_upload(params) -> bytes:
     return gzip.compress(nib.Nifti1Image(resized.astype(np.float32), scaled).to_bytes(), compresslevel=6)
 
 
-def timed_post(url: str, payload: bytes) -> tuple[int, float]:
+def timed_post(url: str, payload: bytes, stages: list | None = None) -> tuple[int, float]:
+    """(status, seconds) of one prediction; its Server-Timing stages (seconds) appended to ``stages``."""
     start = time.perf_counter()
     try:
-        status = requests.post(f"{url}/v1/predict", data=payload, timeout=300).status_code
+        response = requests.post(f"{url}/v1/predict", data=payload, timeout=300)
+        status = response.status_code
     except requests.RequestException:
-        status = 0  # no answer at all: counted, and never expected
+        return 0, time.perf_counter() - start  # no answer at all: counted, and never expected
+    if stages is not None and "Server-Timing" in response.headers:
+        stages.append({name: float(ms) / 1000 for name, ms in
+                       (entry.split(";dur=") for entry in response.headers["Server-Timing"].split(", "))})
     return status, time.perf_counter() - start
 
 
@@ -68,10 +74,15 @@ def percentiles(seconds: list[float]) -> dict:
 
 
 def latency(url: str, payload: bytes, n: int) -> dict:
+    """``n`` sequential predictions: percentiles, and the median of each stage (where the time goes)."""
     timed_post(url, payload)  # warm-up: first-call allocations
-    answers = [timed_post(url, payload) for _ in range(n)]
+    stages: list[dict] = []
+    answers = [timed_post(url, payload, stages) for _ in range(n)]
     assert all(status == 200 for status, _ in answers), answers
-    return {"requests": n, **percentiles([s for _, s in answers])}
+    medians = {stage: round(float(np.median([s[stage] for s in stages])), 4) for stage in (stages[0] if stages else {})}
+    client = float(np.median([s for _, s in answers]))
+    return {"requests": n, **percentiles([s for _, s in answers]), "stage_median_s": medians,
+            "outside_stages_median_s": round(client - sum(medians.values()), 4)}
 
 
 def for_a_while(url: str, payload: bytes, clients: int, seconds: float) -> dict:
@@ -136,6 +147,10 @@ def show(result: dict) -> None:
             table.add_row(name, str(run["clients"]), str(run["volumes_per_s"]), f"{code} x {run['statuses'][code]}",
                           str(stats["p50_s"]), str(stats["p99_s"]))
     Console().print(table)
+    stages = Table("stage", "median s", title="Where one prediction's time goes (Server-Timing, 1 client)")
+    for stage, seconds in [*one.get("stage_median_s", {}).items(), ("client and network", one.get("outside_stages_median_s"))]:
+        stages.add_row(stage, str(seconds))
+    Console().print(stages)
     print(f"overload: only 200/503: {result['overload']['only_200_and_503']}, ready after: {result['overload']['ready_after']}")
 
 

@@ -25,7 +25,7 @@ from components.data.nifti_io import load_volume
 from pipelines.params import load_params
 from pipelines.tracking import tracking_uri
 from pipelines.model_store import fetch_bundle
-from serving.predictor import VolumePredictor
+from components.scoring.predictor import VolumePredictor
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,9 +4,12 @@
     DetectorModel      replicas holding the registry's detector (serving/detector.py)
     Monitor            one registry of metrics and the drift window (serving/monitor.py)
 
-    POST /v1/predict   a NIfTI volume (.nii or .nii.gz; raw body or multipart) -> JSON scores;
+    POST /v1/predict   a NIfTI volume (.nii or .nii.gz; raw body or multipart), or a DICOM MR
+                       series (a zip of its files, or its files as multipart parts) -> JSON scores;
                        ?map=nifti -> the anomaly map as NIfTI on the input's grid
                        ?map=png   -> a quick-look overlay of the most anomalous slices
+                       ?map=dicom-seg, ?map=dicom-pmap -> for a DICOM series, a DICOM
+                                     Segmentation / Parametric Map over it, carrying the verdict
                        ?site=NAME -> verdicts at that site's calibration (`brainomaly calibrate
                                      --site`; unknown: 400 listing the known; a calibration that
                                      failed to load: 503 for that site alone), drift per site
@@ -42,6 +45,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.formparsers import MultiPartParser
 
+from components.data.dicom_io import ZIP_MAGIC, DicomSource, files_from_zip, is_dicom, read_series
 from components.data.nifti_io import InvalidVolumeError, volume_from_bytes
 from pipelines.site_store import SITE_NAME
 from serving.detector import DetectorModel
@@ -55,7 +59,8 @@ ROUTES = {"/v1/predict", "/v1/model", "/v1/sites", "/healthz", "/readyz", "/metr
 OPEN_ROUTES = {"/healthz", "/readyz"}  # the orchestrator's probes; /metrics too unless serve.metrics_require_key
 API_KEY_HEADER = "X-API-Key"
 PROBE_HEADROOM = 8  # requests the ingress admits beyond the model's capacity: probes, /metrics
-MAP_FORMATS = {"nifti": ("application/gzip", "anomaly_map.nii.gz"), "png": ("image/png", "anomaly_overlay.png")}
+MAP_FORMATS = {"nifti": ("application/gzip", "anomaly_map.nii.gz"), "png": ("image/png", "anomaly_overlay.png"),
+               "dicom-seg": ("application/dicom", "anomaly_seg.dcm"), "dicom-pmap": ("application/dicom", "anomaly_map.dcm")}
 
 
 class RequestError(Exception):
@@ -105,8 +110,9 @@ async def read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def upload_payload(request: Request, limit: int) -> bytes:
-    """The NIfTI bytes of a raw-body or multipart/form-data upload, in memory only."""
+async def upload_payload(request: Request, limit: int, max_files: int) -> list[bytes]:
+    """The files of a raw-body or multipart/form-data upload, in memory only: one NIfTI or zip, or
+    a DICOM series' files, one a part."""
     body = await read_limited(request, limit)
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
 
@@ -114,16 +120,58 @@ async def upload_payload(request: Request, limit: int) -> bytes:
             return {"type": "http.request", "body": body, "more_body": False}
 
         try:
-            form = await Request(request.scope, replay).form(max_files=1, max_part_size=limit)
+            form = await Request(request.scope, replay).form(max_files=max_files, max_part_size=limit)
         except Exception as err:  # malformed multipart: the parser's own message says where
             raise RequestError(400, f"malformed multipart upload: {err}") from None
-        files = [value for value in form.values() if hasattr(value, "read")]
-        if not files:
-            raise RequestError(400, "multipart upload holds no file part: send the NIfTI as a file field")
-        body = await files[0].read()
+        parts = [value for _, value in form.multi_items() if hasattr(value, "read")]
+        if not parts:
+            raise RequestError(400, "multipart upload holds no file part: send the scan as a file field")
+        files = [await part.read() for part in parts]
+        if any(files):
+            return files
+        body = b""
     if not body:
-        raise RequestError(400, "empty body: POST a .nii or .nii.gz volume")
-    return body
+        raise RequestError(400, "empty body: POST a .nii or .nii.gz volume, or a DICOM series as a zip of its files")
+    return [body]
+
+
+def parse_scan(files: list[bytes], settings: EndpointSettings) -> tuple[np.ndarray, np.ndarray, DicomSource | None]:
+    """(data, affine, its DICOM source or None) of one uploaded scan: a NIfTI file, a zip of a
+    DICOM series' files, or the files themselves."""
+    inflated = 4 * settings.max_upload_bytes
+    if len(files) == 1 and not is_dicom(files[0]):
+        return (*volume_from_bytes(files[0], limits=settings.limits, max_uncompressed_bytes=inflated), None)
+    if len(files) == 1 and files[0][:4] == ZIP_MAGIC:
+        named = files_from_zip(files[0], inflated, settings.limits.max_axis)
+    else:
+        named = [(f"part {number} of the upload", data) for number, data in enumerate(files, 1)]
+    return read_series(named, settings.limits)
+
+
+class Stopwatch:
+    """Where a prediction's time goes, by stage: the ingress's own laps, and the model replica's
+    stages, with the hops to and from it (queueing included) as ``transfer``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self.last
+        self.last = now
+
+    def at_model(self, stages: dict[str, float]) -> None:
+        """The model replica's stages; the rest of the round trip since the last lap is transfer."""
+        now = time.perf_counter()
+        self.seconds["transfer"] = max(0.0, now - self.last - sum(stages.values()))
+        for stage, seconds in stages.items():
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+        self.last = now
+
+    def server_timing(self) -> str:
+        """The stages as an HTTP Server-Timing header (milliseconds), which browsers' tools show."""
+        return ", ".join(f"{stage};dur={1000 * seconds:.1f}" for stage, seconds in self.seconds.items())
 
 
 @serve.deployment
@@ -204,8 +252,10 @@ class Ingress:
     @api.post("/v1/predict")
     async def predict(
         self, request: Request,
-        map_format: Literal["nifti", "png"] | None = Query(
-            None, alias="map", description="nifti: the anomaly map on the input's grid; png: a quick look"),
+        map_format: Literal["nifti", "png", "dicom-seg", "dicom-pmap"] | None = Query(
+            None, alias="map", description="nifti: the anomaly map on the input's grid; png: a quick look; for a "
+                                           "DICOM series, dicom-seg: a DICOM Segmentation over it, dicom-pmap: "
+                                           "the map as a DICOM Parametric Map"),
         site: str | None = Query(
             None, description="a site calibrated with `brainomaly calibrate --site`; none: the training calibration"),
     ) -> Response:
@@ -230,29 +280,34 @@ class Ingress:
             work.exception()  # retrieved: a client that left is not an error to log
 
     async def answer(self, request: Request, map_format: str | None, site: str | None) -> Response:
+        clock = Stopwatch()
         try:  # a deadline for the whole body: a client trickling bytes cannot hold its slot for long
-            payload = await asyncio.wait_for(upload_payload(request, self.settings.max_upload_bytes),
-                                             self.settings.upload_timeout_s)
+            payload = await asyncio.wait_for(
+                upload_payload(request, self.settings.max_upload_bytes, self.settings.limits.max_axis),
+                self.settings.upload_timeout_s)
         except TimeoutError:
             raise RequestError(408, f"the upload took longer than {self.settings.upload_timeout_s:g} s; "
                                     "send it again on a faster connection") from None
+        clock.lap("upload")
         try:
             # in a thread: gunzipping a 240x240x155 scan takes a while, probes must not wait on it
-            data, affine = await asyncio.to_thread(volume_from_bytes, payload, limits=self.settings.limits,
-                                                   max_uncompressed_bytes=4 * self.settings.max_upload_bytes)
+            data, affine, source = await asyncio.to_thread(parse_scan, payload, self.settings)
         except InvalidVolumeError as err:
             raise RequestError(400, str(err)) from None
         del payload
+        clock.lap("parse")
         self.at_model += 1
         try:
-            return await self.scored(data, affine, map_format, site)
+            return await self.scored(data, affine, map_format, site, source, clock)
         finally:
             self.at_model -= 1
 
-    async def scored(self, data: np.ndarray, affine: np.ndarray, map_format: str | None, site: str | None) -> Response:
+    async def scored(self, data: np.ndarray, affine: np.ndarray, map_format: str | None, site: str | None,
+                     source: DicomSource | None, clock: Stopwatch) -> Response:
         """The parsed scan scored at a model replica, its scores told to the monitor, answered."""
         try:
-            result = await self.model.predict.remote(data, affine, map_format, site, self.settings.predict_timeout_s)
+            result = await self.model.predict.remote(data, affine, map_format, site, self.settings.predict_timeout_s,
+                                                     source)
         except BackPressureError:
             raise RequestError(503, "over capacity: every model replica is busy and the queue is full; retry shortly") from None
         if "error" in result:
@@ -261,15 +316,20 @@ class Ingress:
             raise RequestError(503, result["unavailable"])
         if "timeout" in result:
             raise RequestError(504, result["timeout"])
+        clock.at_model(result.pop("seconds"))
         version = result["model"]["version"]
-        await tell(self.monitor, "record_scores", version, [s["score"] for s in result["slices"]], site)
         if map_format is None:
-            return JSONResponse(result)
-        media_type, filename = MAP_FORMATS[map_format]
-        return Response(result["map"], media_type=media_type, headers={
-            "Content-Disposition": f'attachment; filename="{filename}"',
-            "X-Volume-Verdict": result["volume_verdict"], "X-Model-Version": version,
-        })
+            response = JSONResponse(result)
+        else:
+            media_type, filename = MAP_FORMATS[map_format]
+            response = Response(result["map"], media_type=media_type, headers={
+                "Content-Disposition": f'attachment; filename="{filename}"',
+                "X-Volume-Verdict": result["volume_verdict"], "X-Model-Version": version,
+            })
+        clock.lap("answer")
+        response.headers["Server-Timing"] = clock.server_timing()
+        await tell(self.monitor, "record_scores", version, [s["score"] for s in result["slices"]], site, clock.seconds)
+        return response
 
 
 def build_app(settings: EndpointSettings, deployment_options: dict):

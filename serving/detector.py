@@ -16,17 +16,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from typing import NamedTuple
 
 import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from components.data.dicom_io import DicomSource
 from components.data.nifti_io import VolumeLimits
 from pipelines.model_store import resolve_version
 from serving.model_source import load_predictor, sites_changed, with_sites
 from serving.monitor import tell
-from serving.predictor import SiteUnavailableError, Upload, VolumePredictor
+from components.scoring.predictor import SiteUnavailableError, Upload, VolumePredictor
 from serving.settings import EndpointSettings
 
 log = logging.getLogger("brainomaly.serving")
@@ -77,7 +79,7 @@ class DetectorModel:
         self.follower = asyncio.get_running_loop().create_task(self.follow_registry())
 
     async def predict(self, data: np.ndarray, affine: np.ndarray, with_map: str | None, site: str | None = None,
-                      timeout_s: float | None = None) -> dict:
+                      timeout_s: float | None = None, source: DicomSource | None = None) -> dict:
         """The predictor's result, or {"error": ...} for a volume it cannot use or a site it does
         not know, {"unavailable": ...} before any version has loaded or for a site whose
         calibration failed to load, or {"timeout": ...} when
@@ -86,7 +88,8 @@ class DetectorModel:
         predictor = self.predictor  # this request keeps this version even if a swap happens now
         if predictor is None:
             return {"unavailable": "no model loaded yet; see /readyz"}
-        job = Job(predictor, Upload(data, affine, with_map, site), time.monotonic() + timeout_s if timeout_s else None)
+        job = Job(predictor, Upload(data, affine, with_map, site, source),
+                  time.monotonic() + timeout_s if timeout_s else None)
         if self.settings.batch_volumes > 1:
             return await self.score_together(job)
         # alone: each in its own thread, so a CPU replica still works on max_ongoing_requests at once
@@ -119,7 +122,8 @@ class DetectorModel:
                     return
                 predictor = await asyncio.to_thread(with_sites, current, self.settings.tracking_uri)  # a site (re)calibrated
             else:
-                predictor = await asyncio.to_thread(load_predictor, name, version, self.settings.tracking_uri)
+                predictor = replace(await asyncio.to_thread(load_predictor, name, version, self.settings.tracking_uri),
+                                    min_component_voxels=self.settings.min_component_voxels)
         except Exception as err:  # a broken version must never take the serving one down
             serving = self.predictor.model_version if self.predictor else "nothing"
             log.error("version %s of %s failed to load; still serving %s: %s", version, name, serving, err)

@@ -25,6 +25,11 @@ class EndpointMetrics:
             "brainomaly_request_latency_seconds", "Request latency by route", ["route"], registry=r,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0),
         )
+        self.stage_latency = Histogram(
+            "brainomaly_prediction_stage_seconds", "Where a prediction's time goes: upload, parse, transfer (the hops "
+            "between the ingress and a model replica, queueing included), preprocess, score, answer", ["stage"], registry=r,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+        )
         self.slices = Histogram(
             "brainomaly_slices_per_request", "Slices scored per prediction", registry=r,
             buckets=(1, 10, 25, 50, 100, 155, 250, 500),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipelines.model_store import fetch_bundle, registry_client
 from pipelines.site_store import load_site_calibrations, site_records
-from serving.predictor import VolumePredictor
+from components.scoring.predictor import VolumePredictor
 
 
 def load_predictor(name: str, version: str, tracking_uri: str) -> VolumePredictor:

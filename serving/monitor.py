@@ -46,9 +46,13 @@ class Monitor:
     def record_pass(self, volumes: int) -> None:
         self.metrics.volumes_per_pass.observe(volumes)
 
-    def record_scores(self, version: str, scores: list[float], site: str | None = None) -> None:
-        """Slice scores of one prediction by ``version`` at ``site``; a late report from a replica
-        still on the previous version counts in the histograms but not in the new model's drift."""
+    def record_scores(self, version: str, scores: list[float], site: str | None = None,
+                      stages: dict[str, float] | None = None) -> None:
+        """Slice scores of one prediction by ``version`` at ``site``, and the seconds it spent in
+        each stage (upload, parse, transfer, preprocess, score, answer); a late report from a
+        replica still on the previous version counts in the histograms but not in the new model's drift."""
+        for stage, seconds in (stages or {}).items():
+            self.metrics.stage_latency.labels(stage).observe(seconds)
         self.metrics.slices.observe(len(scores))
         for score in scores:
             self.metrics.scores.observe(score)

@@ -24,3 +24,4 @@ class EndpointSettings:
     api_key: str | None = field(repr=False)  # required in X-API-Key when set
     metrics_require_key: bool  # /metrics behind the key too (Prometheus then sends it)
     drift: DriftSettings
+    min_component_voxels: int  # a DICOM SEG's smallest lesion, as the pixel-wise evaluation drops smaller

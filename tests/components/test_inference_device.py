@@ -10,7 +10,7 @@ import torch
 from components.models.bundle import Calibration, DetectorBundle
 from components.models.inference import resolve_device, score_slices
 from components.preprocess.spec import PreprocessSpec
-from serving.predictor import VolumePredictor
+from components.scoring.predictor import VolumePredictor
 from tests.components.test_detectors import SIZE, batch, tiny
 
 

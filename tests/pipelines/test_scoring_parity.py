@@ -18,7 +18,7 @@ from pipelines.evaluate import score_split
 from pipelines.params import PreprocessParams
 from pipelines.preprocess import process_subject
 from pipelines.register import pyfunc_model
-from serving.predictor import VolumePredictor
+from components.scoring.predictor import VolumePredictor
 from tests.components.test_detectors import TINY
 
 SIZE = 32

@@ -1,17 +1,23 @@
 """The real endpoint: `brainomaly serve` (Ray Serve + HTTP) on the model `dvc repro` registered."""
 
 import gzip
+import io
 import json
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import highdicom as hd
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 import requests
 from sklearn.metrics import roc_auc_score
 
 from benchmarks.fuzz_upload import fuzz, header_bomb
+from components.data.dicom_io import series_zip, volume_to_series
 from components.data.layouts import read_brats
 from components.data.nifti_io import load_volume
 from serving.local_server import running_server
@@ -132,6 +138,21 @@ def test_prometheus_metrics(server, pipeline_repo):
     assert float(count.split()[-1]) > 0
 
 
+def test_where_a_predictions_time_goes_is_on_metrics_and_in_its_answer(server, pipeline_repo):
+    """Each stage of a prediction in the Server-Timing header and in the stage histogram; the
+    stages add up to the time the client waited, less the network's share."""
+    scan = read_brats(pipeline_repo / "data" / "raw" / "brats")[0].image.read_bytes()
+    stages = ("upload", "parse", "transfer", "preprocess", "score", "answer")
+    before = {stage: metric(server, f'brainomaly_prediction_stage_seconds_count{{stage="{stage}"}}') for stage in stages}
+    response = requests.post(f"{server}/v1/predict", data=scan, timeout=120)
+    timing = dict(entry.split(";dur=") for entry in response.headers["Server-Timing"].split(", "))
+    assert tuple(timing) == stages
+    assert 0 < sum(float(ms) for ms in timing.values()) / 1000 <= response.elapsed.total_seconds()
+    assert float(timing["score"]) > 0 and float(timing["preprocess"]) > 0
+    for stage in stages:
+        assert metric(server, f'brainomaly_prediction_stage_seconds_count{{stage="{stage}"}}') == before[stage] + 1
+
+
 def test_concurrent_uploads_share_passes_and_get_the_answers_they_get_alone(server, pipeline_repo):
     cases = read_brats(pipeline_repo / "data" / "raw" / "brats")[:BATCH_VOLUMES]
     alone = [requests.post(f"{server}/v1/predict", data=case.image.read_bytes(), timeout=120).json() for case in cases]
@@ -220,5 +241,99 @@ def test_a_png_quick_look_and_a_bad_map_format(server, pipeline_repo):
     png = requests.post(f"{server}/v1/predict?map=png", data=scan, timeout=120)
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
     assert png.content.startswith(b"\x89PNG") and len(png.content) > 5000
-    bad = requests.post(f"{server}/v1/predict?map=dicom", data=scan, timeout=120)
+    bad = requests.post(f"{server}/v1/predict?map=jpeg", data=scan, timeout=120)
     assert bad.status_code == 422 and "nifti" in bad.text
+
+
+SECRET_NAME, SECRET_TEXT = "Doe^Jane", "seen at Saint Elsewhere for headaches"  # never in a log
+
+
+def dicom_case(pipeline_repo, index=0, **series) -> tuple[list[bytes], object]:
+    """A phantom tumour case as the files of an MR series, with a patient's name and free text."""
+    case = read_brats(pipeline_repo / "data" / "raw" / "brats")[index]
+    files = volume_to_series(*load_volume(case.image), **series)
+    return [with_identity(data) for data in files], case
+
+
+def with_identity(data: bytes) -> bytes:
+    image = pydicom.dcmread(io.BytesIO(data))
+    image.PatientName, image.PatientID, image.StudyDescription = SECRET_NAME, "MRN-0042", SECRET_TEXT
+    buffer = io.BytesIO()
+    image.save_as(buffer)
+    return buffer.getvalue()
+
+
+def test_a_dicom_series_scores_as_its_nifti(server, pipeline_repo):
+    """A zip of the series' files and the files as multipart parts get the same answer, and it is
+    the NIfTI's: the same slices scored, the scores equal up to the 16-bit storage's rounding."""
+    files, case = dicom_case(pipeline_repo)
+    zipped = requests.post(f"{server}/v1/predict", data=series_zip(files), timeout=120)
+    assert zipped.status_code == 200, zipped.text
+    parts = requests.post(f"{server}/v1/predict", files=[("file", (f"{i}.dcm", f)) for i, f in enumerate(files)], timeout=120)
+    assert parts.status_code == 200, parts.text
+    assert [s["score"] for s in parts.json()["slices"]] == pytest.approx([s["score"] for s in zipped.json()["slices"]])
+    as_nifti = sorted(scores_of(server, case.image.read_bytes()))
+    as_dicom = sorted(s["score"] for s in zipped.json()["slices"])
+    assert len(as_dicom) == len(as_nifti) and np.corrcoef(as_dicom, as_nifti)[0, 1] > 0.99
+
+
+def test_a_dicom_seg_lands_on_the_series_and_carries_the_verdict(server, pipeline_repo):
+    files, case = dicom_case(pipeline_repo)
+    answer = requests.post(f"{server}/v1/predict", data=series_zip(files), timeout=120).json()
+    response = requests.post(f"{server}/v1/predict?map=dicom-seg", data=series_zip(files), timeout=120)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/dicom"
+    assert response.headers["x-volume-verdict"] == answer["volume_verdict"]
+    seg = hd.seg.segread(io.BytesIO(response.content))
+    source = [pydicom.dcmread(io.BytesIO(f)) for f in files]
+    assert seg.StudyInstanceUID == source[0].StudyInstanceUID and seg.PatientID == "MRN-0042"
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source[0].SeriesInstanceUID
+    assert seg.ContentDescription.startswith(answer["volume_verdict"])
+    marked = seg.get_volume(combine_segments=True)
+    tumour = hd.Volume.from_nibabel(nib.load(case.segmentation))  # the truth, on the NIfTI's grid
+    truth = tumour.match_geometry(marked).array > 0  # the same voxels: a DICOM grid drawn from the NIfTI's
+    assert marked.array.shape == truth.shape and marked.array.any()
+    assert truth[marked.array > 0].mean() > 2 * truth.mean()  # what it marks is mostly where the tumour is
+    pmap = requests.post(f"{server}/v1/predict?map=dicom-pmap", data=series_zip(files), timeout=120)
+    assert pmap.status_code == 200, pmap.text
+    values = hd.pm.ParametricMap.from_dataset(pydicom.dcmread(io.BytesIO(pmap.content))).get_volume()
+    np.testing.assert_allclose(values.affine, marked.affine, atol=1e-4)
+    assert values.array[truth].mean() > values.array[~truth & (values.array > 0)].mean()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda files: series_zip(files[:40] + files[41:]), "gap"),
+    (lambda files: series_zip(files + files[:1]), "sent twice"),
+    (lambda files: series_zip(files[:1]), "a single image is not a volume"),
+    (lambda files: series_zip([files[0][:300]] + files[1:]), "file 1 of the zip"),
+    (lambda files: b"PK\x03\x04 not really a zip", "not a readable zip"),
+], ids=["missing-slice", "doubled-image", "one-image", "truncated-file", "broken-zip"])
+def test_a_broken_series_gets_400_with_the_reason(server, pipeline_repo, damage, message):
+    files, _ = dicom_case(pipeline_repo)
+    response = requests.post(f"{server}/v1/predict", data=damage(files), timeout=120)
+    assert response.status_code == 400 and message in response.json()["error"], response.text
+    assert SECRET_NAME not in response.text and "MRN-0042" not in response.text
+
+
+def test_a_mixed_series_and_a_seg_of_a_nifti_are_refused(server, pipeline_repo):
+    first, _ = dicom_case(pipeline_repo, series_number=3)
+    second, case = dicom_case(pipeline_repo, 1, series_number=5)
+    mixed = requests.post(f"{server}/v1/predict", data=series_zip(first[:30] + second[30:]), timeout=120)
+    assert mixed.status_code == 400 and "series numbers 3, 5" in mixed.json()["error"]
+    seg_of_nifti = requests.post(f"{server}/v1/predict?map=dicom-seg", data=case.image.read_bytes(), timeout=120)
+    assert seg_of_nifti.status_code == 400 and "upload the scan as a DICOM series" in seg_of_nifti.json()["error"]
+
+
+def test_no_patient_identifier_or_free_text_reaches_the_logs(server, pipeline_repo):
+    files, _ = dicom_case(pipeline_repo)
+    for payload in (series_zip(files), series_zip(files[:20] + files[21:]), series_zip(files[:3])):
+        requests.post(f"{server}/v1/predict?map=dicom-seg", data=payload, timeout=120)
+    port = server.rsplit(":", 1)[1]
+    serve_log = (pipeline_repo / f"serve-{port}.log").read_text()
+    ray_logs = Path(re.search(r"Ray's worker logs: (\S+)", serve_log).group(1))
+    logs = [pipeline_repo / f"serve-{port}.log", *(p for p in ray_logs.rglob("*") if p.is_file())]
+    assert len(logs) > 5  # the Ray Serve replicas' and proxies' logs are among them
+    for path in logs:
+        text = path.read_bytes()
+        for secret in (SECRET_NAME, "MRN-0042", SECRET_TEXT):
+            assert secret.encode() not in text, f"{secret!r} in {path}"

@@ -14,7 +14,7 @@ from components.models.inference import relative_to_level, score_volume
 from components.models.registry import DETECTORS, build_detector, data_hyperparams
 from components.preprocess.spec import PreprocessSpec
 from components.preprocess.geometry import to_ras
-from serving.predictor import SiteUnavailableError, UnknownSiteError, Upload, VolumePredictor
+from components.scoring.predictor import SiteUnavailableError, UnknownSiteError, Upload, VolumePredictor
 from tests.components.test_detectors import TINY
 
 
@@ -226,3 +226,27 @@ def test_a_site_whose_calibration_failed_to_load_fails_alone(predictor, phantom_
     assert answers[1]["site"] == "north" and answers[2]["site"] is None
     assert served.description()["broken_sites"]["east"]["error"].startswith("its calibration")
     assert list(served.description()["sites"]) == ["north"]
+
+
+def test_a_dicom_series_gets_its_seg_and_parametric_map(predictor, phantom_roots):
+    """The SEG is the parametric map above the pixel threshold, small components dropped (drawn on
+    the model's slices, as the evaluation draws it, then carried to the series' grid); both lie
+    on the series' grid; a DICOM map of a scan with no DICOM source is refused."""
+    import io
+
+    import highdicom as hd
+    import pydicom
+
+    from components.data.dicom_io import files_from_zip, read_series, series_zip, volume_to_series
+
+    image, affine = load_volume(read_brats(phantom_roots[1])[0].image)
+    data, series_affine, source = read_series(files_from_zip(series_zip(volume_to_series(image, affine)), 1 << 30, 1024))
+    answers = {kind: predictor.predict(data, series_affine, kind, source=source) for kind in ("dicom-seg", "dicom-pmap")}
+    seg = hd.seg.segread(io.BytesIO(answers["dicom-seg"]["map"])).get_volume(combine_segments=True)
+    pmap = hd.pm.ParametricMap.from_dataset(pydicom.dcmread(io.BytesIO(answers["dicom-pmap"]["map"]))).get_volume()
+    assert seg.array.shape == pmap.array.shape == data.shape
+    above, marked = pmap.array > predictor.bundle.calibration.pixel_threshold, seg.array > 0
+    assert marked.any() and above[marked].mean() > 0.9  # up to where the two grids' interpolations differ
+    assert marked.sum() < 1.1 * above.sum()
+    with pytest.raises(InvalidVolumeError, match="upload the scan as a DICOM series"):
+        predictor.predict(image, affine, "dicom-seg")

@@ -7,6 +7,7 @@ Free of Ray and HTTP so it can be tested and reused directly; it calls the very 
 from __future__ import annotations
 
 import gzip
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -15,15 +16,20 @@ import nibabel as nib
 import numpy as np
 from torch import nn
 
+from components.data.dicom_io import Derived, DicomSource, parametric_map, segmentation
 from components.data.nifti_io import InvalidVolumeError, VolumeLimits, check_finite
+from components.metrics.postprocess import segment, smooth_subject
 from components.models.bundle import Calibration, DetectorBundle
 from components.models.inference import Scored, score_volumes
 from components.preprocess.geometry import axial_axis, resampled_shape, to_input_grid
+from components.preprocess.spec import PreprocessSpec
 from components.preprocess.volume import ProcessedSlices, preprocess_volume
 from components.reports.figures import overlay_strip
 from components.scoring.volume import volume_score
 
 OVERLAY_SLICES = 4
+MapFormat = Literal["nifti", "png", "dicom-seg", "dicom-pmap"]
+DICOM_MAPS = ("dicom-seg", "dicom-pmap")  # derived objects of a DICOM source series
 
 
 class UnknownSiteError(ValueError):
@@ -39,8 +45,9 @@ class Upload(NamedTuple):
 
     data: np.ndarray  # (X, Y, Z) skull-stripped
     affine: np.ndarray
-    with_map: Literal["nifti", "png"] | None = None
+    with_map: MapFormat | None = None
     site: str | None = None  # verdicts at this site's calibration; None: the training one
+    source: DicomSource | None = None  # the series a DICOM upload was read from
 
 
 @dataclass
@@ -52,6 +59,7 @@ class VolumePredictor:
     sites: dict[str, Calibration] = field(default_factory=dict)  # `brainomaly calibrate --site`
     sites_stamp: dict[str, dict] = field(default_factory=dict)  # each one's registry record (run, when, scans)
     broken_sites: dict[str, str] = field(default_factory=dict)  # calibrated, but not loadable: why
+    min_component_voxels: int = 1  # a DICOM SEG drops smaller lesions (evaluate.min_component_voxels)
 
     def calibration(self, site: str | None) -> Calibration:
         """The site's calibration; the training one without a site."""
@@ -91,8 +99,9 @@ class VolumePredictor:
                              for site, reason in sorted(self.broken_sites.items())},
         }
 
-    def predict(self, data: np.ndarray, affine: np.ndarray, with_map: Literal["nifti", "png"] | None = None,
-                site: str | None = None, limits: VolumeLimits = VolumeLimits(), deadline: float | None = None) -> dict:
+    def predict(self, data: np.ndarray, affine: np.ndarray, with_map: MapFormat | None = None,
+                site: str | None = None, limits: VolumeLimits = VolumeLimits(), deadline: float | None = None,
+                source: DicomSource | None = None) -> dict:
         """Scores of one (X, Y, Z) skull-stripped volume; slice indices are the input's own;
         verdicts at ``site``'s thresholds (the training calibration's without a site).
 
@@ -100,11 +109,14 @@ class VolumePredictor:
         input slice: that slice's score is the highest of theirs. ``with_map="nifti"`` adds
         ``map``: the anomaly map on the input's grid with its affine, as .nii.gz bytes in a fresh
         header (none of the upload's header text is carried over); ``"png"`` a PNG of the
-        ``OVERLAY_SLICES`` most anomalous model slices with their maps over them. ``limits`` bound
+        ``OVERLAY_SLICES`` most anomalous model slices with their maps over them; for a DICOM
+        ``source``, ``"dicom-seg"`` a DICOM Segmentation of the map above the pixel threshold and
+        ``"dicom-pmap"`` the map as a DICOM Parametric Map, both over the source series and
+        carrying the verdict. ``limits`` bound
         the volume the recipe resamples the scan to, checked before any work; past ``deadline``
         (time.monotonic()) scoring stops with TimeoutError.
         """
-        (answer,) = self.predict_together([Upload(data, affine, with_map, site)], limits, deadline)
+        (answer,) = self.predict_together([Upload(data, affine, with_map, site, source)], limits, deadline)
         if isinstance(answer, Exception):
             raise answer
         return answer
@@ -114,32 +126,49 @@ class VolumePredictor:
         """Each upload's answer (as ``predict`` gives it) or the error that refuses it, their slices
         scored in shared batches. An upload's answer is the one it gets alone: a neighbour's
         slices do not change its scores and a neighbour's bad scan does not fail it. Past
-        ``deadline`` all stop with TimeoutError."""
+        ``deadline`` all stop with TimeoutError. An answer's ``seconds`` says how long its
+        preprocessing, the shared scoring pass and its verdicts and maps took."""
         answers: list = [None] * len(uploads)
         prepared: dict[int, ProcessedSlices] = {}
+        seconds: list[dict[str, float]] = [{} for _ in uploads]  # each upload's time, by stage
         for i, upload in enumerate(uploads):
+            start = time.perf_counter()
             try:
                 prepared[i] = self.prepare(upload, limits)
             except (InvalidVolumeError, UnknownSiteError, SiteUnavailableError) as err:
                 answers[i] = err
-        scored = score_volumes(self.detector, list(prepared.values()), self.bundle.calibration, deadline)
-        for (i, slices), scores in zip(prepared.items(), scored):
+            seconds[i]["preprocess"] = time.perf_counter() - start
+        done = self.score_prepared([(uploads[i], slices) for i, slices in prepared.items()], deadline)
+        for i, answer in zip(prepared, done):
+            answers[i] = answer if isinstance(answer, Exception) else answer | {"seconds": seconds[i] | answer["seconds"]}
+        return answers
+
+    def score_prepared(self, prepared: list[tuple[Upload, ProcessedSlices]],
+                       deadline: float | None = None) -> list[dict | Exception]:
+        """Each prepared upload's answer, or the error that refuses it, their slices scored in
+        one shared pass; ``seconds`` in an answer: the pass's, and its own verdicts' and maps'."""
+        start = time.perf_counter()
+        scored = score_volumes(self.detector, [slices for _, slices in prepared], self.bundle.calibration, deadline)
+        shared = time.perf_counter() - start  # one pass for all: each waited for all of it
+        answers: list[dict | Exception] = []
+        for (upload, slices), scores in zip(prepared, scored):
+            start = time.perf_counter()
             try:
-                answers[i] = self.answer(uploads[i], slices, scores)
+                answer = self.answer(upload, slices, scores)
             except InvalidVolumeError as err:
-                answers[i] = err
+                answers.append(err)
+                continue
+            answers.append(answer | {"seconds": {"score": shared, "answer": time.perf_counter() - start}})
         return answers
 
     def prepare(self, upload: Upload, limits: VolumeLimits) -> ProcessedSlices:
-        """The upload through the model's recipe, refused first for an unknown site, non-finite
-        voxels or a volume the recipe would resample past ``limits``."""
+        """The upload through the model's recipe, refused first for an unknown site or a DICOM
+        map without a DICOM source, then as ``prepare_volume`` refuses."""
         self.calibration(upload.site)
-        check_finite(upload.data, "upload")
-        target = self.bundle.preprocess.spacing_mm
-        if target is not None:  # 2 voxels of 50 mm become 100 of 1 mm: the grid, not the upload, sets the cost
-            limits.check(resampled_shape(upload.data.shape, nib.affines.voxel_sizes(upload.affine), target), "upload",
-                         f"resampled to {target} mm, the volume shape")
-        return preprocess_volume(upload.data, upload.affine, self.bundle.preprocess)
+        if upload.with_map in DICOM_MAPS and upload.source is None:
+            raise InvalidVolumeError(f"map={upload.with_map} is drawn over the series it was read from: "
+                                     "upload the scan as a DICOM series (a zip of its files)")
+        return prepare_volume(upload.data, upload.affine, self.bundle.preprocess, limits)
 
     def answer(self, upload: Upload, slices: ProcessedSlices, scored: Scored) -> dict:
         """The response to ``upload`` from its scored slices."""
@@ -160,18 +189,46 @@ class VolumePredictor:
             "volume_score": score,
             "volume_verdict": _verdict(score, calibration.volume_threshold),
             "slices_scored": len(per_slice),
-            "slices_skipped": int(upload.data.shape[axial_axis(upload.affine)]) - len(per_slice),
+            "slices_skipped": int(slices.geometry.input_shape[axial_axis(upload.affine)]) - len(per_slice),
             "slices": [
                 {"index": i, "score": s, "verdict": _verdict(s, calibration.slice_threshold)} for i, s in sorted(per_slice.items())
             ],
         }
         if upload.with_map == "nifti":
             result["map"] = map_nifti(to_input_grid(scored.maps[:, 0], slices.geometry), upload.affine)
+        elif upload.with_map in DICOM_MAPS:
+            result["map"] = self.dicom_map(upload, slices, scored, result, calibration)
         elif upload.with_map == "png":
             top = np.argsort(scores)[::-1][:OVERLAY_SLICES]
             titles = [f"slice {slices.slice_numbers[i]}: {scores[i]:.3g}" for i in top]
             result["map"] = overlay_strip(slices.images[top, 0], scored.maps[top, 0], titles, calibration.pixel_threshold)
         return result
+
+
+    def dicom_map(self, upload: Upload, slices: ProcessedSlices, scored: Scored, result: dict,
+                  calibration: Calibration) -> bytes:
+        """The SEG or Parametric Map over the source series, drawn as the pixel-wise evaluation
+        draws its segmentations (the map smoothed in 3-D inside the brain, above the pixel
+        threshold, small components dropped), with the verdict in its content description."""
+        smoothed = smooth_subject(scored.maps, slices.brain)[:, 0]
+        verdict = (f"{result['volume_verdict']}: score {result['volume_score']:.4g}, "
+                   f"threshold {calibration.volume_threshold:.4g}")
+        derived = Derived(self.bundle.model_name, f"{self.model_name} v{self.model_version}", verdict)
+        if upload.with_map == "dicom-seg":
+            mask = segment(smoothed, calibration.pixel_threshold, self.min_component_voxels)
+            return segmentation(upload.source, to_input_grid(mask.astype(np.float32), slices.geometry) > 0.5, derived)
+        return parametric_map(upload.source, to_input_grid(smoothed, slices.geometry), derived, calibration.pixel_threshold)
+
+
+def prepare_volume(data: np.ndarray, affine: np.ndarray, spec: PreprocessSpec, limits: VolumeLimits,
+                   name: str = "upload") -> ProcessedSlices:
+    """A scan through a model's recipe, refused first for non-finite voxels or a volume the recipe
+    would resample past ``limits``."""
+    check_finite(data, name)
+    if spec.spacing_mm is not None:  # 2 voxels of 50 mm become 100 of 1 mm: the grid, not the upload, sets the cost
+        limits.check(resampled_shape(data.shape, nib.affines.voxel_sizes(affine), spec.spacing_mm), name,
+                     f"resampled to {spec.spacing_mm} mm, the volume shape")
+    return preprocess_volume(data, affine, spec)
 
 
 def map_nifti(volume: np.ndarray, affine: np.ndarray) -> bytes:
