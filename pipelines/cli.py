@@ -165,7 +165,7 @@ def serve(
             registry_poll_s=p.serve.registry_poll_s, upload_timeout_s=p.serve.upload_timeout_s,
             predict_timeout_s=p.serve.predict_timeout_s, batch_volumes=p.serve.volumes_per_pass(),
             batch_wait_s=p.serve.batch_wait_s, api_key=key, metrics_require_key=p.serve.metrics_require_key,
-            drift=p.serve.drift,
+            drift=p.serve.drift, min_component_voxels=p.evaluate.min_component_voxels,
         )
         serve_forever(settings, host=p.serve.host, port=port or p.serve.port, deployment_options=p.serve.deployment_options(),
                       route_prefix=p.serve.route_prefix,
@@ -173,6 +173,58 @@ def serve(
     except (ParamsError, ModelNotFoundError, ValueError, FileNotFoundError) as err:
         console.print(f"[bold red]brainomaly serve: {err}")
         raise typer.Exit(1) from None
+
+
+@app.command()
+def score(
+    input: Path = typer.Option(..., "--input", "-i", help="an archive: a dataset layout, or folders of NIfTI files and DICOM series"),
+    output: Path = typer.Option(..., "--output", "-o", help="where the results go (a rerun skips what is there)"),
+    params: Path = PARAMS_OPTION,
+    layout: str = typer.Option("auto", help="the archive's layout (auto: a release's layout, else every scan below)"),
+    modality: str = typer.Option(None, help="for a dataset layout: which modality (default: data.modality)"),
+    model_uri: str = typer.Option(None, help="MLflow model URI (default: models:/<name>@<alias>)"),
+    site: str = typer.Option(None, help="verdicts at this site's calibration (`brainomaly calibrate --site`)"),
+    maps: bool = typer.Option(False, "--maps", help="also write each scan's anomaly map as NIfTI, in OUTPUT/maps"),
+    overrides: list[str] = SET_OPTION,
+) -> None:
+    """Score every scan of an archive with the registered model on Ray Data: verdicts and
+    per-slice scores as parquet, unreadable scans listed with the reason. Ctrl+C stops cleanly:
+    the same command goes on from there."""
+    _run_stage("score", params, overrides, input=input, output=output, layout=layout, modality=modality,
+               model_uri=model_uri, site=site, maps=maps)
+
+
+@app.command("pacs-watch")
+def pacs_watch(
+    params: Path = PARAMS_OPTION,
+    once: bool = typer.Option(False, "--once", help="handle what the change feed holds, then stop"),
+) -> None:
+    """Follow a PACS: score each new stable brain MR series and store its DICOM SEG in its study.
+
+    Needs a running endpoint (`brainomaly serve`). BRAINOMALY_PACS_USER and BRAINOMALY_PACS_PASSWORD
+    give the PACS's credentials, BRAINOMALY_API_KEY the endpoint's key. Ctrl+C stops it cleanly:
+    the next start goes on where it stopped.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from components.pacs.orthanc import Orthanc, PacsError
+    from components.pacs.watch import EndpointUnavailable, Watcher, WatchError
+
+    try:
+        p = load_params(params)
+        settings = p.pacs
+        user, password = os.environ.get("BRAINOMALY_PACS_USER"), os.environ.get("BRAINOMALY_PACS_PASSWORD", "")
+        pacs = Orthanc(settings.url, (user, password) if user else None, settings.timeout_s)
+        endpoint = settings.endpoint or f"http://{p.serve.host}:{p.serve.port}"
+        watcher = Watcher(pacs, settings, endpoint, p.path(settings.state_file), os.environ.get(API_KEY_VARIABLE))
+        outcomes = watcher.run(once=once)
+    except (ParamsError, PacsError, WatchError, EndpointUnavailable) as err:
+        console.print(f"[bold red]brainomaly pacs-watch: {err}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.print("brainomaly pacs-watch: stopped; the next start goes on from where it stopped")
+        raise typer.Exit(130) from None
+    counts = {status: sum(o.status == status for o in outcomes) for status in ("scored", "skipped", "done before")}
+    typer.echo(json.dumps(counts))
 
 
 def is_loopback(host: str) -> bool:

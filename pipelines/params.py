@@ -17,6 +17,7 @@ from components.data.phantoms import PhantomSpec
 from components.metrics.promotion import PromotionRule
 from components.models.registry import DETECTORS, accepted_hyperparams
 from components.monitoring.drift import DriftSettings
+from components.pacs.watch import WatchSettings
 from components.preprocess.presets import preset
 from components.preprocess.spec import PreprocessSpec
 from components.validation.gate import DataRules
@@ -344,6 +345,16 @@ class ServeParams(Section):
                 "max_queued_requests": self.max_queued_requests, "graceful_shutdown_timeout_s": self.drain_timeout_s}
 
 
+class ScoreParams(Section):
+    """`brainomaly score`: how an archive is spread over the cluster."""
+
+    actors: int = Field(1, ge=1)  # model actors scoring at once
+    cpus_per_actor: float = Field(1, gt=0)
+    gpus_per_actor: float = Field(0, ge=0)  # 1: each actor scores on a GPU of its own
+    volumes_per_batch: int = Field(4, ge=1)  # scans an actor scores in one pass of the network
+    flush_every: int = Field(32, ge=1)  # scans between two writes of the results (what a stop can lose)
+
+
 class Params(Section):
     """All of params.yaml. Relative paths are resolved against the file's folder (``root``)."""
 
@@ -362,6 +373,8 @@ class Params(Section):
     compare: CompareParams = CompareParams()
     oneclass: OneClassParams = OneClassParams()
     tune: TuneParams = TuneParams()
+    pacs: WatchSettings = WatchSettings()
+    score: ScoreParams = ScoreParams()
     serve: ServeParams = ServeParams()
 
     @model_validator(mode="after")

@@ -1,0 +1,1 @@
+"""Scans from a hospital's PACS: follow it, score each new brain MR series, store the result back."""
