@@ -30,6 +30,7 @@ from pydicom.uid import MRImageStorage, generate_uid
 from components.data.nifti_io import VOXEL_MM, InvalidVolumeError, VolumeLimits, check_finite
 
 ZIP_MAGIC = b"PK\x03\x04"
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # DICOM's patient axes point left and posterior, NIfTI's right and anterior
 SOFTWARE = "brainomaly"
 
 
@@ -114,8 +115,8 @@ def read_series(files: Iterable[tuple[str, bytes]], limits: VolumeLimits = Volum
     check_finite(data, f"series {_number(images)}")
     for image in images:  # the headers stay, for the references; the pixels are in ``data`` now
         del image.PixelData
-    ras = volume.to_nibabel().affine  # the volume's own voxel order, in RAS+ mm as NIfTI has it
-    return data, np.asarray(ras, np.float64), DicomSource(tuple(images), volume.get_geometry())
+    ras = LPS_TO_RAS @ volume.affine  # the volume's own voxel order, in RAS+ mm as NIfTI has it
+    return data, ras, DicomSource(tuple(images), volume.get_geometry())
 
 
 def _parse(name: str, data: bytes) -> Dataset:

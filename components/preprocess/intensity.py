@@ -4,9 +4,14 @@ Histogram matching maps the brain's intensity quantiles onto a reference's (101 
 0 to 100 %), in the spirit of Nyul & Udupa's standardisation with dense landmarks. Only the
 reference's landmarks are needed, so a trained model carries them and serving needs no
 reference volume.
+
+Each normalisation is fitted on the brain's voxels and returned as a map applied voxel by voxel,
+so a caller transforms only the voxels it keeps (the model's slices, not the whole volume).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 
@@ -18,18 +23,22 @@ N4_SHRUNK_VOXEL_MM = 4.0  # N4 fits the bias field on a ~4 mm grid: fast, and th
 
 def percentile_scale(
     image: np.ndarray, brain: np.ndarray, percentiles: tuple[float, float], value_range: tuple[float, float]
-) -> np.ndarray:
-    """Map the (low, high) percentiles of the brain's intensities to ``value_range`` and clip."""
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The map of the (low, high) percentiles of the brain's intensities to ``value_range``, clipped."""
     low, high = np.percentile(image[brain], percentiles)
     if high - low <= 1e-6 * max(abs(high), 1.0):
         raise InvalidVolumeError(f"the brain's intensities are flat ({percentiles[0]:g}th to {percentiles[1]:g}th "
                                  f"percentile: {low:g} to {high:g}): nothing to normalise")
-    unit = np.clip((image - low) / (high - low), 0.0, 1.0)
-    return (value_range[0] + unit * (value_range[1] - value_range[0])).astype(np.float32)
+
+    def scale(values: np.ndarray) -> np.ndarray:
+        unit = np.clip((values - low) / (high - low), 0.0, 1.0)
+        return (value_range[0] + unit * (value_range[1] - value_range[0])).astype(np.float32)
+
+    return scale
 
 
-def zscore(image: np.ndarray, brain: np.ndarray) -> np.ndarray:
-    """(image - mean) / std of the brain's intensities."""
+def zscore(image: np.ndarray, brain: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """The map (intensity - mean) / std of the brain's intensities."""
     values = image[brain]
     std = float(values.std())
     if not np.isfinite(std):  # a float32 sum of squares overflows near float32's limits
@@ -38,22 +47,24 @@ def zscore(image: np.ndarray, brain: np.ndarray) -> np.ndarray:
     if std <= 1e-6 * max(abs(float(values.mean())), 1.0):
         raise InvalidVolumeError(f"the brain's intensities are flat (mean {float(values.mean()):g}, standard deviation "
                                  f"{std:g}): nothing to normalise")
-    return ((image - values.mean()) / std).astype(np.float32)
+    mean = values.mean()
+    return lambda found: ((found - mean) / std).astype(np.float32)
 
 
-def histogram_landmarks(image: np.ndarray, brain: np.ndarray) -> tuple[float, ...]:
-    """The brain's intensity quantiles at LANDMARK_PERCENTILES: a reference for matching."""
-    return tuple(float(v) for v in np.percentile(image[brain], LANDMARK_PERCENTILES))
+def histogram_landmarks(brain_values: np.ndarray) -> tuple[float, ...]:
+    """The quantiles of the brain's intensities at LANDMARK_PERCENTILES: a reference for matching."""
+    return tuple(float(v) for v in np.percentile(brain_values, LANDMARK_PERCENTILES))
 
 
-def match_histogram(image: np.ndarray, brain: np.ndarray, landmarks: tuple[float, ...]) -> np.ndarray:
-    """Piecewise-linear map of the brain's own quantiles onto the reference ``landmarks``."""
+def match_histogram(brain_values: np.ndarray, landmarks: tuple[float, ...]) -> Callable[[np.ndarray], np.ndarray]:
+    """The piecewise-linear map of the brain's own quantiles (of ``brain_values``) onto the
+    reference ``landmarks``."""
     reference = np.asarray(landmarks, np.float64)
     percentiles = np.linspace(0.0, 100.0, len(reference))
-    source = np.percentile(image[brain], percentiles)
+    source = np.percentile(brain_values, percentiles)
     # Tied quantiles (a clipped tail) must still increase for np.interp.
     source = source + np.arange(len(source)) * 1e-9 * max(float(np.ptp(source)), 1.0)
-    return np.interp(image, source, reference).astype(np.float32)
+    return lambda values: np.interp(values, source, reference).astype(np.float32)
 
 
 def n4_bias_correct(image: np.ndarray, brain: np.ndarray, spacing_mm: tuple[float, ...]) -> np.ndarray:

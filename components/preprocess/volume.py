@@ -11,6 +11,7 @@ a served scan sees exactly what the model was trained on.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import nibabel as nib
 import numpy as np
@@ -40,9 +41,11 @@ MIN_BRAIN_VOXELS = 100
 
 @dataclass(frozen=True)
 class PreparedVolume:
-    """A volume after the 3-D steps: RAS, resampled, normalised. All arrays (X, Y, Z)."""
+    """A volume after the 3-D steps: RAS, resampled, bias-corrected, with its normalisation fitted
+    (``normalise``, applied voxel by voxel to the voxels kept). All arrays (X, Y, Z)."""
 
     image: np.ndarray
+    normalise: Callable[[np.ndarray], np.ndarray]
     brain: np.ndarray
     tumour: np.ndarray
     lesions: np.ndarray  # other (non-tumour) lesions as integer kinds, 0 where none (all 0 when none were given)
@@ -88,22 +91,26 @@ def _check_inputs(image: np.ndarray, **others: np.ndarray | None) -> None:
         raise InvalidVolumeError(f"the image is constant (every voxel is {image.min():g}): nothing to analyse")
 
 
-def normalise(image: np.ndarray, brain: np.ndarray, spec: PreprocessSpec, spacing: tuple[float, ...]) -> np.ndarray:
-    """N4 (optional), then percentile scaling or z-score, then histogram matching (optional).
-    Intensities whose arithmetic leaves float32 (finite, yet near its limits) are refused."""
-    source = image
+def fit_normalisation(image: np.ndarray, brain: np.ndarray, spec: PreprocessSpec,
+                      spacing: tuple[float, ...]) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """N4 (optional) over the volume, then the voxel-wise map fitted on the brain: percentile
+    scaling or z-score, then histogram matching (optional). Returns the (corrected) image and
+    the map, which refuses intensities whose arithmetic leaves float32 (finite, yet near its limits)."""
+    lowest, highest = image.min(), image.max()
     if spec.bias_correction:
         image = n4_bias_correct(image, brain, spacing)
-    if spec.normalisation == "zscore":
-        image = zscore(image, brain)
-    else:
-        image = percentile_scale(image, brain, spec.percentiles, spec.value_range)
-    if spec.histogram_landmarks is not None:
-        image = match_histogram(image, brain, spec.histogram_landmarks)
-    if not np.isfinite(image).all():
-        raise InvalidVolumeError(f"intensities from {source.min():g} to {source.max():g} do not normalise to finite "
-                                 "values: rescale the scan to its scanner's usual range")
-    return image
+    scale = zscore(image, brain) if spec.normalisation == "zscore" else percentile_scale(
+        image, brain, spec.percentiles, spec.value_range)
+    match = match_histogram(scale(image[brain]), spec.histogram_landmarks) if spec.histogram_landmarks else None
+
+    def normalise(values: np.ndarray) -> np.ndarray:
+        values = scale(values) if match is None else match(scale(values))
+        if not np.isfinite(values).all():
+            raise InvalidVolumeError(f"intensities from {lowest:g} to {highest:g} do not normalise to finite "
+                                     "values: rescale the scan to its scanner's usual range")
+        return values
+
+    return image, normalise
 
 
 def prepare_volume(
@@ -132,13 +139,14 @@ def prepare_volume(
         spacing = (target, target, target)
     if brain.sum() < MIN_BRAIN_VOXELS:
         raise InvalidVolumeError(f"fewer than {MIN_BRAIN_VOXELS} brain voxels found: expected a brain MRI volume")
-    return PreparedVolume(normalise(image, brain, spec, spacing), brain, tumour, other, slice_numbers, spacing, ras_shape)
+    return PreparedVolume(*fit_normalisation(image, brain, spec, spacing), brain, tumour, other, slice_numbers, spacing,
+                          ras_shape)
 
 
 def reference_landmarks(image: np.ndarray, affine: np.ndarray, spec: PreprocessSpec, brain_mask=None) -> tuple[float, ...]:
     """Histogram-matching landmarks of a reference volume, normalised as ``spec`` says."""
     prepared = prepare_volume(image, affine, replace(spec, histogram_landmarks=None), brain_mask)
-    return histogram_landmarks(prepared.image, prepared.brain)
+    return histogram_landmarks(prepared.normalise(prepared.image[prepared.brain]))
 
 
 def preprocess_volume(
@@ -154,19 +162,26 @@ def preprocess_volume(
     middle = None if spec.middle_mm is None else max(1, int(round(spec.middle_mm / volume.spacing[2])))
     keep = select_slices(volume.brain, spec.min_brain_fraction, middle)
     box = square_box(volume.brain, volume.spacing[:2], spec.crop_mm if spec.crop == "fixed" else None)
-    brain = crop_resize(volume.brain[..., keep], box, spec.size, order=1) > 0.5
-    images = crop_resize(volume.image[..., keep], box, spec.size, order=1, fill=spec.background)
-    tumour, other = volume.tumour[..., keep], volume.lesions[..., keep]
+    # Only the voxels the crop reads are normalised (the map is voxel-wise): the box's part inside
+    # the volume, of the kept slices; the box is shifted to that part, padding as before.
+    inside = tuple(slice(max(0, b.start), min(b.stop, n)) for b, n in zip(box, volume.image.shape[:2]))
+    shifted = tuple(slice(b.start - i.start, b.stop - i.start) for b, i in zip(box, inside))
+    brain = crop_resize(volume.brain[inside][..., keep], shifted, spec.size, order=1) > 0.5
+    images = crop_resize(volume.normalise(volume.image[inside][..., keep]), shifted, spec.size, order=1, fill=spec.background)
+    none = np.zeros(len(keep), np.int64)  # the pixel counts of what was not given
+    tumour = volume.tumour[..., keep] if segmentation is not None else None
+    other = volume.lesions[..., keep] if lesions is not None else None
     return ProcessedSlices(
         images=np.where(brain, images, spec.background).astype(np.float32)[:, None],
         brain=brain[:, None],
-        tumour=(crop_resize(tumour, box, spec.size, order=1) > 0.5)[:, None] if segmentation is not None else None,
+        tumour=(crop_resize(tumour, box, spec.size, order=1) > 0.5)[:, None] if tumour is not None else None,
         slice_numbers=volume.slice_numbers[keep],
-        tumour_pixels=tumour.sum(axis=(0, 1)).astype(np.int64),
+        tumour_pixels=tumour.sum(axis=(0, 1)).astype(np.int64) if tumour is not None else none,
         brain_pixels=volume.brain[..., keep].sum(axis=(0, 1)).astype(np.int64),
-        lesions=(crop_resize(other > 0, box, spec.size, order=1) > 0.5)[:, None] if lesions is not None else None,
-        lesion_pixels=(other > 0).sum(axis=(0, 1)).astype(np.int64),
-        lesion_kind_pixels={int(k): (other == k).sum(axis=(0, 1)).astype(np.int64) for k in np.unique(other) if k > 0},
+        lesions=(crop_resize(other > 0, box, spec.size, order=1) > 0.5)[:, None] if other is not None else None,
+        lesion_pixels=(other > 0).sum(axis=(0, 1)).astype(np.int64) if other is not None else none,
+        lesion_kind_pixels={int(k): (other == k).sum(axis=(0, 1)).astype(np.int64) for k in np.unique(other) if k > 0}
+        if other is not None else {},
         geometry=SliceGeometry(image.shape, nib.orientations.io_orientation(affine), volume.ras_shape,
                                volume.image.shape, keep, box),
     )
