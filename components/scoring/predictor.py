@@ -43,7 +43,7 @@ class SiteUnavailableError(RuntimeError):
 class Upload(NamedTuple):
     """One scan to score and what its client asked for."""
 
-    data: np.ndarray  # (X, Y, Z) skull-stripped
+    data: np.ndarray | None  # (X, Y, Z) skull-stripped; None where its slices were prepared elsewhere
     affine: np.ndarray
     with_map: MapFormat | None = None
     site: str | None = None  # verdicts at this site's calibration; None: the training one
