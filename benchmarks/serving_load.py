@@ -6,7 +6,8 @@ Runs after `make run`: serves this repo's registered champion with `brainomaly s
 port of 127.0.0.1 (the params' serve section as it is), and drives it from this process:
 
 1. latency: one client, ``--requests`` sequential predictions -> p50, p90, p99, and the median
-   of each stage the endpoint reports in its Server-Timing header (where the time goes);
+   of each stage the endpoint reports in its Server-Timing header (where the time goes); then
+   the same volume as a 155-image DICOM series (a zip) answered with its DICOM SEG;
 2. throughput: 1, 2 and 4 concurrent clients for ``--seconds`` each -> volumes/s and latency;
 3. overload: twice the capacity ((max_ongoing + max_queued) x replicas x 2 clients) for
    ``--seconds``: every answer must be 200 or 503, 503s must come fast, and the server must
@@ -32,6 +33,7 @@ from rich.console import Console
 from rich.table import Table
 from scipy import ndimage
 
+from components.data.dicom_io import series_zip, volume_to_series
 from components.data.layouts import read_brats
 from components.data.nifti_io import load_volume
 from pipelines.params import load_params
@@ -43,13 +45,28 @@ BRATS_SHAPE = (240, 240, 155)
 RETRY_AFTER_503_S = 1.0  # what the endpoint's Retry-After asks for
 
 
-def brats_sized_upload(params) -> bytes:
+def brats_sized_volume(params) -> tuple[np.ndarray, np.ndarray]:
     case = read_brats(params.path(params.phantoms.brats_root), params.data.modality)[0]
     data, affine = load_volume(case.image)
     zoom = [n / m for n, m in zip(BRATS_SHAPE, data.shape)]
     resized = ndimage.zoom(data, zoom, order=1)
-    scaled = affine @ np.diag([1 / z for z in zoom] + [1.0])
-    return gzip.compress(nib.Nifti1Image(resized.astype(np.float32), scaled).to_bytes(), compresslevel=6)
+    return resized.astype(np.float32), affine @ np.diag([1 / z for z in zoom] + [1.0])
+
+
+def brats_sized_upload(params) -> bytes:
+    return gzip.compress(nib.Nifti1Image(*brats_sized_volume(params)).to_bytes(), compresslevel=6)
+
+
+def dicom_seg_latency(url: str, series: bytes, n: int) -> dict:
+    """``n`` sequential uploads of a DICOM series (a zip), each answered with its DICOM SEG."""
+    def post() -> float:
+        start = time.perf_counter()
+        response = requests.post(f"{url}/v1/predict?map=dicom-seg", data=series, timeout=300)
+        assert response.status_code == 200 and response.headers["content-type"] == "application/dicom", response.text
+        return time.perf_counter() - start
+
+    post()  # warm-up
+    return {"requests": n, "upload_bytes": len(series), **percentiles([post() for _ in range(n)])}
 
 
 def timed_post(url: str, payload: bytes, stages: list | None = None) -> tuple[int, float]:
@@ -127,6 +144,8 @@ def main() -> None:
             "serve": {"replicas": replicas, "max_ongoing_requests": serve.max_ongoing_requests,
                       "max_queued_requests": serve.max_queued_requests},
             "latency_1_client": latency(url, payload, args.requests),
+            "dicom_seg_1_client": dicom_seg_latency(url, series_zip(volume_to_series(*brats_sized_volume(params))),
+                                                    max(5, args.requests // 3)),
             "throughput": [for_a_while(url, payload, clients, args.seconds) for clients in (1, 2, 4)],
             "overload": for_a_while(url, payload, 2 * capacity, args.seconds),
         }
@@ -141,6 +160,8 @@ def show(result: dict) -> None:
     table = Table("run", "clients", "volumes/s", "statuses", "p50 s", "p99 s", title="Endpoint on a 240x240x155 .nii.gz")
     one = result["latency_1_client"]
     table.add_row("latency", "1", "", f"200 x {one['requests']}", str(one["p50_s"]), str(one["p99_s"]))
+    seg = result["dicom_seg_1_client"]
+    table.add_row("DICOM series in, SEG out", "1", "", f"200 x {seg['requests']}", str(seg["p50_s"]), str(seg["p99_s"]))
     for run in [*result["throughput"], result["overload"]]:
         name = "overload" if run is result["overload"] else "throughput"
         for code, stats in run["latency_by_status"].items():

@@ -311,6 +311,7 @@ class ServeParams(Section):
     metrics_require_key: bool = False
     num_replicas: int = Field(1, ge=1)
     num_gpus: float = Field(0, ge=0)  # per model replica; fractional shares a GPU between replicas
+    cpus_per_replica: float = Field(1, gt=0)  # reserved per model replica, and the threads its torch uses
     autoscaling: AutoscalingParams | None = None
     max_ongoing_requests: int = Field(4, ge=1)
     max_queued_requests: int = Field(8, ge=1)  # Ray Serve: a positive bound (-1, unbounded, is not offered)
@@ -338,10 +339,11 @@ class ServeParams(Section):
 
     def deployment_options(self) -> dict:
         """Ray Serve options of the model deployment: fixed replicas or autoscaling, backpressure,
-        and a GPU share per replica when asked for."""
+        the CPUs of each replica, and a GPU share per replica when asked for."""
         scaling = {"autoscaling_config": self.autoscaling.model_dump()} if self.autoscaling else {"num_replicas": self.num_replicas}
-        gpus = {"ray_actor_options": {"num_gpus": self.num_gpus}} if self.num_gpus else {}
-        return {**scaling, **gpus, "max_ongoing_requests": self.max_ongoing_requests,
+        # Ray gives an actor as many OpenMP threads as CPUs it reserves: torch's threads follow
+        resources = {"ray_actor_options": {"num_cpus": self.cpus_per_replica} | ({"num_gpus": self.num_gpus} if self.num_gpus else {})}
+        return {**scaling, **resources, "max_ongoing_requests": self.max_ongoing_requests,
                 "max_queued_requests": self.max_queued_requests, "graceful_shutdown_timeout_s": self.drain_timeout_s}
 
 

@@ -60,12 +60,12 @@ def test_tiny_params_are_valid(tmp_path):
 def test_serve_options_become_ray_serve_deployment_options(tmp_path):
     fixed = load_params(write_params(tmp_path, serve={"num_replicas": 2, "max_ongoing_requests": 3, "max_queued_requests": 5}))
     assert fixed.serve.deployment_options() == {"num_replicas": 2, "max_ongoing_requests": 3, "max_queued_requests": 5,
-                                                "graceful_shutdown_timeout_s": 30}
+                                                "graceful_shutdown_timeout_s": 30, "ray_actor_options": {"num_cpus": 2}}
     scaling = {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2}
     auto = load_params(write_params(tmp_path, serve={"autoscaling": scaling})).serve.deployment_options()
     assert auto["autoscaling_config"] == scaling and "num_replicas" not in auto
     shared = load_params(write_params(tmp_path, serve={"num_gpus": 0.5})).serve.deployment_options()
-    assert shared["ray_actor_options"] == {"num_gpus": 0.5}  # two replicas per GPU
+    assert shared["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 0.5}  # two replicas per GPU
 
 
 def test_uploads_share_a_pass_on_gpu_replicas_unless_told(tmp_path):
