@@ -1,0 +1,119 @@
+"""`brainomaly score` on archives of BraTS-sized volumes: scans a minute, and peak memory as the
+archive grows, against posting the same volumes to the endpoint one by one.
+
+    python benchmarks/archive_scoring.py [--sizes 24 96] [--endpoint-volumes 12] [--output benchmarks/results/archive_scoring.json]
+
+Runs after `make run`, with this repo's registered champion and params. Each archive holds
+copies of one 240x240x155 .nii.gz volume (a BraTS-layout phantom on BraTS's grid, as
+benchmarks/serving_load.py builds it), in folders of 50. The process tree of each run (the
+command, Ray's daemons and workers) is sampled every 0.25 s for its resident memory; Ray's
+start is included in the wall time, as a user waits for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+from rich.console import Console
+from rich.table import Table
+
+from components.machine import machine
+from pipelines.params import load_params
+from serving.local_server import running_server
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.fuzz_upload import server_memory  # noqa: E402
+from benchmarks.serving_load import brats_sized_upload  # noqa: E402
+BRAINOMALY = str(Path(sys.executable).parent / "brainomaly")
+
+
+def write_archive(folder: Path, payload: bytes, volumes: int) -> Path:
+    for index in range(volumes):
+        path = folder / f"batch{index // 50:03d}" / f"scan{index:05d}.nii.gz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(payload)
+    return folder
+
+
+def peak_memory_while(process: subprocess.Popen) -> int:
+    """The largest resident memory of ``process``'s tree, sampled until it exits."""
+    peak = 0
+    while process.poll() is None:
+        peak = max(peak, server_memory(process.pid))
+        time.sleep(0.25)
+    return peak
+
+
+def score_archive(archive: Path, output: Path) -> dict:
+    start = time.perf_counter()
+    process = subprocess.Popen([BRAINOMALY, "score", "--input", str(archive), "--output", str(output)], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    peak: list[int] = []
+    sampler = threading.Thread(target=lambda: peak.append(peak_memory_while(process)))
+    sampler.start()
+    stdout, _ = process.communicate()
+    sampler.join()
+    wall = time.perf_counter() - start
+    if process.returncode != 0:
+        raise RuntimeError(f"brainomaly score exited {process.returncode}")
+    summary = json.loads(stdout)
+    return {"volumes": summary["scans"], "scored": summary["scored"], "wall_s": round(wall, 1),
+            "volumes_per_minute": round(60 * summary["scored"] / wall, 1),
+            "volumes_per_minute_after_start": summary["scans_per_minute"],
+            "peak_memory_mb": round(peak[0] / 2**20)}
+
+
+def endpoint_one_by_one(payload: bytes, volumes: int) -> dict:
+    """The same volume posted ``volumes`` times in a row to `brainomaly serve`, one client."""
+    with running_server(REPO) as url:
+        requests.post(f"{url}/v1/predict", data=payload, timeout=300)  # warm-up
+        start = time.perf_counter()
+        for _ in range(volumes):
+            assert requests.post(f"{url}/v1/predict", data=payload, timeout=300).status_code == 200
+        wall = time.perf_counter() - start
+    return {"volumes": volumes, "wall_s": round(wall, 1), "volumes_per_minute": round(60 * volumes / wall, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[24, 96])
+    parser.add_argument("--endpoint-volumes", type=int, default=12)
+    parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "archive_scoring.json")
+    args = parser.parse_args()
+    params = load_params(REPO / "params.yaml")
+    payload = brats_sized_upload(params)
+    runs = []
+    for size in args.sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            archive = write_archive(Path(tmp) / "archive", payload, size)
+            runs.append(score_archive(archive, Path(tmp) / "results"))
+    endpoint = endpoint_one_by_one(payload, args.endpoint_volumes)
+    largest = max(runs, key=lambda run: run["volumes"])
+    result = {"machine": machine(), "volume": {"shape": [240, 240, 155], "format": ".nii.gz", "bytes": len(payload)},
+              "score": dict(params.score), "archives": runs, "endpoint_one_by_one": endpoint,
+              "speedup_over_endpoint": round(largest["volumes_per_minute"] / endpoint["volumes_per_minute"], 2)}
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    table = Table("how", "volumes", "wall s", "volumes/min", "peak memory MB", title="Scoring an archive of 240x240x155 scans")
+    for run in runs:
+        table.add_row("brainomaly score", str(run["volumes"]), str(run["wall_s"]), str(run["volumes_per_minute"]),
+                      str(run["peak_memory_mb"]))
+    table.add_row("endpoint, one by one", str(endpoint["volumes"]), str(endpoint["wall_s"]),
+                  str(endpoint["volumes_per_minute"]), "")
+    Console().print(table)
+    print(f"brainomaly score against the endpoint one by one: x{result['speedup_over_endpoint']}; "
+          f"peak memory {', '.join(str(r['peak_memory_mb']) for r in runs)} MB for {', '.join(str(r['volumes']) for r in runs)} volumes")
+
+
+if __name__ == "__main__":
+    main()
