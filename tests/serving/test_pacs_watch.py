@@ -3,6 +3,7 @@
 import contextlib
 import io
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -20,7 +21,8 @@ from components.data.nifti_io import load_volume
 from serving.local_server import free_port, running_server
 from tests.conftest import venv_env, write_params
 
-pytestmark = [pytest.mark.slow, pytest.mark.program("Orthanc", package="orthanc")]
+ORTHANC = ("Orthanc", "/usr/sbin/Orthanc")  # Debian's package puts it in sbin, off a user's PATH
+pytestmark = [pytest.mark.slow, pytest.mark.program(*ORTHANC, package="orthanc")]
 BRAINOMALY = str(Path(sys.executable).parent / "brainomaly")
 
 
@@ -34,7 +36,8 @@ def orthanc(folder: Path, port: int | None = None):
               "AuthenticationEnabled": False, "Plugins": []}
     (folder / "orthanc.json").write_text(json.dumps(config))
     with open(folder / "orthanc.log", "a") as log:
-        process = subprocess.Popen(["Orthanc", str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
+        program = next(filter(None, map(shutil.which, ORTHANC)))
+        process = subprocess.Popen([program, str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):
