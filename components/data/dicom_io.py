@@ -46,10 +46,6 @@ class DicomSource:
     headers: tuple[Dataset, ...]
     geometry: hd.VolumeGeometry
 
-    @property
-    def body_part(self) -> str:
-        return str(self.headers[0].get("BodyPartExamined", "")).upper()
-
 
 def is_dicom(payload: bytes) -> bool:
     """A zip (of a series' files) or a DICOM Part 10 file, by their magic bytes."""
