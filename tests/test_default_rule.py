@@ -1,13 +1,19 @@
 """The written rule that picks make run's detector from the cross-site comparison, by hand."""
 
-from benchmarks.cross_site import MAX_TRAIN_SECONDS, REAL_SLICE_AUROC, choose_default
+from benchmarks.cross_site import MAX_TRAIN_SECONDS, REAL_FALSE_ALARM_RATE, REAL_SLICE_AUROC, choose_default
 
 UNSEEN = ["a", "b"]
-REAL = {name: 0.9 for name in ("old", "new", "slow", "noisy", "sharp", "ranker")}
 
 
-def choose(rows, real=REAL):
-    return choose_default(rows, UNSEEN, "old", dice_margin=0.057, real_auroc=real)
+def real(auroc=0.9, false_alarm_low=0.0):
+    return {"slice_auroc": auroc, "false_alarm_rate": false_alarm_low + 0.02, "false_alarm_rate_low": false_alarm_low}
+
+
+REAL = {name: real() for name in ("old", "new", "slow", "noisy", "sharp", "ranker")}
+
+
+def choose(rows, on_real=REAL):
+    return choose_default(rows, UNSEEN, "old", dice_margin=0.057, real=on_real)
 
 
 def row(dice, auroc=0.96, false_alarm_low=0.03, train_seconds=300.0):
@@ -41,6 +47,12 @@ def test_nobody_eligible_keeps_the_default():
 
 def test_a_detector_that_misses_real_gliomas_or_was_never_measured_on_them_is_not_eligible():
     rows = {"old as served": row(0.30), "new": row(0.50)}
-    assert choose(rows, {**REAL, "new": REAL_SLICE_AUROC - 0.01})["chosen"] == "old"
-    assert choose(rows, {"old": 0.9})["chosen"] == "old"
+    assert choose(rows, {**REAL, "new": real(auroc=REAL_SLICE_AUROC - 0.01)})["chosen"] == "old"
+    assert choose(rows, {"old": real()})["chosen"] == "old"
     assert choose(rows)["chosen"] == "new"
+
+
+def test_a_detector_that_flags_real_tumour_free_slices_beyond_the_target_is_not_eligible():
+    rows = {"old as served": row(0.30), "new": row(0.50)}
+    assert choose(rows, {**REAL, "new": real(false_alarm_low=REAL_FALSE_ALARM_RATE + 0.01)})["chosen"] == "old"
+    assert choose(rows, {**REAL, "new": real(false_alarm_low=REAL_FALSE_ALARM_RATE)})["chosen"] == "new"
