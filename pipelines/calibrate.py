@@ -20,7 +20,8 @@ from pathlib import Path
 
 from components.data.layouts import read_dataset
 from components.metrics.conformal import scans_needed
-from components.models.bundle import Calibration, DetectorBundle
+from components.models.bundle import DetectorBundle
+from components.models.calibration import Calibration
 from pipelines import tracking
 from pipelines.evaluate import calibrate
 from pipelines.model_store import champion, fetch_bundle

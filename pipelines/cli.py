@@ -50,39 +50,39 @@ def _run_stage(module: str, params_path: Path, overrides: list[str] = (), **opti
 
 
 @app.command()
-def phantoms(params: Path = PARAMS_OPTION) -> None:
+def phantoms(params_file: Path = PARAMS_OPTION) -> None:
     """Write synthetic HCP (healthy) and BraTS (tumour) subjects built on the MNI152 template."""
-    _run_stage("phantoms", params)
+    _run_stage("phantoms", params_file)
 
 
 @app.command()
-def preprocess(params: Path = PARAMS_OPTION) -> None:
+def preprocess(params_file: Path = PARAMS_OPTION) -> None:
     """Reorient, mask, normalise, select and resize slices; split by subject; write shards + index."""
-    _run_stage("preprocess", params)
+    _run_stage("preprocess", params_file)
 
 
 @app.command()
-def validate(params: Path = PARAMS_OPTION) -> None:
+def validate(params_file: Path = PARAMS_OPTION) -> None:
     """Great-expectations gate over the processed slices; exits non-zero on any violation."""
-    _run_stage("validate", params)
+    _run_stage("validate", params_file)
 
 
 @app.command()
-def train(params: Path = PARAMS_OPTION, overrides: list[str] = SET_OPTION) -> None:
+def train(params_file: Path = PARAMS_OPTION, overrides: list[str] = SET_OPTION) -> None:
     """Train the detector on healthy slices with Ray Train (DDP), tracked in MLflow."""
-    _run_stage("train", params, overrides)
+    _run_stage("train", params_file, overrides)
 
 
 @app.command()
-def evaluate(params: Path = PARAMS_OPTION) -> None:
+def evaluate(params_file: Path = PARAMS_OPTION) -> None:
     """Slice- and pixel-wise metrics on the test split; thresholds from healthy validation slices."""
-    _run_stage("evaluate", params)
+    _run_stage("evaluate", params_file)
 
 
 @app.command()
-def sites(params: Path = PARAMS_OPTION) -> None:
+def sites(params_file: Path = PARAMS_OPTION) -> None:
     """The model on every site's held-out scans: at the deployed thresholds and after site calibration."""
-    _run_stage("sites", params)
+    _run_stage("sites", params_file)
 
 
 @app.command()
@@ -91,49 +91,49 @@ def calibrate(
     healthy: Path = typer.Option(..., "--healthy", help="the site's healthy scans: any supported layout or a folder of .nii/.nii.gz"),
     allow_few_scans: bool = typer.Option(False, "--allow-few-scans",
                                          help="calibrate with fewer than calibrate.min_scans scans (their guarantee is stated)"),
-    params: Path = PARAMS_OPTION,
+    params_file: Path = PARAMS_OPTION,
 ) -> None:
     """Thresholds for a site from its own healthy scans, stored with the served model; the site is
     listed in sites.yaml, so every model registered later is calibrated for it too."""
-    _run_stage("calibrate", params, site=site, healthy=healthy, allow_few_scans=allow_few_scans)
+    _run_stage("calibrate", params_file, site=site, healthy=healthy, allow_few_scans=allow_few_scans)
 
 
 @app.command()
-def register(params: Path = PARAMS_OPTION) -> None:
+def register(params_file: Path = PARAMS_OPTION) -> None:
     """Log the self-describing model to MLflow, register it, move the alias if it wins."""
-    _run_stage("register", params)
+    _run_stage("register", params_file)
 
 
 @app.command()
 def compare(
-    params: Path = PARAMS_OPTION,
+    params_file: Path = PARAMS_OPTION,
     overrides: list[str] = SET_OPTION,
     only: list[str] = typer.Option([], "--only", help="rerun this detector alone, keeping the others' rows (repeatable)"),
     rescore: bool = typer.Option(False, "--rescore", help="evaluate the models already trained again (today's "
                                                           "evaluate settings), without training"),
 ) -> None:
     """Train and evaluate every detector of compare.detectors; write the comparison tables."""
-    _run_stage("compare", params, overrides, only=only or None, rescore=rescore)
+    _run_stage("compare", params_file, overrides, only=only or None, rescore=rescore)
 
 
 @app.command()
-def tune(params: Path = PARAMS_OPTION, overrides: list[str] = SET_OPTION) -> None:
+def tune(params_file: Path = PARAMS_OPTION, overrides: list[str] = SET_OPTION) -> None:
     """Ray Tune sweep over the detector's loss weights and latent sizes; registers the best if it wins."""
-    _run_stage("tune", params, overrides)
+    _run_stage("tune", params_file, overrides)
 
 
 @app.command()
 def oneclass(
-    params: Path = PARAMS_OPTION,
+    params_file: Path = PARAMS_OPTION,
     data: Path = typer.Option(None, help=".npz with images (N, H, W) and labels (N,); default: scikit-learn's digits"),
 ) -> None:
     """One-class novelty: per class, train on it alone and score every test image (AUROC)."""
-    _run_stage("oneclass", params, data=data)
+    _run_stage("oneclass", params_file, data=data)
 
 
 @app.command()
 def serve(
-    params: Path = PARAMS_OPTION,
+    params_file: Path = PARAMS_OPTION,
     port: int = typer.Option(None, help="HTTP port (default: serve.port of params)"),
     model_uri: str = typer.Option(None, help="MLflow model URI (default: models:/<name>@<alias>, followed as it moves)"),
     allow_no_key: bool = typer.Option(False, "--allow-no-key",
@@ -152,24 +152,24 @@ def serve(
     from serving.settings import EndpointSettings
 
     try:
-        p = load_params(params)
+        params = load_params(params_file)
         key = os.environ.get(API_KEY_VARIABLE) or None
-        if key is None and not allow_no_key and not is_loopback(p.serve.host):
-            raise ValueError(f"serve.host {p.serve.host} is reachable from other machines: set {API_KEY_VARIABLE}, "
+        if key is None and not allow_no_key and not is_loopback(params.serve.host):
+            raise ValueError(f"serve.host {params.serve.host} is reachable from other machines: set {API_KEY_VARIABLE}, "
                              "or pass --allow-no-key to serve it unauthenticated")
         settings = EndpointSettings(
-            model_uri=model_uri or (f"models:/{p.registry.model_name}/{p.serve.model_version}" if p.serve.model_version
-                                    else f"models:/{p.registry.model_name}@{p.registry.alias}"),
-            tracking_uri=tracking_uri(p), max_upload_bytes=int(p.serve.max_upload_mb * 2**20),
-            limits=VolumeLimits(p.serve.max_voxels, p.serve.max_axis),
-            registry_poll_s=p.serve.registry_poll_s, upload_timeout_s=p.serve.upload_timeout_s,
-            predict_timeout_s=p.serve.predict_timeout_s, batch_volumes=p.serve.volumes_per_pass(),
-            batch_wait_s=p.serve.batch_wait_s, api_key=key, metrics_require_key=p.serve.metrics_require_key,
-            drift=p.serve.drift, min_component_voxels=p.evaluate.min_component_voxels,
+            model_uri=model_uri or (f"models:/{params.registry.model_name}/{params.serve.model_version}" if params.serve.model_version
+                                    else f"models:/{params.registry.model_name}@{params.registry.alias}"),
+            tracking_uri=tracking_uri(params), max_upload_bytes=int(params.serve.max_upload_mb * 2**20),
+            limits=VolumeLimits(params.serve.max_voxels, params.serve.max_axis),
+            registry_poll_s=params.serve.registry_poll_s, upload_timeout_s=params.serve.upload_timeout_s,
+            predict_timeout_s=params.serve.predict_timeout_s, batch_volumes=params.serve.volumes_per_pass(),
+            batch_wait_s=params.serve.batch_wait_s, api_key=key, metrics_require_key=params.serve.metrics_require_key,
+            drift=params.serve.drift, min_component_voxels=params.evaluate.min_component_voxels,
         )
-        serve_forever(settings, host=p.serve.host, port=port or p.serve.port, deployment_options=p.serve.deployment_options(),
-                      route_prefix=p.serve.route_prefix,
-                      spill_to=p.path(p.serve.spill_directory) if p.serve.spill_directory else None)
+        serve_forever(settings, host=params.serve.host, port=port or params.serve.port, deployment_options=params.serve.deployment_options(),
+                      route_prefix=params.serve.route_prefix,
+                      spill_to=params.path(params.serve.spill_directory) if params.serve.spill_directory else None)
     except (ParamsError, ModelNotFoundError, ValueError, FileNotFoundError) as err:
         console.print(f"[bold red]brainomaly serve: {err}")
         raise typer.Exit(1) from None
@@ -179,7 +179,7 @@ def serve(
 def score(
     input: Path = typer.Option(..., "--input", "-i", help="an archive: a dataset layout, or folders of NIfTI files and DICOM series"),
     output: Path = typer.Option(..., "--output", "-o", help="where the results go (a rerun skips what is there)"),
-    params: Path = PARAMS_OPTION,
+    params_file: Path = PARAMS_OPTION,
     layout: str = typer.Option("auto", help="the archive's layout (auto: a release's layout, else every scan below)"),
     modality: str = typer.Option(None, help="for a dataset layout: which modality (default: data.modality)"),
     model_uri: str = typer.Option(None, help="MLflow model URI (default: models:/<name>@<alias>)"),
@@ -190,13 +190,13 @@ def score(
     """Score every scan of an archive with the registered model on Ray Data: verdicts and
     per-slice scores as parquet, unreadable scans listed with the reason. Ctrl+C stops cleanly:
     the same command goes on from there."""
-    _run_stage("score", params, overrides, input=input, output=output, layout=layout, modality=modality,
+    _run_stage("score", params_file, overrides, input=input, output=output, layout=layout, modality=modality,
                model_uri=model_uri, site=site, maps=maps)
 
 
 @app.command("pacs-watch")
 def pacs_watch(
-    params: Path = PARAMS_OPTION,
+    params_file: Path = PARAMS_OPTION,
     once: bool = typer.Option(False, "--once", help="handle what the change feed holds, then stop"),
 ) -> None:
     """Follow a PACS: score each new stable brain MR series and store its DICOM SEG in its study.
@@ -210,12 +210,12 @@ def pacs_watch(
     from components.pacs.watch import EndpointUnavailable, Watcher, WatchError
 
     try:
-        p = load_params(params)
-        settings = p.pacs
+        params = load_params(params_file)
+        settings = params.pacs
         user, password = os.environ.get("BRAINOMALY_PACS_USER"), os.environ.get("BRAINOMALY_PACS_PASSWORD", "")
         pacs = Orthanc(settings.url, (user, password) if user else None, settings.timeout_s)
-        endpoint = settings.endpoint or f"http://{p.serve.host}:{p.serve.port}"
-        watcher = Watcher(pacs, settings, endpoint, p.path(settings.state_file), os.environ.get(API_KEY_VARIABLE))
+        endpoint = settings.endpoint or f"http://{params.serve.host}:{params.serve.port}"
+        watcher = Watcher(pacs, settings, endpoint, params.path(settings.state_file), os.environ.get(API_KEY_VARIABLE))
         outcomes = watcher.run(once=once)
     except (ParamsError, PacsError, WatchError, EndpointUnavailable) as err:
         console.print(f"[bold red]brainomaly pacs-watch: {err}")
@@ -237,7 +237,7 @@ def is_loopback(host: str) -> bool:
 
 @app.command("drift-demo")
 def drift_demo(
-    params: Path = PARAMS_OPTION,
+    params_file: Path = PARAMS_OPTION,
     url: str = typer.Option(None, help="a running endpoint (default: http://<serve.host>:<serve.port>)"),
     shift: str = typer.Option("contrast", help="contrast (the other modality), bias_field, gamma or rescale"),
 ) -> None:
@@ -254,20 +254,20 @@ def drift_demo(
 
     try:
         check_shift(shift)
-        p = load_params(params)
-        data = p.data
-        subjects = held_out_healthy(p.path(PROCESSED_DIR), p.path(data.healthy_root), data.healthy_layout, data.modality)
-        other = other_contrast_scans(subjects, p.path(data.healthy_root), data.healthy_layout, data.modality) \
+        params = load_params(params_file)
+        data = params.data
+        subjects = held_out_healthy(params.path(PROCESSED_DIR), params.path(data.healthy_root), data.healthy_layout, data.modality)
+        other = other_contrast_scans(subjects, params.path(data.healthy_root), data.healthy_layout, data.modality) \
             if shift == "contrast" else None
-        phases = run_drill(url or f"http://{p.serve.host}:{p.serve.port}", subjects, window=p.serve.drift.window,
+        phases = run_drill(url or f"http://{params.serve.host}:{params.serve.port}", subjects, window=params.serve.drift.window,
                            shift=shift, other_contrast=other, api_key=os.environ.get(API_KEY_VARIABLE) or None)
     except (ParamsError, ValueError, FileNotFoundError, RuntimeError, requests.RequestException) as err:
         console.print(f"[bold red]brainomaly drift-demo: {err}")
         raise typer.Exit(1) from None
     table = Table("phase", "slices sent", "PSI", "KS", "W1", "above threshold", "expected", title="Score drift")
     for phase in phases:
-        g = phase.gauges
-        table.add_row(phase.name, str(phase.slices_sent), *(f"{g.get(k, float('nan')):.3f}" for k in
+        gauges = phase.gauges
+        table.add_row(phase.name, str(phase.slices_sent), *(f"{gauges.get(k, float('nan')):.3f}" for k in
                       ("psi", "ks", "wasserstein", "fraction_above", "expected_fraction_above")))
     Console().print(table)
 

@@ -51,7 +51,7 @@ from components.metrics.conformal import conformal_threshold
 from components.metrics.operating_point import OPERATING_POINT, metric_frames, with_intervals
 from components.reports import figures
 from components.metrics.postprocess import segment, smooth_by_subject, subject_blocks
-from components.models.bundle import Calibration
+from components.models.calibration import Calibration
 from components.models.inference import reconstruct_slices, resolve_device, score_slices, with_reference
 from components.models.registry import build_detector
 from components.scoring.volume import volume_score

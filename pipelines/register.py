@@ -24,7 +24,8 @@ from mlflow.exceptions import MlflowException
 import components
 from components.atomic import write_json
 from components.metrics.promotion import Decision, decide
-from components.models.bundle import TEST_SCORES, Calibration, DetectorBundle, bundle_digests
+from components.models.bundle import TEST_SCORES, DetectorBundle, bundle_digests
+from components.models.calibration import Calibration
 from components.preprocess.spec import PreprocessSpec
 from pipelines import tracking
 from pipelines.calibrate import calibrate_known_sites

@@ -23,9 +23,10 @@ import ray
 from tqdm import tqdm
 
 from components.data.nifti_io import VolumeLimits
-from components.models.bundle import DESCRIPTION, Calibration
+from components.models.bundle import DESCRIPTION
+from components.models.calibration import Calibration
 from components.scoring.archive import ArchiveScan, ResultStore, find_scans, read_scan
-from components.scoring.predictor import Upload, VolumePredictor, map_nifti, prepare_volume
+from components.scoring.predictor import Upload, VolumePredictor, prepare_volume
 from components.preprocess.spec import PreprocessSpec
 from pipelines.errors import StageError
 from pipelines.model_store import fetch_bundle, registry_client

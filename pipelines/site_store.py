@@ -30,7 +30,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from components.atomic import write_text
-from components.models.bundle import Calibration
+from components.models.calibration import Calibration
 
 SITES_FILE = Path("sites.yaml")
 SITE_TAG_PREFIX = "brainomaly.site."

@@ -38,7 +38,7 @@ from components.data.layouts import Subject, read_dataset
 from components.metrics.detection import dice_by_subject, pixel_metrics, slice_truth
 from components.metrics.operating_point import metric_frames, with_intervals
 from components.metrics.postprocess import smooth_subject
-from components.models.bundle import Calibration
+from components.models.calibration import Calibration
 from components.models.inference import score_slices, with_reference
 from components.preprocess.spec import PreprocessSpec
 from components.reports.tables import site_markdown

@@ -46,7 +46,8 @@ from ray.serve.handle import DeploymentHandle
 from starlette.formparsers import MultiPartParser
 
 from components.data.dicom_io import ZIP_MAGIC, DicomSource, files_from_zip, is_dicom, read_series
-from components.data.nifti_io import InvalidVolumeError, volume_from_bytes
+from components.data.nifti_io import volume_from_bytes
+from components.errors import InvalidVolumeError
 from pipelines.site_store import SITE_NAME
 from serving.detector import DetectorModel
 from serving.monitor import Monitor, tell
@@ -92,7 +93,7 @@ async def guard_and_observe(request: Request, call_next):
             log.exception("unhandled error on %s", route)
             response = JSONResponse({"error": "internal error while processing the request"}, status_code=500)
     if route != "/metrics":
-        await tell(endpoint.monitor, "record_request", route, response.status_code, time.perf_counter() - start)
+        await tell(endpoint.monitor.record_request, route, response.status_code, time.perf_counter() - start)
     return response
 
 
@@ -328,7 +329,7 @@ class Ingress:
             })
         clock.lap("answer")
         response.headers["Server-Timing"] = clock.server_timing()
-        await tell(self.monitor, "record_scores", version, [s["score"] for s in result["slices"]], site, clock.seconds)
+        await tell(self.monitor.record_scores, version, [s["score"] for s in result["slices"]], site, clock.seconds)
         return response
 
 

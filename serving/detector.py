@@ -95,13 +95,13 @@ class DetectorModel:
         # alone: each in its own thread, so a CPU replica still works on max_ongoing_requests at once
         # (a @serve.batch method runs one batch at a time)
         (result,) = await asyncio.to_thread(score_jobs, [job], self.settings.limits)
-        await tell(self.monitor, "record_pass", 1)
+        await tell(self.monitor.record_pass, 1)
         return result
 
     @serve.batch(max_batch_size=1)  # sized from the settings at start
     async def score_together(self, jobs: list[Job]) -> list[dict]:
         results = await asyncio.to_thread(score_jobs, jobs, self.settings.limits)
-        await tell(self.monitor, "record_pass", len(jobs))
+        await tell(self.monitor.record_pass, len(jobs))
         return results
 
     async def follow_registry(self) -> None:
@@ -128,11 +128,11 @@ class DetectorModel:
             serving = self.predictor.model_version if self.predictor else "nothing"
             log.error("version %s of %s failed to load; still serving %s: %s", version, name, serving, err)
             # the reason stays in the log: its text may hold the registry's URI and credentials
-            await tell(self.monitor, "model_load_failed", version,
+            await tell(self.monitor.model_load_failed, version,
                        f"version {version} failed to load ({type(err).__name__}); the server log says why")
             return
         self.predictor = predictor
         references = {site: c.reference_scores for site, c in predictor.sites.items()}
-        await tell(self.monitor, "model_loaded", predictor.description(), predictor.bundle.calibration.reference_scores,
+        await tell(self.monitor.model_loaded, predictor.description(), predictor.bundle.calibration.reference_scores,
                    references)
         log.info("serving %s version %s", name, version)

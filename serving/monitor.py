@@ -20,12 +20,13 @@ from serving.metrics import EndpointMetrics
 log = logging.getLogger("brainomaly.serving")
 
 
-async def tell(monitor: DeploymentHandle, method: str, *args) -> None:
-    """Call ``method`` on the monitor; monitoring is best effort, a hiccup never fails a request."""
+async def tell(method: DeploymentHandle, *args) -> None:
+    """Call one of the monitor's methods (``tell(monitor.record_pass, 1)``); monitoring is best
+    effort, a hiccup never fails a request."""
     try:
-        await getattr(monitor, method).remote(*args)
+        await method.remote(*args)
     except Exception as err:
-        log.warning("monitor did not take %s: %s", method, err)
+        log.warning("the monitor did not take a report (%s): %s", type(err).__name__, err)
 
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=1000)

@@ -27,7 +27,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.sr.codedict import codes
 from pydicom.uid import MRImageStorage, generate_uid
 
-from components.data.nifti_io import VOXEL_MM, InvalidVolumeError, VolumeLimits, check_finite
+from components.data.nifti_io import VOXEL_MM, VolumeLimits, check_finite
+from components.errors import InvalidVolumeError
 
 ZIP_MAGIC = b"PK\x03\x04"
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # DICOM's patient axes point left and posterior, NIfTI's right and anterior

@@ -17,13 +17,10 @@ import nibabel as nib
 import numpy as np
 
 from components.atomic import atomic_path
+from components.errors import InvalidVolumeError
 
 
 VOXEL_MM = (0.05, 50.0)  # a scanner's voxels, from small-animal MRI to thick clinical slices
-
-
-class InvalidVolumeError(ValueError):
-    """The bytes or file given are not a usable 3-D NIfTI volume; the message says why."""
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""AnoVAEGAN of Baur et al. (../shared/papers/anovaegan-spatial-autoencoders.txt): the spatial
-VAE plus a discriminator Dis that tells real slices from reconstructions, trained alternately:
+"""AnoVAEGAN of Baur et al., "Deep Autoencoding Models for Unsupervised Anomaly Segmentation in
+Brain MR Images" (2018): the spatial VAE plus a discriminator Dis that tells real slices from
+reconstructions, trained alternately:
 
     L_VAE = l1 * |x - x_hat|_1 + l2 * KL(q(z|x) || N(0, I)) - l3 * log Dis(x_hat)
     L_Dis = -log Dis(x) - log(1 - Dis(x_hat))

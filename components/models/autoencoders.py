@@ -1,5 +1,5 @@
 """The autoencoder baselines of Baur et al., "Deep Autoencoding Models for Unsupervised Anomaly
-Segmentation in Brain MR Images" (../shared/papers/anovaegan-spatial-autoencoders.txt).
+Segmentation in Brain MR Images" (2018).
 
 One convolutional encoder/decoder (5x5 stride-2 convolutions, batch norm, leaky ReLU), four
 bottlenecks:

@@ -23,48 +23,14 @@ import torch
 from torch import nn
 
 from components.atomic import atomic_path, write_json
-from components.models.inference import PRECISIONS, SCORE_REFERENCES, resolve_device
+from components.models.calibration import Calibration
+from components.models.inference import resolve_device
 from components.models.registry import build_detector
 from components.preprocess.spec import PreprocessSpec
 
 WEIGHTS = "weights.pt"
 DESCRIPTION = "bundle.json"
 TEST_SCORES = "test_scores.parquet"
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """Decision thresholds, all from healthy scans: split-conformal for a false-alarm rate of
-    1 - ``percentile`` / 100 (components/metrics/conformal.py).
-
-    slice_threshold: on slice scores; volume_threshold: on volume scores (max over slices);
-    pixel_threshold: on post-processed anomaly-map voxels inside the brain (see components/metrics/postprocess.py).
-    reference_scores: the healthy validation slice scores (the drift reference).
-    score_reference: what the slice scores are relative to ("none"; "scan_median", the median of
-    the scan's; "brain_median", the slice's own typical residual: components/models/inference.py);
-    the thresholds and the reference scores are in those units, so every scorer of the model applies it.
-    precision: the arithmetic the scores were computed in ("fp32"; "bf16", autocast), applied likewise.
-    scans: how many healthy scans the thresholds came from; guaranteed_rates: per threshold
-    ("slice", "volume", "pixel"), the false-alarm rate those scans guarantee (above the target
-    when they were too few). Both empty in bundles saved before them.
-    """
-
-    percentile: float
-    slice_threshold: float
-    volume_threshold: float
-    pixel_threshold: float
-    reference_scores: list[float]
-    score_reference: str = "none"  # bundles saved before the field scored as "none"
-    precision: str = "fp32"  # and in fp32
-    scans: int = 0
-    guaranteed_rates: dict[str, float] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:  # refused at load, not at every prediction
-        if self.score_reference not in SCORE_REFERENCES:
-            raise ValueError(f"calibration.score_reference {self.score_reference!r}: expected one of "
-                             f"{', '.join(SCORE_REFERENCES)}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"calibration.precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
 
 
 def bundle_digests(folder: Path) -> dict[str, str]:

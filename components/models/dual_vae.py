@@ -1,6 +1,8 @@
-"""The dual-VAE latent-distance detector of Albu et al. (../shared/papers/dual-vae-latent-distance.txt
-and its follow-up ../shared/papers/dual-vae-latent-distance-improved.txt), and the VAE baselines
-of the follow-up's Table 1.
+"""The dual-VAE latent-distance detector of Albu, Enescu and Malagò, "Tumour Detection in Brain
+MRIs by Computing Dissimilarities in the Latent Space of a Variational AutoEncoder" (2020), and
+of its follow-up, "Improved Slice-wise Tumour Detection in Brain MRIs by Computing
+Dissimilarities between Latent Representations", with the VAE baselines of the follow-up's
+Table 1.
 
 Two VAEs of one topology: VAE-H learns healthy slices, the other VAE learns unlabelled slices of
 the tumour cohort (its training split; labels are never read). A slice x is reconstructed by

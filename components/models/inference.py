@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
 
+from components.models.calibration import PRECISIONS, SCORE_REFERENCES, Calibration
 from components.models.detector import Detector
 from components.preprocess.spec import PreprocessSpec
 from components.preprocess.volume import ProcessedSlices, preprocess_volume
-
-if TYPE_CHECKING:
-    from components.models.bundle import Calibration
-
-
-SCORE_REFERENCES = ("none", "scan_median", "brain_median")
-PRECISIONS = ("fp32", "bf16")
-
 
 def resolve_device(name: str) -> torch.device:
     """"auto": the first CUDA device when one is visible (under Ray, one the task was given),

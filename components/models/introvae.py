@@ -1,5 +1,6 @@
-"""IntroVAE with latent representation search and a patch metric network
-(../shared/papers/introvae-latent-search-patch-metric.txt).
+"""IntroVAE with latent representation search and a patch metric network, after Kobayashi et
+al., "Learning Global and Local Features of Normal Brain Anatomy for Unsupervised Abnormality
+Detection" (2020).
 
 1. Reconstruction: a residual-block VAE (two conv-BN-LeakyReLU per block, average pooling down,
    interpolation + convolution up; widths 32-64-...-512, a 128 x h x w latent; tanh output)
@@ -16,7 +17,7 @@
    pixels and KL over the same 128 x 4 x 4 latent, so at 64 px (16x fewer pixels than 256) the
    paper's 0.04 lets the KL win and the decoder outputs a constant. G's rate is 5e-4: at 5e-3
    (batches of 32, not 120) the tanh saturates in the first epoch and never recovers, even for
-   a plain VAE (`brainomaly compare --only introvae`: slice AUROC 0.73 before, 0.97 after).
+   a plain VAE.
 2. Latent representation search at inference: z starts at E's mean and takes ``search_steps``
    (100) Adam steps (lr 1e-3) on L_AE(x, G(z)), the networks frozen; 0 switches it off.
 3. Patch metric network f: residual blocks with max pooling (64-128-256-512) and an MLP (1024

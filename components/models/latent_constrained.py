@@ -1,4 +1,5 @@
-"""The latent-constrained adversarial detector (../shared/papers/latent-constrained-adversarial-detector.txt).
+"""The latent-constrained adversarial detector of Wang, Chen, Xie and Ma, "Brain Tumor Anomaly
+Detection via Latent Regularized Adversarial Network" (2020).
 
 A DCGAN-style generator, encoder G_e -> latent vector z -> decoder G_d, reconstructs x as x';
 an auxiliary encoder G_e' of the same architecture (its own weights) encodes x' to z'; a

@@ -1,7 +1,7 @@
-"""The one-class novelty protocol of ../shared/papers/latent-constrained-adversarial-detector.txt
-(Table 1, after Ruff et al. and Perera et al.): for each class in turn, a detector is trained on
-that class's training images only, and every test image is scored; the other classes are the
-anomalies. AUROC per class, and their mean.
+"""The one-class novelty protocol of Wang et al., "Brain Tumor Anomaly Detection via Latent
+Regularized Adversarial Network" (2020; its Table 1, after Ruff et al. and Perera et al.): for
+each class in turn, a detector is trained on that class's training images only, and every test
+image is scored; the other classes are the anomalies. AUROC per class, and their mean.
 
 Any image set works: an ``.npz`` with ``images`` (N, H, W) and ``labels`` (N,). The default is
 scikit-learn's handwritten digits (1,797 real 8 x 8 scans of digits 0-9, shipped with the

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from components.data.nifti_io import InvalidVolumeError
+from components.errors import InvalidVolumeError
 
 LANDMARK_PERCENTILES = np.linspace(0.0, 100.0, 101)
 N4_SHRUNK_VOXEL_MM = 4.0  # N4 fits the bias field on a ~4 mm grid: fast, and the field is smooth

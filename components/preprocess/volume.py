@@ -16,7 +16,7 @@ from typing import Callable
 import nibabel as nib
 import numpy as np
 
-from components.data.nifti_io import InvalidVolumeError
+from components.errors import InvalidVolumeError
 from components.preprocess.brain_mask import brain_mask as compute_mask
 from components.preprocess.geometry import (
     SliceGeometry,

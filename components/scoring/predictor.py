@@ -17,9 +17,11 @@ import numpy as np
 from torch import nn
 
 from components.data.dicom_io import Derived, DicomSource, parametric_map, segmentation
-from components.data.nifti_io import InvalidVolumeError, VolumeLimits, check_finite
+from components.data.nifti_io import VolumeLimits, check_finite
+from components.errors import InvalidVolumeError
 from components.metrics.postprocess import segment, smooth_subject
-from components.models.bundle import Calibration, DetectorBundle
+from components.models.bundle import DetectorBundle
+from components.models.calibration import Calibration
 from components.models.inference import Scored, score_volumes
 from components.preprocess.geometry import axial_axis, resampled_shape, to_input_grid
 from components.preprocess.spec import PreprocessSpec

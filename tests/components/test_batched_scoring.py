@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.models.bundle import Calibration
+from components.models.calibration import Calibration
 from components.models.inference import score_volumes
 from components.models.registry import DETECTORS
 from components.preprocess.spec import PreprocessSpec

@@ -12,7 +12,8 @@ from components.data.dicom_io import (
     Derived, DicomSource, InvalidSeriesError, files_from_zip, is_dicom, parametric_map, read_series, segmentation, series_zip,
     volume_to_series,
 )
-from components.data.nifti_io import InvalidVolumeError, VolumeLimits
+from components.data.nifti_io import VolumeLimits
+from components.errors import InvalidVolumeError
 
 SECRET = "Doe^Jane"  # a patient's name: never in a message
 TILT = np.deg2rad(12)  # an oblique acquisition: tilted 12 degrees about the left-right axis

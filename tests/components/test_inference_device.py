@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from components.models.bundle import Calibration, DetectorBundle
+from components.models.bundle import DetectorBundle
+from components.models.calibration import Calibration
 from components.models.inference import resolve_device, score_slices
 from components.preprocess.spec import PreprocessSpec
 from components.scoring.predictor import VolumePredictor

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from components.data.layouts import read_brats
-from components.data.nifti_io import InvalidVolumeError, VolumeLimits, load_volume
-from components.models.bundle import Calibration, DetectorBundle
+from components.data.nifti_io import VolumeLimits, load_volume
+from components.errors import InvalidVolumeError
+from components.models.bundle import DetectorBundle
+from components.models.calibration import Calibration
 from components.models.inference import relative_to_level, score_volume
 from components.models.registry import DETECTORS, build_detector, data_hyperparams
 from components.preprocess.spec import PreprocessSpec

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from components.data.layouts import read_brats, read_hcp
-from components.data.nifti_io import InvalidVolumeError, load_volume
+from components.data.nifti_io import load_volume
 from components.data.phantoms import to_lps
+from components.errors import InvalidVolumeError
 from components.preprocess.spec import PreprocessSpec
 from components.preprocess.geometry import to_input_grid, to_ras
 from components.preprocess.volume import preprocess_volume

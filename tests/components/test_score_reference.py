@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.models.bundle import Calibration
+from components.models.calibration import Calibration
 from components.models.detector import Detector, focal_score
 from components.models.inference import Scored, relative_to_level, relative_to_scan, score_slices, with_reference
 from components.models.registry import DETECTORS, build_detector

@@ -10,7 +10,8 @@ import torch
 from components.data.layouts import read_brats
 from components.data.nifti_io import load_volume
 from components.data.slice_store import read_index, write_index, write_shard
-from components.models.bundle import Calibration, DetectorBundle
+from components.models.bundle import DetectorBundle
+from components.models.calibration import Calibration
 from components.models.inference import score_volume
 from components.models.registry import build_detector, data_hyperparams
 from components.preprocess.presets import PRESETS
