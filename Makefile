@@ -5,7 +5,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock run test test-fast serve mlflow-ui clean
+.PHONY: install lock run test test-fast docs docs-serve serve mlflow-ui clean
 
 install: $(STAMP)
 
@@ -44,6 +44,13 @@ test: install
 test-fast: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -m "not slow"
 
+# The documentation site (mkdocs.yml, docs/) into site/: strict, so a broken link or anchor fails it.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
 serve: install
 	$(BIN)/brainomaly serve
 
@@ -51,4 +58,4 @@ mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
 
 clean:
-	rm -rf artifacts mlflow.db mlartifacts
+	rm -rf artifacts mlflow.db mlartifacts site

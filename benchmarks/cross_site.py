@@ -6,8 +6,8 @@
     python benchmarks/cross_site.py --from-report --current denoising_ae   # the default rule against another default
 
 Runs `brainomaly compare` (each detector trained on the training site, evaluated, then scored on
-every site's held-out scans at the deployed thresholds and after site calibration; see README
-"Across sites"), then checks each detector, and the pipeline's own model as `make run` registers
+every site's held-out scans at the deployed thresholds and after site calibration; see
+docs/sites.md "Across sites"), then checks each detector, and the pipeline's own model as `make run` registers
 it (``reports/sites.json``), on the unseen sites (every site but
 ``phantoms.training_site``) against the targets below, after calibration, and applies the rule
 that picks `make run`'s detector (``choose_default``). Writes the JSON and prints the table;
@@ -39,7 +39,7 @@ TARGETS = {  # on the unseen sites, after calibrating with at most 10 healthy sc
 }
 
 
-# The rule that picks the detector `make run` trains and serves (model.name); README "Maps: the
+# The rule that picks the detector `make run` trains and serves (model.name); docs/comparison.md "Maps: the
 # rectified flow, the conditioned DDPM and the default rule" tells how it came to read healthy slices:
 #  1. eligible: it trains within MAX_TRAIN_SECONDS in the comparison (so `make run` stays within 15
 #     minutes on 2 cores); at every unseen site, after calibration, the share of healthy subjects'
@@ -57,7 +57,7 @@ TARGETS = {  # on the unseen sites, after calibrating with at most 10 healthy sc
 #     its place unless beaten by more than register.margins.dice_mean (two standard deviations of
 #     the default recipe's Dice between trainings: less is noise).
 MAX_TRAIN_SECONDS = 600
-REAL_SLICE_AUROC = 0.80  # the served default's targets on real T2 scans (README "Real scans")
+REAL_SLICE_AUROC = 0.80  # the served default's targets on real T2 scans (docs/real-scans.md "Real scans")
 REAL_FALSE_ALARM_RATE = 0.10
 REAL_DATA = REPO / "benchmarks/results/real_data.json"
 SERVED = " as served"  # the row of the pipeline's own model, as `make run` trains and registers it

@@ -32,7 +32,7 @@ from pipelines.workspace import create, run_stage
 from components.machine import machine
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = {  # README "Preprocessing": the four ways to put scans on one intensity scale
+RECIPES = {  # docs/preprocessing.md "Preprocessing": the four ways to put scans on one intensity scale
     "percentile": {"normalisation": "percentile", "histogram_reference": "none"},
     "zscore": {"normalisation": "zscore", "histogram_reference": "none"},
     "histogram_healthy": {"normalisation": "percentile", "histogram_reference": "healthy"},

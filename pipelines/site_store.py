@@ -41,7 +41,7 @@ SITES_HEADER = """\
 # layout or plain .nii/.nii.gz files) and their content hash when the site was added.
 # `brainomaly calibrate --site NAME --healthy DIR` adds or updates a site; delete its entry to
 # forget it. Every model `brainomaly register` registers is calibrated for each site listed here
-# before the alias can move to it (README "Sites").
+# before the alias can move to it (docs/sites.md "Sites").
 """
 
 

@@ -57,7 +57,7 @@ def search_space(params: Params) -> dict:
     """The chosen detector's space from params.yaml as Ray Tune samplers."""
     space = params.tune.space.get(params.model.name)
     if not space:
-        raise ValueError(f"tune.space has no entry for model.name {params.model.name!r}: add one (README \"Tuning\")")
+        raise ValueError(f"tune.space has no entry for model.name {params.model.name!r}: add one (docs/training.md \"Tuning\")")
     samplers = {"loguniform": lambda v: tune.loguniform(*v), "uniform": lambda v: tune.uniform(*v),
                 "choice": tune.choice, "randint": lambda v: tune.randint(v[0], v[1] + 1)}
     return {key: samplers[kind](values) for key, sampler in space.items() for kind, values in sampler.items()}

@@ -1,6 +1,7 @@
-"""The README's commands work as typed in the virtualenv it tells the reader to enter: every
-`brainomaly`, `dvc`, `mlflow`, `python benchmarks/...` and `make` command it shows (in its shell
-blocks and its inline code) exists, and knows every option it is shown with (its --help)."""
+"""The README's and the documentation's commands work as typed in the virtualenv they tell the
+reader to enter: every `brainomaly`, `dvc`, `mlflow`, `python benchmarks/...`, `python docs/...`
+and `make` command they show (in shell blocks and inline code) exists, and knows every option it
+is shown with (its --help)."""
 
 import contextlib
 import io
@@ -41,18 +42,19 @@ def help_and_options(commands: list[str]) -> dict[tuple[str, ...], set[str]]:
     found: dict[tuple[str, ...], set[str]] = defaultdict(set)
     for command in commands:
         words = [w for w in shlex.split(command.replace("[", " ").replace("]", " ")) if w != "..."]
-        if words[0] == "python" and not words[1].startswith("benchmarks/"):
+        if words[0] == "python" and not words[1].startswith(("benchmarks/", "docs/")):
             continue
         head = [words[0]]
         for word in words[1:]:
-            if not (SUBCOMMAND.match(word) or word.startswith("benchmarks/")) or words[0] == "make" and len(head) > 1:
+            if not (SUBCOMMAND.match(word) or word.startswith(("benchmarks/", "docs/"))) or words[0] == "make" and len(head) > 1:
                 break
             head.append(word)
         found[tuple(head)] |= {w.split("=")[0] for w in words[len(head):] if w.startswith("-")}
     return found
 
 
-SHOWN = help_and_options(shown_commands((REPO / "README.md").read_text()))
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+SHOWN = help_and_options(shown_commands("\n".join(page.read_text() for page in PAGES)))
 
 
 def test_the_readme_shows_the_commands_it_is_checked_on():
@@ -91,4 +93,4 @@ def test_a_readme_command_exists_and_knows_its_options(head):
         return
     shown = help_text(head)
     unknown = [o for o in SHOWN[head] if not re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", shown)]
-    assert not unknown, f"the README shows `{' '.join(head)}` with {unknown}, which its --help does not list"
+    assert not unknown, f"the docs show `{' '.join(head)}` with {unknown}, which its --help does not list"
