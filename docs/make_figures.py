@@ -39,8 +39,10 @@ import requests  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere, like the benchmarks
 
+from components.data.nifti_io import load_volume  # noqa: E402
+from components.errors import InvalidVolumeError  # noqa: E402
 from components.preprocess.geometry import axial_axis  # noqa: E402
-from pipelines.model_store import resolve_version  # noqa: E402
+from pipelines.model_store import ModelNotFoundError, resolve_version  # noqa: E402
 from pipelines.params import load_params  # noqa: E402
 from pipelines.tracking import tracking_uri  # noqa: E402
 from serving.local_server import free_port  # noqa: E402
@@ -63,12 +65,11 @@ def scored_scan(output: Path, scan: Path, segmentation: Path | None, title: str)
     name, version = resolve_version(f"models:/{params.registry.model_name}@{params.registry.alias}",
                                     tracking_uri(params))
     predictor = load_predictor(name, version, tracking_uri(params))
-    image = nib.load(scan)
-    data, affine = np.asanyarray(image.dataobj).astype(np.float32), image.affine
+    data, affine = load_volume(scan)
     answer = predictor.predict(data, affine, with_map="nifti")
     anomaly = nib.Nifti1Image.from_bytes(gzip.decompress(answer["map"]))
     volume, heat = canonical(data, affine), canonical(np.asanyarray(anomaly.dataobj), anomaly.affine)
-    tumour = canonical((np.asanyarray(nib.load(segmentation).dataobj) > 0).astype(np.uint8), affine) if segmentation else None
+    tumour = canonical((load_volume(segmentation)[0] > 0).astype(np.uint8), affine) if segmentation else None
     top = max(answer["slices"], key=lambda s: s["score"])
     z = slice_in_canonical(top["index"], data.shape, affine)
     view = lambda v: np.rot90(v[:, :, z])  # noqa: E731 - anterior up, the radiologist's axial view
@@ -207,7 +208,10 @@ def main() -> None:
     for name in wanted:
         if name == "real-scan" and args.real is None:
             raise SystemExit("real-scan: give the scan with --real FILE")
-        print(draw[name](args.output / f"{name}.png"))
+        try:
+            print(draw[name](args.output / f"{name}.png"))
+        except (ModelNotFoundError, InvalidVolumeError, FileNotFoundError) as err:  # no model yet, or a bad scan
+            raise SystemExit(f"{name}: {err}") from None
 
 
 if __name__ == "__main__":
