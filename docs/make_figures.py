@@ -14,13 +14,21 @@
   on (benchmarks/results/site_calibration.json).
 - ``registry``: the MLflow registry page of the pipeline's model, in headless Chromium (Debian's
   ``chromium``), from a real `mlflow ui` on the project's store.
+- ``dashboard`` and ``alerts``: a drift drill (healthy scans for a minute, then T1 scans into the T2
+  model until ``ScoreDrift`` fires) against `brainomaly serve`, scraped by a real Prometheus
+  (Debian's ``prometheus``) with the project's alert rules; ``dashboard`` draws each panel of the
+  Grafana dashboard (infra/grafana/brainomaly-endpoint.json) from its own queries, ``alerts`` is
+  Prometheus's alerts page in headless Chromium.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
+import itertools
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -45,10 +53,13 @@ from components.preprocess.geometry import axial_axis  # noqa: E402
 from pipelines.model_store import ModelNotFoundError, resolve_version  # noqa: E402
 from pipelines.params import load_params  # noqa: E402
 from pipelines.tracking import tracking_uri  # noqa: E402
-from serving.local_server import free_port  # noqa: E402
+from serving.drift_demo import drill_scans, upload  # noqa: E402
+from serving.local_prometheus import alert_states, instant, query_range, running_prometheus, wait_for_alert  # noqa: E402
+from serving.local_server import free_port, running_server  # noqa: E402
 from serving.model_source import load_predictor  # noqa: E402
 
 RESULTS = REPO / "benchmarks/results"
+DASHBOARD = REPO / "infra/grafana/brainomaly-endpoint.json"
 DEFAULT_SCAN = REPO / "data/raw/sites/other_vendor/tumour/BraTS2021_10000/BraTS2021_10000_t2.nii.gz"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -144,9 +155,6 @@ def calibration(output: Path) -> Path:
 
 def registry(output: Path) -> Path:
     """The registry page of the model, as a reviewer opens it."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        raise SystemExit("registry: headless Chromium is needed (Debian: apt-get install chromium)")
     params = load_params(REPO / "params.yaml")
     port = free_port()
     server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri",
@@ -155,14 +163,144 @@ def registry(output: Path) -> Path:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(f"{url}/health")
-        with tempfile.TemporaryDirectory() as profile:
-            subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=20000",
-                            "--hide-scrollbars", "--window-size=1280,860", f"--screenshot={output.resolve()}",
-                            f"{url}/#/models/{params.registry.model_name}"], capture_output=True, timeout=180, check=True)
+        screenshot(f"{url}/#/models/{params.registry.model_name}", output, "1280,860")
     finally:
         server.terminate()
         server.wait(timeout=30)
     return output
+
+
+def screenshot(url: str, output: Path, size: str) -> Path:
+    """``url`` as headless Chromium draws it once its scripts ran (Debian's ``chromium``)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        raise SystemExit(f"{output.stem}: headless Chromium is needed (Debian: apt-get install chromium)")
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=20000",
+                        "--hide-scrollbars", f"--window-size={size}", f"--screenshot={output.resolve()}", url],
+                       capture_output=True, timeout=180, check=True)
+    return output
+
+
+@contextlib.contextmanager
+def drift_drill(folder: Path, healthy_s: float = 60, after_firing_s: float = 20):
+    """`brainomaly serve` scraped by Prometheus: healthy scans for ``healthy_s``, then T1 scans into the T2
+    model until ScoreDrift fires, and ``after_firing_s`` more; yields (Prometheus URL, start, end)."""
+    params = load_params(REPO / "params.yaml")
+    subjects, other = drill_scans(params, "contrast")
+    healthy, shifted = [upload(s.image, None) for s in subjects], [upload(s.image, None) for s in other]
+    with running_server(REPO) as url, running_prometheus(url.removeprefix("http://"), folder) as prometheus:
+        start = time.time()
+        send_until(url, healthy, lambda: time.time() > start + healthy_s)
+        send_until(url, shifted, lambda: "firing" in alert_states(prometheus, "ScoreDrift"))
+        fired = time.time()
+        send_until(url, shifted, lambda: time.time() > fired + after_firing_s)
+        if not wait_for_alert(prometheus, "ScoreDrift", 5):
+            raise SystemExit("dashboard: ScoreDrift did not stay firing")
+        yield prometheus, start, time.time()
+
+
+def send_until(url: str, payloads: list[bytes], done) -> None:
+    for payload in itertools.cycle(payloads):
+        requests.post(f"{url}/v1/predict", data=payload, timeout=300).raise_for_status()
+        if done():
+            return
+
+
+def dashboard(output: Path, prometheus: str, start: float, end: float) -> Path:
+    """Every panel of the Grafana dashboard at its place on the grid, from the panel's own queries."""
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels)
+    figure = plt.figure(figsize=(16, 1.5 * rows / 4), facecolor="#111217")
+    grid = figure.add_gridspec(rows, 24, hspace=8, wspace=4, left=0.04, right=0.99, top=0.93, bottom=0.04)
+    for panel in panels:
+        place = panel["gridPos"]
+        axis = figure.add_subplot(grid[place["y"]:place["y"] + place["h"] - 1, place["x"]:place["x"] + place["w"]])
+        series = [(target.get("legendFormat", ""), query_range(prometheus, grafana_to_promql(target["expr"]), start,
+                                                               end, 2)) for target in panel["targets"]]
+        style_panel(axis, panel["title"])
+        if any(results for _, results in series):
+            PANEL_KINDS.get(panel["type"], timeseries_panel)(axis, panel, series, start)
+        else:  # as Grafana says it: the 5xx ratio has no series while nothing failed
+            axis.text(0.5, 0.5, "No data", color="#8e8e8e", ha="center", va="center", transform=axis.transAxes)
+            axis.set_xticks([])
+            axis.set_yticks([])
+    figure.suptitle(f"{json.loads(DASHBOARD.read_text())['title']}: the Grafana dashboard's panels, from a real "
+                    "Prometheus during a drift drill (healthy T2 scans, then T1 scans into the T2 model)",
+                    color="white", fontsize=11)
+    return save(figure, output)
+
+
+def grafana_to_promql(expr: str) -> str:
+    """Grafana's $__rate_interval, at a 1 s scrape: four scrapes and a step."""
+    return expr.replace("$__rate_interval", "6s")
+
+
+def style_panel(axis, title: str) -> None:
+    axis.set_facecolor("#181b1f")
+    axis.set_title(title, color="#ccccdc", fontsize=9, loc="left")
+    axis.tick_params(colors="#8e8e8e", labelsize=7)
+    for spine in axis.spines.values():
+        spine.set_color("#2c3235")
+
+
+def legend_name(template: str, metric: dict) -> str:
+    return re.sub(r"{{\s*(\w+)\s*}}", lambda m: metric.get(m.group(1), ""), template) or metric.get("__name__", "")
+
+
+def timeseries_panel(axis, panel: dict, series: list, start: float) -> None:
+    for template, results in series:
+        for result in results:
+            t, v = np.array(result["values"], dtype=float).T
+            axis.plot(t - start, v, linewidth=1.2, label=legend_name(template, result["metric"]))
+    axis.set_xlabel("seconds into the drill", color="#8e8e8e", fontsize=7)
+    if axis.lines:
+        axis.legend(fontsize=7, facecolor="#181b1f", labelcolor="#ccccdc", edgecolor="#2c3235")
+
+
+def heatmap_panel(axis, panel: dict, series: list, start: float) -> None:
+    """Slices per score bucket and step: the cumulative buckets of the histogram, differenced."""
+    results = sorted(series[0][1], key=lambda r: float(r["metric"]["le"]))
+    if not results:
+        return
+    times = np.array(results[0]["values"], dtype=float)[:, 0]
+    cumulative = np.array([[dict((float(t), float(v)) for t, v in r["values"]).get(t, 0.0) for t in times]
+                           for r in results])
+    counts = np.diff(cumulative, axis=0, prepend=0)
+    used = np.flatnonzero(counts.sum(axis=1))  # the buckets any slice fell in, and one either side
+    rows = slice(max(used.min() - 1, 0), used.max() + 2) if used.size else slice(None)
+    edges = [float(r["metric"]["le"]) for r in results][rows]
+    axis.imshow(np.log1p(counts[rows]), aspect="auto", origin="lower", cmap="inferno",
+                extent=(times[0] - start, times[-1] - start, 0, len(edges)))
+    axis.set_yticks(np.arange(len(edges)) + 0.5, [f"≤ {e:.3g}" for e in edges], fontsize=7)
+    axis.set_ylabel("slice score", color="#8e8e8e", fontsize=7)
+    axis.set_xlabel("seconds into the drill", color="#8e8e8e", fontsize=7)
+
+
+def gauge_panel(axis, panel: dict, series: list, start: float) -> None:
+    """The newest value of the training calibration's series (site ""), coloured by the panel's thresholds."""
+    values = [float(r["values"][-1][1]) for _, results in series for r in results if r["metric"].get("site", "") == ""]
+    value = values[0] if values else float("nan")
+    steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    colour = [step["color"] for step in steps if step["value"] is None or value >= step["value"]][-1]
+    axis.text(0.5, 0.45, f"{value:.3f}", color={"green": "#73bf69", "yellow": "#fade2a", "red": "#f2495c"}[colour],
+              fontsize=26, ha="center", va="center", transform=axis.transAxes)
+    limits = ", ".join(f"{step['color']} from {step['value']}" for step in steps if step["value"] is not None)
+    axis.text(0.5, 0.1, limits, color="#8e8e8e", fontsize=7, ha="center", transform=axis.transAxes)
+    axis.set_xticks([])
+    axis.set_yticks([])
+
+
+def table_panel(axis, panel: dict, series: list, start: float) -> None:
+    labels = [r["metric"] for _, results in series for r in results]
+    text = "\n".join(", ".join(f"{k}={v}" for k, v in sorted(m.items()) if k not in ("__name__", "instance", "job"))
+                     for m in labels) or "no model"
+    axis.text(0.03, 0.9, text, color="#ccccdc", fontsize=8, va="top", transform=axis.transAxes, wrap=True)
+    axis.set_xticks([])
+    axis.set_yticks([])
+
+
+PANEL_KINDS = {"timeseries": timeseries_panel, "heatmap": heatmap_panel, "gauge": gauge_panel, "table": table_panel}
 
 
 def wait_for(url: str, seconds: float = 120) -> None:
@@ -182,7 +320,10 @@ def save(figure, output: Path) -> Path:
     return output
 
 
-FIGURES = ("scored-scan", "real-scan", "cross-site", "calibration", "registry")
+FIGURES = ("scored-scan", "real-scan", "cross-site", "calibration", "registry", "dashboard", "alerts")
+DRILLED = ("dashboard", "alerts")  # drawn from one drift drill
+DRILL_SUMMARY = (("PSI", "brainomaly_drift_psi"), ("KS", "brainomaly_drift_ks"),
+                 ("above threshold", "brainomaly_drift_fraction_above"), ("CUSUM events", "brainomaly_drift_events_total"))
 
 
 def main() -> None:
@@ -209,9 +350,28 @@ def main() -> None:
         if name == "real-scan" and args.real is None:
             raise SystemExit("real-scan: give the scan with --real FILE")
         try:
-            print(draw[name](args.output / f"{name}.png"))
+            if name not in DRILLED:
+                print(draw[name](args.output / f"{name}.png"))
         except (ModelNotFoundError, InvalidVolumeError, FileNotFoundError) as err:  # no model yet, or a bad scan
             raise SystemExit(f"{name}: {err}") from None
+    if drilled := [name for name in wanted if name in DRILLED]:
+        monitoring(args.output, drilled)
+
+
+def monitoring(output: Path, wanted: list[str]) -> None:
+    """The pictures of one drift drill."""
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            with drift_drill(Path(folder)) as (prometheus, start, end):
+                print(", ".join(f"{name} {float(found[0]['value'][1]):.3g}" for name, found in
+                                ((name, instant(prometheus, f'{metric}{{site=""}}')) for name, metric in DRILL_SUMMARY)
+                                if found))
+                if "dashboard" in wanted:
+                    print(dashboard(output / "dashboard.png", prometheus, start, end))
+                if "alerts" in wanted:
+                    print(screenshot(f"{prometheus}/classic/alerts", output / "alerts.png", "1280,900"))
+        except (RuntimeError, ValueError, requests.RequestException) as err:  # no model, server or Prometheus
+            raise SystemExit(f"{', '.join(wanted)}: {err}") from None
 
 
 if __name__ == "__main__":

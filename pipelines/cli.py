@@ -249,16 +249,12 @@ def drift_demo(
     import requests
     from rich.table import Table
 
-    from pipelines.preprocess import PROCESSED_DIR
-    from serving.drift_demo import check_shift, held_out_healthy, other_contrast_scans, run_drill
+    from serving.drift_demo import check_shift, drill_scans, run_drill
 
     try:
         check_shift(shift)
         params = load_params(params_file)
-        data = params.data
-        subjects = held_out_healthy(params.path(PROCESSED_DIR), params.path(data.healthy_root), data.healthy_layout, data.modality)
-        other = other_contrast_scans(subjects, params.path(data.healthy_root), data.healthy_layout, data.modality) \
-            if shift == "contrast" else None
+        subjects, other = drill_scans(params, shift)
         phases = run_drill(url or f"http://{params.serve.host}:{params.serve.port}", subjects, window=params.serve.drift.window,
                            shift=shift, other_contrast=other, api_key=os.environ.get(API_KEY_VARIABLE) or None)
     except (ParamsError, ValueError, FileNotFoundError, RuntimeError, requests.RequestException) as err:

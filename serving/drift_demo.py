@@ -21,6 +21,8 @@ from components.data.layouts import read_dataset
 from components.data.nifti_io import load_volume
 from components.data.slice_store import read_index
 from components.monitoring.shifts import SHIFTS
+from pipelines.params import Params
+from pipelines.preprocess import PROCESSED_DIR
 
 OTHER_CONTRAST = {"t1": "t2", "t2": "t1", "t1ce": "t2", "flair": "t1"}
 DRIFT_GAUGES = ("window", "psi", "ks", "wasserstein", "fraction_above", "expected_fraction_above")
@@ -52,6 +54,15 @@ def other_contrast_scans(subjects: list, root: Path, layout: str, modality: str)
     """The same subjects' scans of the other contrast (T1 for a T2 model): the wrong-sequence upload."""
     wanted = {s.subject_id for s in subjects}
     return [s for s in read_dataset(root, layout, OTHER_CONTRAST[modality]) if s.subject_id in wanted]
+
+
+def drill_scans(params: Params, shift: str) -> tuple[list, list | None]:
+    """The drill's healthy subjects under ``params``, and for the contrast shift the
+    same subjects' scans of the other modality."""
+    data, root = params.data, params.path(params.data.healthy_root)
+    subjects = held_out_healthy(params.path(PROCESSED_DIR), root, data.healthy_layout, data.modality)
+    other = other_contrast_scans(subjects, root, data.healthy_layout, data.modality) if shift == "contrast" else None
+    return subjects, other
 
 
 def upload(image: Path, shift: str | None) -> bytes:

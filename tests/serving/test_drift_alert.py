@@ -2,13 +2,9 @@
 it with the project's alert rules, healthy scans and then shifted ones, and the ScoreDrift
 alert firing in Prometheus."""
 
-import contextlib
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
-import requests
 import yaml
 
 from components.data.slice_store import read_index
@@ -16,59 +12,14 @@ from pipelines.params import load_params
 from pipelines.preprocess import PROCESSED_DIR
 from pipelines.sites import site_subjects
 from serving.drift_demo import other_contrast_scans, send_phase, upload
-from serving.local_server import free_port, running_server
+from serving.local_prometheus import RULES, alert_states, running_prometheus, scraped_up, wait_for_alert, wait_until
+from serving.local_server import running_server
 from tests.conftest import venv_env
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.program("prometheus", package="prometheus"),
 ]
-RULES = Path(__file__).resolve().parents[2] / "infra" / "prometheus" / "alerts.yml"
-
-
-@contextlib.contextmanager
-def prometheus(target: str, folder):
-    port = free_port()
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(RULES)],
-        "scrape_configs": [{"job_name": "brainomaly-endpoint", "static_configs": [{"targets": [target]}]}],
-    }
-    (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
-    with open(folder / "prometheus.log", "w") as log:
-        process = subprocess.Popen(
-            ["prometheus", f"--config.file={folder / 'prometheus.yml'}", f"--storage.tsdb.path={folder / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            # its own /-/ready, not whatever else took the port first
-            wait_until(lambda: process.poll() is None and requests.get(f"{url}/-/ready", timeout=5).ok, 60, folder)
-            yield url
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
-
-
-def wait_until(condition, seconds: float, folder) -> None:
-    """Poll ``condition`` (connection errors count as not yet) until it holds; on a slow machine Prometheus
-    takes a while to open its database and to scrape for the first time."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        with contextlib.suppress(requests.ConnectionError):
-            if condition():
-                return
-        time.sleep(1)
-    raise AssertionError(f"Prometheus not there after {seconds} s:\n" + (folder / "prometheus.log").read_text()[-3000:])
-
-
-def scraped_up(prom: str) -> list:
-    query = {"query": 'up{job="brainomaly-endpoint"}'}
-    return requests.get(f"{prom}/api/v1/query", params=query, timeout=10).json()["data"]["result"]
-
-
-def alert_states(prom: str, name: str) -> set[str]:
-    alerts = requests.get(f"{prom}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
-    return {a["state"] for a in alerts if a["labels"]["alertname"] == name}
 
 
 def alert_limits(name: str) -> dict[str, float]:
@@ -98,7 +49,7 @@ def test_healthy_scans_keep_quiet_and_shifted_ones_fire_the_drift_alert(pipeline
     assert len(t1) == len(subjects)
     limits = alert_limits("ScoreDrift")
     assert set(limits) == {"psi", "ks"}
-    with running_server(pipeline_repo, env=venv_env()) as url, prometheus(url.removeprefix("http://"), tmp_path) as prom:
+    with running_server(pipeline_repo, env=venv_env()) as url, running_prometheus(url.removeprefix("http://"), tmp_path) as prom:
         healthy = send_phase(url, "healthy", [upload(s.image, None) for s in subjects], window, {})
         wait_until(lambda: scraped_up(prom), 60, tmp_path)
         time.sleep(5)  # scraped and evaluated (1 s each) since the window filled
@@ -109,7 +60,5 @@ def test_healthy_scans_keep_quiet_and_shifted_ones_fire_the_drift_alert(pipeline
         shifted = send_phase(url, "contrast", [upload(s.image, "bias_field") for s in t1], window, {})
         # either rule fires ScoreDrift
         assert any(shifted.gauges[statistic] > limit for statistic, limit in limits.items()), (healthy, shifted)
-        deadline = time.monotonic() + 180  # the rule's `for: 1m`, plus scrape and evaluation
-        while "firing" not in alert_states(prom, "ScoreDrift") and time.monotonic() < deadline:
-            time.sleep(2)
-        assert "firing" in alert_states(prom, "ScoreDrift"), (tmp_path / "prometheus.log").read_text()[-3000:]
+        # the rule's `for: 1m`, plus scrape and evaluation
+        assert wait_for_alert(prom, "ScoreDrift", 180), (tmp_path / "prometheus.log").read_text()[-3000:]
