@@ -36,6 +36,8 @@ from pipelines.site_store import load_site_calibrations, site_records
 from pipelines.tracking import tracking_uri
 
 log = logging.getLogger(__name__)
+# What one prepare task holds: a BraTS-sized scan read and through the recipe takes ~190 MB
+PREPARE_MEMORY = 512 * 2**20
 
 
 def prepare(row: dict, spec: PreprocessSpec, limits: VolumeLimits) -> dict:
@@ -105,7 +107,9 @@ def run(params: Params, input: Path, output: Path, layout: str = "auto", modalit
     start = time.perf_counter()
     with ray_session():
         dataset = ray.data.from_items([asdict(scan) for scan in todo], override_num_blocks=len(todo))
-        dataset = dataset.map(prepare, fn_kwargs={"spec": spec, "limits": limits})
+        # Its own memory request keeps preparing a separate operator: Ray Data would otherwise fuse it
+        # into the model actor, where every scan's reading waits on the one CPU that scores.
+        dataset = dataset.map(prepare, fn_kwargs={"spec": spec, "limits": limits}, memory=PREPARE_MEMORY)
         dataset = dataset.map_batches(
             Scorer, fn_constructor_kwargs={"bundle_files": bundle_files, "name": name, "version": version, "site": site,
                                            "site_calibration": calibration,
