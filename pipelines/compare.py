@@ -42,11 +42,15 @@ REPORT_JSON = Path("reports/comparison.json")
 REPORT_MD = Path("reports/comparison.md")
 
 
+def detector_changes(params: Params, name: str) -> dict:
+    """The params changes that make this project train detector ``name`` at its compared budget."""
+    overrides = params.compare.overrides.get(name, {})
+    return {"model": {"name": name, name: overrides.get("model", {})}, "train": overrides.get("train", {})}
+
+
 def workspace(params: Params, name: str) -> Path:
     """artifacts/compare/<name>/: this project with model.name set and the overrides merged in."""
-    overrides = params.compare.overrides.get(name, {})
-    changes = {"model": {"name": name, name: overrides.get("model", {})}, "train": overrides.get("train", {})}
-    return create(params, WORKSPACES / name, changes)
+    return create(params, WORKSPACES / name, detector_changes(params, name))
 
 
 def run(params: Params, only: list[str] | None = None, rescore: bool = False) -> dict:
