@@ -183,20 +183,27 @@ def screenshot(url: str, output: Path, size: str) -> Path:
 
 
 @contextlib.contextmanager
-def drift_drill(folder: Path, healthy_s: float = 60, after_firing_s: float = 20):
+def drift_drill(folder: Path, healthy_s: float = 60, firing_within_s: float = 300, after_firing_s: float = 20):
     """`brainomaly serve` scraped by Prometheus: healthy scans for ``healthy_s``, then T1 scans into the T2
-    model until ScoreDrift fires, and ``after_firing_s`` more; yields (Prometheus URL, start, end)."""
+    model until ScoreDrift fires (within ``firing_within_s``), and ``after_firing_s`` more; yields
+    (Prometheus URL, start, end)."""
     params = load_params(REPO / "params.yaml")
     subjects, other = drill_scans(params, "contrast")
     healthy, shifted = [upload(s.image, None) for s in subjects], [upload(s.image, None) for s in other]
     with running_server(REPO) as url, running_prometheus(url.removeprefix("http://"), folder) as prometheus:
         start = time.time()
         send_until(url, healthy, lambda: time.time() > start + healthy_s)
-        send_until(url, shifted, lambda: "firing" in alert_states(prometheus, "ScoreDrift"))
+        shifting = time.time()
+        send_until(url, shifted, lambda: "firing" in alert_states(prometheus, "ScoreDrift")
+                   or time.time() > shifting + firing_within_s)
+        if "firing" not in alert_states(prometheus, "ScoreDrift"):
+            raise RuntimeError(f"ScoreDrift did not fire within {firing_within_s:.0f} s of T1 scans; the gauges: "
+                               + ", ".join(f"{r['metric']['__name__']} {float(r['value'][1]):.3g}"
+                                           for r in instant(prometheus, '{__name__=~"brainomaly_drift_(psi|ks)"}')))
         fired = time.time()
         send_until(url, shifted, lambda: time.time() > fired + after_firing_s)
         if not wait_for_alert(prometheus, "ScoreDrift", 5):
-            raise SystemExit("dashboard: ScoreDrift did not stay firing")
+            raise RuntimeError("ScoreDrift fired and then resolved during the drill")
         yield prometheus, start, time.time()
 
 
@@ -209,7 +216,8 @@ def send_until(url: str, payloads: list[bytes], done) -> None:
 
 def dashboard(output: Path, prometheus: str, start: float, end: float) -> Path:
     """Every panel of the Grafana dashboard at its place on the grid, from the panel's own queries."""
-    panels = json.loads(DASHBOARD.read_text())["panels"]
+    board = json.loads(DASHBOARD.read_text())
+    panels = board["panels"]
     rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels)
     figure = plt.figure(figsize=(16, 1.5 * rows / 4), facecolor="#111217")
     grid = figure.add_gridspec(rows, 24, hspace=8, wspace=4, left=0.04, right=0.99, top=0.93, bottom=0.04)
@@ -225,7 +233,7 @@ def dashboard(output: Path, prometheus: str, start: float, end: float) -> Path:
             axis.text(0.5, 0.5, "No data", color="#8e8e8e", ha="center", va="center", transform=axis.transAxes)
             axis.set_xticks([])
             axis.set_yticks([])
-    figure.suptitle(f"{json.loads(DASHBOARD.read_text())['title']}: the Grafana dashboard's panels, from a real "
+    figure.suptitle(f"{board['title']}: the Grafana dashboard's panels, from a real "
                     "Prometheus during a drift drill (healthy T2 scans, then T1 scans into the T2 model)",
                     color="white", fontsize=11)
     return save(figure, output)

@@ -62,6 +62,9 @@ def drill_scans(params: Params, shift: str) -> tuple[list, list | None]:
     data, root = params.data, params.path(params.data.healthy_root)
     subjects = held_out_healthy(params.path(PROCESSED_DIR), root, data.healthy_layout, data.modality)
     other = other_contrast_scans(subjects, root, data.healthy_layout, data.modality) if shift == "contrast" else None
+    if other == []:
+        raise ValueError(f"no {OTHER_CONTRAST[data.modality]} scans of the healthy test subjects under {root} "
+                         "for the contrast shift: choose bias_field, gamma or rescale")
     return subjects, other
 
 

@@ -63,14 +63,17 @@ def scraped_up(prometheus: str) -> list:
 
 
 def instant(prometheus: str, query: str) -> list:
-    response = requests.get(f"{prometheus}/api/v1/query", params={"query": query}, timeout=10)
-    return response.json()["data"]["result"]
+    """Each series of ``query`` now, as {"metric", "value"}."""
+    return _result(requests.get(f"{prometheus}/api/v1/query", params={"query": query}, timeout=10), query)
 
 
 def query_range(prometheus: str, query: str, start: float, end: float, step: float) -> list:
     """Each series of ``query`` between ``start`` and ``end`` (unix seconds), as {"metric", "values"}."""
-    response = requests.get(f"{prometheus}/api/v1/query_range",
-                            params={"query": query, "start": start, "end": end, "step": step}, timeout=30)
+    return _result(requests.get(f"{prometheus}/api/v1/query_range",
+                                params={"query": query, "start": start, "end": end, "step": step}, timeout=30), query)
+
+
+def _result(response: requests.Response, query: str) -> list:
     body = response.json()
     if body.get("status") != "success":
         raise RuntimeError(f"Prometheus refused {query!r}: {body.get('error')}")
