@@ -7,7 +7,9 @@ Runs after `make run`, with this repo's registered champion and params. Each arc
 copies of one 240x240x155 .nii.gz volume (a BraTS-layout phantom on BraTS's grid, as
 benchmarks/serving_load.py builds it), in folders of 50. The process tree of each run (the
 command, Ray's daemons and workers) is sampled every 0.25 s for its resident memory; Ray's
-start is included in the wall time, as a user waits for it.
+start is included in the wall time, as a user waits for it. Where a volume's time goes: the CPU
+seconds of reading, preparing and scoring one volume in this process on one thread (a model
+actor's and a prepare task's share), the median of 5.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.fuzz_upload import server_memory  # noqa: E402
 from benchmarks.serving_load import brats_sized_upload  # noqa: E402
+from benchmarks.volume_verdicts import load_champion  # noqa: E402
+from components.data.nifti_io import VolumeLimits, load_volume  # noqa: E402
+from components.scoring.predictor import Upload, prepare_volume  # noqa: E402
 BRAINOMALY = str(Path(sys.executable).parent / "brainomaly")
 
 
@@ -74,6 +79,28 @@ def score_archive(archive: Path, output: Path) -> dict:
             "peak_memory_mb": round(peak[0] / 2**20)}
 
 
+def cpu_per_volume(params, payload: bytes, repeats: int = 5) -> dict:
+    """CPU seconds (median of ``repeats``) to read, prepare and score one volume, on one thread."""
+    import torch
+
+    torch.set_num_threads(1)
+    predictor = load_champion(params)
+    stages: dict[str, list[float]] = {"read": [], "prepare": [], "score": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "scan.nii.gz"
+        path.write_bytes(payload)
+        for _ in range(repeats + 1):  # the first warms up
+            start = time.process_time()
+            data, affine = load_volume(path)
+            read = time.process_time()
+            slices = prepare_volume(data, affine, predictor.bundle.preprocess, VolumeLimits())
+            prepared = time.process_time()
+            predictor.score_prepared([(Upload(None, affine), slices)])
+            for stage, seconds in zip(stages, (read - start, prepared - read, time.process_time() - prepared)):
+                stages[stage].append(seconds)
+    return {stage: round(float(np.median(times[1:])), 3) for stage, times in stages.items()} | {"slices": len(slices.images)}
+
+
 def endpoint_one_by_one(payload: bytes, volumes: int) -> dict:
     """The same volume posted ``volumes`` times in a row to `brainomaly serve`, one client."""
     with running_server(REPO) as url:
@@ -99,10 +126,12 @@ def main() -> None:
             archive = write_archive(Path(tmp) / "archive", payload, size)
             runs.append(score_archive(archive, Path(tmp) / "results"))
     endpoint = endpoint_one_by_one(payload, args.endpoint_volumes)
+    cpu = cpu_per_volume(params, payload)
     largest = max(runs, key=lambda run: run["volumes"])
     result = {"machine": machine(), "volume": {"shape": [240, 240, 155], "format": ".nii.gz", "bytes": len(payload)},
               "score": dict(params.score), "archives": runs, "endpoint_one_by_one": endpoint,
-              "speedup_over_endpoint": round(largest["volumes_per_minute"] / endpoint["volumes_per_minute"], 2)}
+              "speedup_over_endpoint": round(largest["volumes_per_minute"] / endpoint["volumes_per_minute"], 2),
+              "cpu_seconds_per_volume": cpu}
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     table = Table("how", "volumes", "wall s", "volumes/min", "peak memory MB", title="Scoring an archive of 240x240x155 scans")
     for run in runs:
@@ -113,6 +142,8 @@ def main() -> None:
     Console().print(table)
     print(f"brainomaly score against the endpoint one by one: x{result['speedup_over_endpoint']}; "
           f"peak memory {', '.join(str(r['peak_memory_mb']) for r in runs)} MB for {', '.join(str(r['volumes']) for r in runs)} volumes")
+    print(f"CPU seconds a volume on one thread ({cpu['slices']} slices): read {cpu['read']}, prepare {cpu['prepare']}, "
+          f"score {cpu['score']}")
 
 
 if __name__ == "__main__":
