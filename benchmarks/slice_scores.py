@@ -39,8 +39,9 @@ from components.atomic import write_json
 from components.data.slice_store import read_index
 from components.metrics.detection import slice_truth
 from components.metrics.operating_point import metric_frames, with_intervals
-from components.models.detector import MAP_MEDIAN, Inspection, focal_score, mean_in_brain, median_filter
+from components.models.detector import MAP_MEDIAN, Inspection, focal_score, mean_in_brain
 from components.models.inference import relative_to_level, relative_to_scan
+from components.models.median import median_filter
 from components.preprocess.spec import PreprocessSpec
 from pipelines.evaluate import load_trained, score_split
 from pipelines.params import load_params

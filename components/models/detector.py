@@ -14,8 +14,8 @@ never branch on the model name.
   per slice, (N,), by default ``focal_score``: the mean of the brightest ``top_fraction`` of the
   median-filtered map inside the eroded brain. A lesion is local: the map's mean dilutes a small
   one by the brain's area and adds up diffuse residual (another scanner's noise, blur or
-  contrast), so it neither ranks slices nor holds its threshold on another site (README
-  "Across sites"). ``alternative_scores``: other slice scores the detector's paper compares
+  contrast), so it neither ranks slices nor holds its threshold on another site
+  (docs/sites.md "Across sites"). ``alternative_scores``: other slice scores the detector's paper compares
   against, and by default the map's mean (reported, never thresholded).
   ``inspect(x, brain)`` returns all three (masked to the brain); a detector whose scores share
   costly work (a latent search) overrides it to do that work once. ``reconstruct(x)``: the
@@ -31,6 +31,8 @@ from typing import Callable, Iterable, NamedTuple, Optional
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from components.models.median import median_filter
 
 MAP_MEDIAN = 5  # px: the pixel-wise protocol's median filter, in-plane (components/metrics/postprocess.py)
 Sync = Callable[[Iterable[nn.Parameter]], None]
@@ -62,13 +64,6 @@ def median_in_brain(maps: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
     """Median of each map inside its brain mask, (N,); 0 for a slice without brain."""
     inside = maps.flatten(1).float().masked_fill(~brain.flatten(1), float("nan"))
     return inside.nanmedian(dim=1).values.nan_to_num(0.0)
-
-
-def median_filter(maps: torch.Tensor, size: int) -> torch.Tensor:
-    """In-plane median of each (N, 1, H, W) map over size x size pixels (zero padding)."""
-    height, width = maps.shape[-2:]
-    patches = F.unfold(maps, size, padding=size // 2)  # (N, size**2, H*W)
-    return patches.median(dim=1).values.view(-1, 1, height, width)
 
 
 def erode(brain: torch.Tensor) -> torch.Tensor:

@@ -11,8 +11,9 @@ denoised in turn with the rest of the slice clean around it as context; training
 patch the same way and counts the loss inside it. The noise is multi-scale by default (AnoDDPM's
 point): with white Gaussian noise a large bright tumour's low frequencies survive and the model
 faithfully restores it (`brainomaly compare --only diffusion` on the phantoms: slice AUROC
-0.43 with white noise, 0.88 with multi-scale noise; README "Comparing detectors"). Inference noise comes from a fixed seed, the same for
-every slice, so a slice always gets the same map whatever batch it is in.
+0.43 with white noise, 0.88 with multi-scale noise; docs/comparison.md "Comparing detectors").
+Inference noise comes from a fixed seed, the same for every slice, so a slice always gets the
+same map whatever batch it is in.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Each preset sets the PreprocessSpec fields its paper describes; fields it does n
 the spec's defaults, and any field set explicitly in params.yaml overrides the preset.
 ``histogram_reference`` says whose histogram the others are matched to: 'tumour' or 'healthy'
 (the first training subject of that cohort), or a NIfTI path. Steps a paper did that are not
-replayed here are listed in ``NOT_REPLAYED`` so the README can say so.
+replayed here are listed in ``NOT_REPLAYED``; docs/preprocessing.md "Preprocessing" says so.
 """
 
 from __future__ import annotations
