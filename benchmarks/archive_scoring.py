@@ -6,16 +6,20 @@ archive grows, against posting the same volumes to the endpoint one by one.
 Runs after `make run`, with this repo's registered champion and params. Each archive holds
 copies of one 240x240x155 .nii.gz volume (a BraTS-layout phantom on BraTS's grid, as
 benchmarks/serving_load.py builds it), in folders of 50. The process tree of each run (the
-command, Ray's daemons and workers) is sampled every 0.25 s for its resident memory; Ray's
-start is included in the wall time, as a user waits for it. Where a volume's time goes: the CPU
-seconds of reading, preparing and scoring one volume in this process on one thread (a model
-actor's and a prepare task's share), the median of 5.
+command, Ray's daemons and workers) is sampled every 0.25 s for its resident memory and each
+process's CPU seconds, summed by role (the command itself, the model actor, the Ray workers
+that ran the prepare tasks, Ray's own daemons and helpers); Ray's start is included in the wall
+time, as a user waits for it. The difference between the largest and the smallest archive, per
+volume, is what one more volume costs once everything has started. Where a volume's time goes
+without Ray: the CPU seconds of reading, preparing and scoring one volume in this process on one
+thread (a model actor's and a prepare task's share), the median of 5.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -35,7 +39,7 @@ from serving.local_server import running_server
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.fuzz_upload import server_memory  # noqa: E402
+from benchmarks.fuzz_upload import process_tree, server_memory  # noqa: E402
 from benchmarks.serving_load import brats_sized_upload  # noqa: E402
 from benchmarks.volume_verdicts import load_champion  # noqa: E402
 from components.data.nifti_io import VolumeLimits, load_volume  # noqa: E402
@@ -51,21 +55,43 @@ def write_archive(folder: Path, payload: bytes, volumes: int) -> Path:
     return folder
 
 
-def peak_memory_while(process: subprocess.Popen) -> int:
-    """The largest resident memory of ``process``'s tree, sampled until it exits."""
-    peak = 0
+TICKS = os.sysconf("SC_CLK_TCK")
+ROLES = {"ray::MapWorker": "model actor", "ray::IDLE": "prepare tasks", "ray::Map(prepare)": "prepare tasks"}
+
+
+def role_and_cpu(pid: int, driver: int) -> tuple[str, float] | None:
+    """What a process of the tree does, and the CPU seconds (user + system) it has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return None  # it just ended: its last sample stands
+    role = "brainomaly score" if pid == driver else next(
+        (name for prefix, name in ROLES.items() if command.startswith(prefix)), "Ray's daemons and helpers")
+    return role, (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def sample_until_exit(process: subprocess.Popen) -> tuple[int, dict[str, float]]:
+    """The largest resident memory of ``process``'s tree, and the CPU seconds its processes used
+    by role, sampled every 0.25 s until it exits (a process's last sample counts)."""
+    peak, last = 0, {}
     while process.poll() is None:
         peak = max(peak, server_memory(process.pid))
+        for pid in process_tree(process.pid):
+            last[pid] = role_and_cpu(pid, process.pid) or last.get(pid)
         time.sleep(0.25)
-    return peak
+    by_role: dict[str, float] = {}
+    for role, seconds in filter(None, last.values()):
+        by_role[role] = by_role.get(role, 0.0) + seconds
+    return peak, {role: round(seconds, 1) for role, seconds in sorted(by_role.items())}
 
 
 def score_archive(archive: Path, output: Path) -> dict:
     start = time.perf_counter()
     process = subprocess.Popen([BRAINOMALY, "score", "--input", str(archive), "--output", str(output)], cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    peak: list[int] = []
-    sampler = threading.Thread(target=lambda: peak.append(peak_memory_while(process)))
+    sampled: list = []
+    sampler = threading.Thread(target=lambda: sampled.extend(sample_until_exit(process)))
     sampler.start()
     stdout, _ = process.communicate()
     sampler.join()
@@ -76,7 +102,18 @@ def score_archive(archive: Path, output: Path) -> dict:
     return {"volumes": summary["scans"], "scored": summary["scored"], "wall_s": round(wall, 1),
             "volumes_per_minute": round(60 * summary["scored"] / wall, 1),
             "volumes_per_minute_after_start": summary["scans_per_minute"],
-            "peak_memory_mb": round(peak[0] / 2**20)}
+            "peak_memory_mb": round(sampled[0] / 2**20), "cpu_seconds_by_role": sampled[1]}
+
+
+def one_more_volume(small: dict, large: dict) -> dict:
+    """What each volume beyond the smaller archive cost: wall seconds (and the rate they make)
+    and CPU seconds by role, Ray's start and the actor's loading left out."""
+    extra = large["volumes"] - small["volumes"]
+    wall = (large["wall_s"] - small["wall_s"]) / extra
+    roles = large["cpu_seconds_by_role"]
+    return {"wall_s": round(wall, 3), "volumes_per_minute": round(60 / wall, 1),
+            "cpu_seconds_by_role": {role: round((roles[role] - small["cpu_seconds_by_role"].get(role, 0.0)) / extra, 3)
+                                    for role in roles}}
 
 
 def cpu_per_volume(params, payload: bytes, repeats: int = 5) -> dict:
@@ -127,11 +164,12 @@ def main() -> None:
             runs.append(score_archive(archive, Path(tmp) / "results"))
     endpoint = endpoint_one_by_one(payload, args.endpoint_volumes)
     cpu = cpu_per_volume(params, payload)
-    largest = max(runs, key=lambda run: run["volumes"])
+    largest, smallest = max(runs, key=lambda run: run["volumes"]), min(runs, key=lambda run: run["volumes"])
+    marginal = one_more_volume(smallest, largest) if largest["volumes"] > smallest["volumes"] else None
     result = {"machine": machine(), "volume": {"shape": [240, 240, 155], "format": ".nii.gz", "bytes": len(payload)},
               "score": dict(params.score), "archives": runs, "endpoint_one_by_one": endpoint,
               "speedup_over_endpoint": round(largest["volumes_per_minute"] / endpoint["volumes_per_minute"], 2),
-              "cpu_seconds_per_volume": cpu}
+              "one_more_volume": marginal, "cpu_seconds_per_volume": cpu}
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     table = Table("how", "volumes", "wall s", "volumes/min", "peak memory MB", title="Scoring an archive of 240x240x155 scans")
     for run in runs:
@@ -142,6 +180,10 @@ def main() -> None:
     Console().print(table)
     print(f"brainomaly score against the endpoint one by one: x{result['speedup_over_endpoint']}; "
           f"peak memory {', '.join(str(r['peak_memory_mb']) for r in runs)} MB for {', '.join(str(r['volumes']) for r in runs)} volumes")
+    if marginal:
+        costs = ", ".join(f"{role} {seconds}" for role, seconds in marginal["cpu_seconds_by_role"].items())
+        print(f"one more volume, once started: {marginal['wall_s']} s ({marginal['volumes_per_minute']} a minute); "
+              f"CPU seconds: {costs}")
     print(f"CPU seconds a volume on one thread ({cpu['slices']} slices): read {cpu['read']}, prepare {cpu['prepare']}, "
           f"score {cpu['score']}")
 

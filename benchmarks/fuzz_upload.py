@@ -140,9 +140,8 @@ def header_bomb(shape: tuple[int, ...] = (1024, 1024, 1000), data: bytes = b"") 
     return gzip.compress(header.binaryblock + b"\0" * 4 + data)
 
 
-def server_memory(pid: int, field: str = "VmRSS") -> int:
-    """Bytes of ``field`` (VmRSS now, VmHWM its peak) summed over ``pid`` and its descendants:
-    the `brainomaly serve` process, Ray's daemons and the replicas' workers."""
+def process_tree(pid: int) -> set[int]:
+    """``pid`` and its descendants now: for `brainomaly serve` or `score`, Ray's daemons and workers too."""
     parents = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -154,8 +153,14 @@ def server_memory(pid: int, field: str = "VmRSS") -> int:
         children = [child for child, parent in parents.items() if parent in frontier]
         tree.update(children)
         frontier = children
+    return tree
+
+
+def server_memory(pid: int, field: str = "VmRSS") -> int:
+    """Bytes of ``field`` (VmRSS now, VmHWM its peak) summed over ``pid`` and its descendants:
+    the `brainomaly serve` process, Ray's daemons and the replicas' workers."""
     total = 0
-    for member in tree:
+    for member in process_tree(pid):
         try:
             lines = Path(f"/proc/{member}/status").read_text().splitlines()
         except OSError:
