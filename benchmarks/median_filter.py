@@ -5,12 +5,14 @@ comparator network of components/models/median.py, on one batch of 64-px maps.
                                        [--output benchmarks/results/median_filter.json]
 
 Both run on the same random maps (a third of the pixels zero, as outside a brain) after a
-warm-up, on the CPU with the thread counts given; their outputs are checked equal first.
+warm-up (the median of the calls' times), on the CPU with the thread counts given; their outputs
+are checked equal first.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -36,11 +38,14 @@ def unfolded_median(maps: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def milliseconds(function, repeats: int) -> float:
+    """The median of ``repeats`` timed calls after a warm-up: a neighbour's burst moves it less than a mean."""
     function()
-    start = time.perf_counter()
+    times = []
     for _ in range(repeats):
+        start = time.perf_counter()
         function()
-    return 1000 * (time.perf_counter() - start) / repeats
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
 
 
 def main() -> None:
