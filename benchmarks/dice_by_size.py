@@ -124,7 +124,9 @@ def main() -> None:
     spec = PreprocessSpec.from_json(params.path(PROCESSED_DIR / "preprocess_spec.json"))
     deployed = Calibration(**json.loads(params.path(CALIBRATION).read_text()))
     root = params.path(params.data.sites_root)
-    sites = [name for name in site_names(root) if name != params.phantoms.spec.training_site]
+    sites = [name for name in site_names(root) if name != params.phantoms.spec.training_site] if root.is_dir() else []
+    if not sites and not args.real:
+        parser.error(f"no unseen site in data.sites_root ({root}) and no --real folder: nothing to measure")
     report = {}
     for name in sites:
         rows = site_dice(detector, root / name, spec, deployed, params)
