@@ -71,16 +71,23 @@ def dice_rows(test: dict, subjects: list[Subject], threshold: float, min_voxels:
             for subject in subjects if f"tumour/{subject.subject_id}" in dice]
 
 
-def real_dice(detector, folder: Path, modality: str, spec: PreprocessSpec, deployed: Calibration, params) -> dict:
-    """Real tumour scans (any layout with segmentations) at the model's deployed pixel threshold, with
-    the threshold-free pixel AUROC / AUPRC and the best Dice one threshold reaches (a ceiling)."""
-    subjects = read_dataset(folder, "auto", modality, "tumour")
+def segmented_scans(folder: Path, modality: str) -> list[Subject]:
+    """The tumour scans of ``folder`` (any layout) that have a segmentation beside them."""
+    subjects = [subject for subject in read_dataset(folder, "auto", modality, "tumour") if subject.segmentation]
+    if not subjects:
+        raise SystemExit(f"{folder}: no {modality} tumour scan with a segmentation beside it: Dice needs one")
+    return subjects
+
+
+def real_dice(detector, folder: Path, subjects: list[Subject], spec: PreprocessSpec, deployed: Calibration, params) -> dict:
+    """Real tumour scans at the model's deployed pixel threshold, with the threshold-free pixel
+    AUROC / AUPRC and the best Dice one threshold reaches (a ceiling)."""
     test, _ = score_subjects(detector, subjects, spec, params.preprocess.workers, deployed.score_reference,
                              deployed.precision, f"{folder.name}: tumour")
     brain, ids = test["brain"] & ~test["lesions"], test["index"]["subject"].to_numpy()
     rows = dice_rows(test, subjects, deployed.pixel_threshold, params.evaluate.min_component_voxels)
     ceiling = best_dice(test["smoothed"], test["tumour"], brain, ids, params.evaluate.min_component_voxels)
-    return {"folder": folder.name, "modality": modality, **pixel_metrics(test["smoothed"], test["tumour"], brain),
+    return {"folder": folder.name, **pixel_metrics(test["smoothed"], test["tumour"], brain),
             "best_dice_oracle": round(ceiling["best_dice_oracle"], 3), "subjects": rows}
 
 
@@ -118,7 +125,11 @@ def main() -> None:
     parser.add_argument("--modality", help="the real scans' modality (default: data.modality, the model's)")
     parser.add_argument("--output", type=Path, help="default: benchmarks/results/dice_by_size_<model>.json")
     args = parser.parse_args()
+    if args.real and not args.real.is_dir():
+        parser.error(f"no such folder: {args.real}")
     params = load_params(args.params)
+    modality = args.modality or params.data.modality
+    real = segmented_scans(args.real, modality) if args.real else []
     detector, description = load_trained(params)
     output = args.output or REPO / f"benchmarks/results/dice_by_size_{description['model_name']}.json"
     spec = PreprocessSpec.from_json(params.path(PROCESSED_DIR / "preprocess_spec.json"))
@@ -131,14 +142,12 @@ def main() -> None:
     for name in sites:
         rows = site_dice(detector, root / name, spec, deployed, params)
         report[name] = {**mean_with_interval([r["dice"] for r in rows]), "bins": by_bin(rows, args.bins), "subjects": rows}
-    if args.real:
-        if not args.real.is_dir():
-            parser.error(f"no such folder: {args.real}")
-        found = real_dice(detector, args.real, args.modality or params.data.modality, spec, deployed, params)
+    if real:
+        found = {**real_dice(detector, args.real, real, spec, deployed, params), "modality": modality}
         report[f"real {found['folder']}"] = {
             **mean_with_interval([r["dice"] for r in found["subjects"]]), "bins": by_bin(found["subjects"], args.bins), **found}
     write_json(output, {"machine": machine(), "model": description["model_name"], "sites": report})
-    table = Table("site", "tumour mL", "subjects", "mean Dice [95 % interval]", title="Calibrated Dice by tumour size, unseen sites")
+    table = Table("site", "tumour mL", "subjects", "mean Dice [95 % interval]", title="Dice by tumour size: unseen sites at their calibration, real scans at the deployed thresholds")
     for name, found in report.items():
         for row in found["bins"]:
             low, high = row["tumour_ml"]
