@@ -10,12 +10,13 @@ artifacts/compare/<name>/params.yaml``). Each site other than the training one i
 healthy scans, then every tumour subject segmented (maps smoothed per subject, above the pixel
 threshold, small components dropped) and its Dice taken. A tumour's size is its segmentation's
 volume in millilitres (every label, edema included, as the metrics count it), read from its
-file; each mean Dice comes with a 95 % bootstrap interval over subjects. The published detectors' Dice of about 0.5 is on BraTS, whose gliomas are large (tens of
-millilitres and more); the phantoms' run from a few millimetres to 4 cm, and this says how much
-of the missed Dice target that explains. ``--real`` adds a folder of real tumour scans with
-segmentations, scored the same way at the model's deployed thresholds (no healthy scans of that
-contrast to calibrate on), with the threshold-free pixel AUROC / AUPRC and the best Dice one
-threshold reaches (a ceiling that peeks at the labels, as the published tables' best Dice does).
+file; each mean Dice comes with a 95 % bootstrap interval over subjects. The published
+detectors' Dice of about 0.5 is on BraTS, whose gliomas are large (tens of millilitres and
+more); the phantoms' run from a few millimetres to 4 cm, and this says how much of the missed
+Dice target that explains. ``--real`` adds a folder of real tumour scans with segmentations,
+scored the same way at the model's deployed thresholds (no healthy scans of that contrast to
+calibrate on), with the threshold-free pixel AUROC / AUPRC and the best Dice one threshold
+reaches (a ceiling: it peeks at the labels).
 """
 
 from __future__ import annotations
@@ -39,10 +40,10 @@ from components.data.layouts import Subject, read_dataset  # noqa: E402
 from components.metrics.detection import best_dice, dice_by_subject, pixel_metrics  # noqa: E402
 from components.models.calibration import Calibration  # noqa: E402
 from components.preprocess.spec import PreprocessSpec  # noqa: E402
-from pipelines.evaluate import CALIBRATION, calibrate, load_trained, segment_subjects  # noqa: E402
+from pipelines.evaluate import CALIBRATION, load_trained, segment_subjects  # noqa: E402
 from pipelines.params import load_params  # noqa: E402
 from pipelines.preprocess import PROCESSED_DIR  # noqa: E402
-from pipelines.sites import score_subjects, site_names, site_subjects  # noqa: E402
+from pipelines.sites import score_subjects, site_calibration, site_names, site_subjects  # noqa: E402
 
 
 def tumour_millilitres(segmentation: Path) -> float:
@@ -53,12 +54,10 @@ def tumour_millilitres(segmentation: Path) -> float:
 def site_dice(detector, root: Path, spec: PreprocessSpec, deployed: Calibration, params) -> list[dict]:
     """Each tumour subject of the site: its tumour's volume and its Dice at the site's calibration."""
     healthy, tumour = site_subjects(root, params.data.modality)
-    rule, precision, workers = deployed.score_reference, deployed.precision, params.preprocess.workers
-    reference, _ = score_subjects(detector, healthy[: params.calibrate.healthy_scans], spec, workers, rule, precision,
-                                  f"{root.name}: calibration")
-    site = calibrate(reference, 100.0 * (1.0 - params.calibrate.target_false_alarm_rate),
-                     params.evaluate.pixel_threshold_percentile, rule, precision)
-    test, _ = score_subjects(detector, tumour, spec, workers, rule, precision, f"{root.name}: tumour")
+    site, _ = site_calibration(detector, healthy[: params.calibrate.healthy_scans], spec, deployed, params,
+                               f"{root.name}: calibration")
+    test, _ = score_subjects(detector, tumour, spec, params.preprocess.workers, deployed.score_reference,
+                             deployed.precision, f"{root.name}: tumour")
     return dice_rows(test, tumour, site.pixel_threshold, params.evaluate.min_component_voxels)
 
 

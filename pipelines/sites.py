@@ -128,22 +128,30 @@ def alternative_aurocs(test: dict, min_tumour_pixels: int) -> dict[str, float]:
     return {name: float(roc_auc_score(labels[rated], values[rated])) for name, values in test["alternatives"].items()}
 
 
+def site_calibration(detector, healthy: list[Subject], spec: PreprocessSpec, deployed: Calibration, params: Params,
+                     progress: str) -> tuple[Calibration, list[dict]]:
+    """The thresholds a site's own ``healthy`` scans set (calibrate.target_false_alarm_rate; pixels at
+    evaluate.pixel_threshold_percentile), scored in the deployed model's units, and the scans skipped."""
+    rule = deployed.score_reference  # the model's: its thresholds are in those units
+    reference, skipped = score_subjects(detector, healthy, spec, params.preprocess.workers, rule, deployed.precision,
+                                        progress)
+    if not reference:
+        raise ValueError(f"{progress}: none of the {len(healthy)} healthy scans could be used to calibrate")
+    percentile = 100.0 * (1.0 - params.calibrate.target_false_alarm_rate)
+    return calibrate(reference, percentile, params.evaluate.pixel_threshold_percentile, rule, deployed.precision), skipped
+
+
 def evaluate_site(detector, root: Path, spec: PreprocessSpec, deployed: Calibration, params: Params) -> dict:
     healthy, tumour = site_subjects(root, params.data.modality)
     count = params.calibrate.healthy_scans
     if len(healthy) <= count or not tumour:
         raise ValueError(f"site {root.name}: needs more than calibrate.healthy_scans={count} healthy scans and at least "
                          f"one tumour scan, found {len(healthy)} and {len(tumour)}")
-    workers = params.preprocess.workers
-    rule = deployed.score_reference  # the model's: its thresholds are in those units
-    reference, skipped = score_subjects(detector, healthy[:count], spec, workers, rule, deployed.precision,
-                                        f"sites: {root.name}, calibration")
-    test, more = score_subjects(detector, healthy[count:] + tumour, spec, workers, rule, deployed.precision,
-                                f"sites: {root.name}, test")
-    if not reference or not test:
-        raise ValueError(f"site {root.name}: no usable scan to {'calibrate' if not reference else 'test'} with")
-    percentile = 100.0 * (1.0 - params.calibrate.target_false_alarm_rate)
-    site = calibrate(reference, percentile, params.evaluate.pixel_threshold_percentile, rule, deployed.precision)
+    site, skipped = site_calibration(detector, healthy[:count], spec, deployed, params, f"sites: {root.name}, calibration")
+    test, more = score_subjects(detector, healthy[count:] + tumour, spec, params.preprocess.workers,
+                                deployed.score_reference, deployed.precision, f"sites: {root.name}, test")
+    if not test:
+        raise ValueError(f"site {root.name}: no usable scan to test with")
     settings = params.evaluate
     found = {kind: at_thresholds(test, calibration, settings.min_tumour_pixels, settings.min_component_voxels,
                                  settings.bootstrap_samples, ranking=kind == "deployed")
