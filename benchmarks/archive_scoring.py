@@ -76,8 +76,9 @@ def sample_until_exit(process: subprocess.Popen) -> tuple[int, dict[str, float]]
     by role, sampled every 0.25 s until it exits (a process's last sample counts)."""
     peak, last = 0, {}
     while process.poll() is None:
-        peak = max(peak, server_memory(process.pid))
-        for pid in process_tree(process.pid):
+        tree = process_tree(process.pid)
+        peak = max(peak, server_memory(process.pid, tree=tree))
+        for pid in tree:
             last[pid] = role_and_cpu(pid, process.pid) or last.get(pid)
         time.sleep(0.25)
     by_role: dict[str, float] = {}

@@ -156,11 +156,11 @@ def process_tree(pid: int) -> set[int]:
     return tree
 
 
-def server_memory(pid: int, field: str = "VmRSS") -> int:
-    """Bytes of ``field`` (VmRSS now, VmHWM its peak) summed over ``pid`` and its descendants:
-    the `brainomaly serve` process, Ray's daemons and the replicas' workers."""
+def server_memory(pid: int, field: str = "VmRSS", tree: set[int] | None = None) -> int:
+    """Bytes of ``field`` (VmRSS now, VmHWM its peak) summed over ``pid`` and its descendants
+    (``tree`` when already found): the `brainomaly serve` process, Ray's daemons and the replicas' workers."""
     total = 0
-    for member in process_tree(pid):
+    for member in tree or process_tree(pid):
         try:
             lines = Path(f"/proc/{member}/status").read_text().splitlines()
         except OSError:
