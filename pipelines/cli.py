@@ -239,7 +239,7 @@ def is_loopback(host: str) -> bool:
 def drift_demo(
     params_file: Path = PARAMS_OPTION,
     url: str = typer.Option(None, help="a running endpoint (default: http://<serve.host>:<serve.port>)"),
-    shift: str = typer.Option("contrast", help="contrast (the other modality), bias_field, gamma or rescale"),
+    shift: str = typer.Option("contrast", help="contrast (the other modality), bias_field, gamma, rescale or low_resolution"),
 ) -> None:
     """Send healthy scans, then shifted ones, to a running endpoint and print its drift gauges.
 

@@ -1,5 +1,5 @@
 """A drift drill against a running endpoint: healthy scans first, then the same scans shifted
-(a bias field, a gamma contrast change, a global rescale, or the other contrast), reading the
+(a bias field, a gamma contrast change, a global rescale, lost resolution, or the other contrast), reading the
 endpoint's drift gauges after each phase.
 
 The healthy scans are the healthy test subjects of the processed data: neither the training
@@ -64,7 +64,7 @@ def drill_scans(params: Params, shift: str) -> tuple[list, list | None]:
     other = other_contrast_scans(subjects, root, data.healthy_layout, data.modality) if shift == "contrast" else None
     if other == []:
         raise ValueError(f"no {OTHER_CONTRAST[data.modality]} scans of the healthy test subjects under {root} "
-                         "for the contrast shift: choose bias_field, gamma or rescale")
+                         f"for the contrast shift: choose one of {sorted(SHIFTS)}")
     return subjects, other
 
 

@@ -5,7 +5,10 @@ A new scanner, protocol or population shows up first as a shifted score distribu
 window statistics say how far it moved, and a sequential test says when:
 
 - PSI (population stability index) over the reference's deciles: < 0.1 stable, 0.1-0.25
-  moderate, > 0.25 a major shift (the usual credit-scoring reading).
+  moderate, > 0.25 a major shift (the usual credit-scoring reading). PSI has sampling noise of
+  its own, about (bins - 1)(1/n_reference + 1/n_window) between two samples of one
+  distribution, so a reference of fewer than 200 scores gets fewer bins (20 scores each at
+  least): ten bins of a 77-score reference would read 0.16 on healthy scans by chance alone.
 - The two-sample Kolmogorov-Smirnov statistic (largest gap between the two CDFs, 0-1).
 - The 1-Wasserstein distance, in score units (how far, not only whether).
 - The fraction of window scores above the decision threshold vs the reference's fraction.
@@ -34,6 +37,7 @@ import numpy as np
 from scipy import stats
 
 PSI_FLOOR = 1e-4  # a bin that is empty on one side would make PSI infinite
+PSI_MIN_PER_BIN = 20  # reference scores per quantile bin: keeps PSI's own noise under 0.1 (stable)
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,9 @@ class DriftSettings:
 
 
 def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
-    """Population stability index of ``current`` against ``reference``'s quantile bins."""
+    """Population stability index of ``current`` against ``reference``'s quantile bins: ``bins``
+    of them, fewer for a small reference (``PSI_MIN_PER_BIN`` scores each, 2 bins at least)."""
+    bins = int(np.clip(len(reference) // PSI_MIN_PER_BIN, 2, bins))
     edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)))
     edges[0], edges[-1] = -np.inf, np.inf
     expected = np.histogram(reference, edges)[0] / len(reference)

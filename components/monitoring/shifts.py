@@ -4,6 +4,7 @@ drills: each returns a new float32 array with the same shape and zeros (backgrou
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 
 def bias_field(image: np.ndarray, strength: float = 0.6) -> np.ndarray:
@@ -25,4 +26,11 @@ def rescale(image: np.ndarray, factor: float = 3.0) -> np.ndarray:
     return (image * factor).astype(np.float32)
 
 
-SHIFTS = {"bias_field": bias_field, "gamma": gamma, "rescale": rescale}
+def low_resolution(image: np.ndarray, sigma_voxels: float = 1.5) -> np.ndarray:
+    """Lost resolution, as from a coarser acquisition or a smoothing reconstruction filter: a
+    Gaussian blur of ``sigma_voxels`` inside the head, the background kept at zero."""
+    blurred = ndimage.gaussian_filter(image.astype(np.float32), sigma_voxels)
+    return np.where(image > 0, blurred, 0).astype(np.float32)
+
+
+SHIFTS = {"bias_field": bias_field, "gamma": gamma, "rescale": rescale, "low_resolution": low_resolution}

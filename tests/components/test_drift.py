@@ -52,6 +52,15 @@ def test_window_statistics_tell_a_shift_from_none(case, shift, scale, drifted):
         assert report.fraction_above == pytest.approx(report.expected_fraction_above, abs=0.03)
 
 
+def test_a_small_reference_reads_stable_on_its_own_distribution_and_major_on_a_shift():
+    # 77 reference scores, 200 in the window: over deciles PSI's sampling noise alone averages
+    # about 9 * (1/77 + 1/200) = 0.16; fewer, fuller bins keep it under 0.1
+    same = [psi(draw(77, seed), draw(200, seed + 1000)) for seed in range(200)]
+    shifted = [psi(draw(77, seed), draw(200, seed + 1000, shift=float(REFERENCE.std()))) for seed in range(200)]
+    assert np.mean(same) < 0.05 and np.quantile(same, 0.99) < 0.25
+    assert np.quantile(shifted, 0.01) > 0.25
+
+
 def test_more_anomalous_scans_raise_the_fraction_above_threshold():
     monitor = DriftMonitor(REFERENCE, THRESHOLD)
     mixed = np.concatenate([draw(400, seed=2), draw(100, seed=3, scale=3.0)])  # one slice in five lit up
