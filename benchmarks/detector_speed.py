@@ -5,10 +5,11 @@
 
 Each detector is built as `brainomaly compare` builds it (params.yaml's model section with
 compare.overrides merged in) for 64 px slices, and timed on random batches of 32 slices: its
-``train_step`` (every network and optimizer step it takes), then ``inspect`` (map + scores, the
-latent search or the denoising included), after a warm-up, in one process with all threads.
+``train_step`` (every network and optimizer step it takes; channels-last with ``--channels-last``),
+then ``inspect`` (map + scores, the latent search or the denoising included) channels-last, as
+every scoring path runs it, after a warm-up, in one process with all threads.
 The anovaegan paper's Table 1 reports the same: time per reconstructed slice, same batch, same
-device. On a GPU, ``--precision bf16 --channels-last`` is the recommended recipe.
+device. On a GPU, ``--precision bf16 --channels-last`` is the recommended training recipe.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from components.models.detector import Slices
+from components.models.inference import INFERENCE_LAYOUT
 from components.models.registry import build_detector, data_hyperparams
 from pipelines.params import load_params
 
@@ -68,13 +70,15 @@ def measure(name: str, hyperparams: dict, device: torch.device, precision: str, 
         with amp():
             detector.train_step(batch, optimizers)
 
+    served = x.contiguous(memory_format=INFERENCE_LAYOUT)
+
     def infer():
         with amp():
-            detector.inspect(x, brain)
+            detector.inspect(served, brain)
 
     detector.train()
     train_seconds = timed(train, device, repeats)
-    detector.eval()
+    detector.eval().to(memory_format=INFERENCE_LAYOUT)
     infer_seconds = timed(infer, device, max(1, repeats // 2))
     return {"detector": name, "parameters_m": round(sum(p.numel() for p in detector.parameters()) / 1e6, 2),
             "train_slices_per_s": round(batch_size / train_seconds, 1),
@@ -90,7 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--channels-last", action="store_true", help="train channels-last (inference always is)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
@@ -102,7 +106,8 @@ def main() -> None:
         Console(stderr=True).print(f"{name}: {runs[-1]}")
     machine = machine_name(device)
     record = {"benchmark": f"detector speed, batches of {BATCH} slices of {SIZE} px, compare settings",
-              "machine": machine, "precision": args.precision, "channels_last": args.channels_last, "runs": runs}
+              "machine": machine, "precision": args.precision, "train_channels_last": args.channels_last,
+              "inference_layout": "channels_last", "runs": runs}
     output = args.output or REPO / "benchmarks" / "results" / f"detector_speed_{device.type}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(record, indent=2))
