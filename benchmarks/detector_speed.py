@@ -7,7 +7,8 @@ Each detector is built as `brainomaly compare` builds it (params.yaml's model se
 compare.overrides merged in) for 64 px slices, and timed on random batches of 32 slices: its
 ``train_step`` (every network and optimizer step it takes; channels-last with ``--channels-last``),
 then ``inspect`` (map + scores, the latent search or the denoising included) channels-last, as
-every scoring path runs it, after a warm-up, in one process with all threads.
+every scoring path runs it, and channels-first for comparison, each after a warm-up, in one
+process with all threads.
 The anovaegan paper's Table 1 reports the same: time per reconstructed slice, same batch, same
 device. On a GPU, ``--precision bf16 --channels-last`` is the recommended training recipe.
 """
@@ -70,19 +71,24 @@ def measure(name: str, hyperparams: dict, device: torch.device, precision: str, 
         with amp():
             detector.train_step(batch, optimizers)
 
-    served = x.contiguous(memory_format=INFERENCE_LAYOUT)
+    def infer_in(memory_format: torch.memory_format) -> float:
+        """ms a slice of ``inspect`` with the detector and its input in ``memory_format``."""
+        detector.to(memory_format=memory_format)
+        slices = x.contiguous(memory_format=memory_format)
 
-    def infer():
-        with amp():
-            detector.inspect(served, brain)
+        def infer():
+            with amp():
+                detector.inspect(slices, brain)
+
+        return round(1000 * timed(infer, device, max(1, repeats // 2)) / batch_size, 3)
 
     detector.train()
     train_seconds = timed(train, device, repeats)
-    detector.eval().to(memory_format=INFERENCE_LAYOUT)
-    infer_seconds = timed(infer, device, max(1, repeats // 2))
+    detector.eval()
     return {"detector": name, "parameters_m": round(sum(p.numel() for p in detector.parameters()) / 1e6, 2),
             "train_slices_per_s": round(batch_size / train_seconds, 1),
-            "inference_ms_per_slice": round(1000 * infer_seconds / batch_size, 3)}
+            "channels_first_ms_per_slice": infer_in(torch.contiguous_format),
+            "inference_ms_per_slice": infer_in(INFERENCE_LAYOUT)}
 
 
 def machine_name(device: torch.device) -> str:
@@ -112,10 +118,11 @@ def main() -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(record, indent=2))
     table = Table(title=f"{record['benchmark']} ({machine}, {args.precision})")
-    for column in ("detector", "parameters (M)", "train slices/s", "inference ms/slice"):
+    for column in ("detector", "parameters (M)", "train slices/s", "inference ms/slice", "channels-first ms/slice"):
         table.add_column(column, justify="left" if column == "detector" else "right")
     for r in runs:
-        table.add_row(r["detector"], f"{r['parameters_m']:.2f}", f"{r['train_slices_per_s']:.1f}", f"{r['inference_ms_per_slice']:.2f}")
+        table.add_row(r["detector"], f"{r['parameters_m']:.2f}", f"{r['train_slices_per_s']:.1f}",
+                      f"{r['inference_ms_per_slice']:.2f}", f"{r['channels_first_ms_per_slice']:.2f}")
     Console().print(table)
 
 

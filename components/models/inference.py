@@ -17,9 +17,10 @@ from components.preprocess.spec import PreprocessSpec
 from components.preprocess.volume import ProcessedSlices, preprocess_volume
 
 # Slices are scored channels-last (NHWC): oneDNN's CPU convolutions and a GPU's tensor cores run
-# faster on it, a quarter to a third less time a slice for most detectors on 2 CPU cores
-# (benchmarks/detector_speed.py --channels-last), with the same maps up to float rounding.
+# faster on it (benchmarks/detector_speed.py times both layouts), with the same maps up to float
+# rounding.
 INFERENCE_LAYOUT = torch.channels_last
+
 
 def resolve_device(name: str) -> torch.device:
     """"auto": the first CUDA device when one is visible (under Ray, one the task was given),
