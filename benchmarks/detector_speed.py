@@ -7,8 +7,8 @@ Each detector is built as `brainomaly compare` builds it (params.yaml's model se
 compare.overrides merged in) for 64 px slices, and timed on random batches of 32 slices: its
 ``train_step`` (every network and optimizer step it takes; channels-last with ``--channels-last``),
 then ``inspect`` (map + scores, the latent search or the denoising included) channels-last, as
-every scoring path runs it, and channels-first for comparison, each after a warm-up, in one
-process with all threads.
+every scoring path runs it, and channels-first for comparison (time, and the largest difference
+between the two layouts' maps), each after a warm-up, in one process with all threads.
 The anovaegan paper's Table 1 reports the same: time per reconstructed slice, same batch, same
 device. On a GPU, ``--precision bf16 --channels-last`` is the recommended training recipe.
 """
@@ -82,13 +82,21 @@ def measure(name: str, hyperparams: dict, device: torch.device, precision: str, 
 
         return round(1000 * timed(infer, device, max(1, repeats // 2)) / batch_size, 3)
 
+    def maps_in(memory_format: torch.memory_format) -> torch.Tensor:
+        """The maps of one ``inspect`` in ``memory_format``, from the same random draws."""
+        detector.to(memory_format=memory_format)
+        torch.manual_seed(1)
+        with amp():
+            return detector.inspect(x.contiguous(memory_format=memory_format), brain).maps.detach().float()
+
     detector.train()
     train_seconds = timed(train, device, repeats)
     detector.eval()
+    difference = (maps_in(torch.contiguous_format) - maps_in(INFERENCE_LAYOUT)).abs().max().item()
     return {"detector": name, "parameters_m": round(sum(p.numel() for p in detector.parameters()) / 1e6, 2),
             "train_slices_per_s": round(batch_size / train_seconds, 1),
             "channels_first_ms_per_slice": infer_in(torch.contiguous_format),
-            "inference_ms_per_slice": infer_in(INFERENCE_LAYOUT)}
+            "inference_ms_per_slice": infer_in(INFERENCE_LAYOUT), "layouts_max_map_difference": difference}
 
 
 def machine_name(device: torch.device) -> str:
