@@ -56,8 +56,7 @@ def site_dice(detector, root: Path, spec: PreprocessSpec, deployed: Calibration,
     healthy, tumour = site_subjects(root, params.data.modality)
     site, _ = site_calibration(detector, healthy[: params.calibrate.healthy_scans], spec, deployed, params,
                                f"{root.name}: calibration")
-    test, _ = score_subjects(detector, tumour, spec, params.preprocess.workers, deployed.score_reference,
-                             deployed.precision, f"{root.name}: tumour")
+    test, _ = score_subjects(detector, tumour, spec, params.preprocess.workers, deployed.scoring, f"{root.name}: tumour")
     return dice_rows(test, tumour, site.pixel_threshold, params.evaluate.min_component_voxels)
 
 
@@ -81,8 +80,7 @@ def segmented_scans(folder: Path, modality: str) -> list[Subject]:
 def real_dice(detector, folder: Path, subjects: list[Subject], spec: PreprocessSpec, deployed: Calibration, params) -> dict:
     """Real tumour scans at the model's deployed pixel threshold, with the threshold-free pixel
     AUROC / AUPRC and the best Dice one threshold reaches (a ceiling)."""
-    test, _ = score_subjects(detector, subjects, spec, params.preprocess.workers, deployed.score_reference,
-                             deployed.precision, f"{folder.name}: tumour")
+    test, _ = score_subjects(detector, subjects, spec, params.preprocess.workers, deployed.scoring, f"{folder.name}: tumour")
     brain, ids = test["brain"] & ~test["lesions"], test["index"]["subject"].to_numpy()
     rows = dice_rows(test, subjects, deployed.pixel_threshold, params.evaluate.min_component_voxels)
     ceiling = best_dice(test["smoothed"], test["tumour"], brain, ids, params.evaluate.min_component_voxels)

@@ -182,11 +182,11 @@ def trained_on_phantoms(params: Params, modality: str, detectors: list[str]) -> 
 
 def site_calibrated(predictor: VolumePredictor, params: Params, healthy: list[Subject]) -> VolumePredictor:
     """``predictor`` with the thresholds `brainomaly calibrate --site` sets from a site's own healthy scans."""
-    rule, precision = predictor.bundle.calibration.score_reference, predictor.bundle.calibration.precision
+    scoring = predictor.bundle.calibration.scoring
     reference, _ = score_subjects(predictor.detector, healthy, predictor.bundle.preprocess, params.preprocess.workers,
-                                  rule, precision, "calibrate")
+                                  scoring, "calibrate")
     target = params.calibrate.target_false_alarm_rate
-    calibration = calibrate(reference, 100.0 * (1.0 - target), params.evaluate.pixel_threshold_percentile, rule, precision)
+    calibration = calibrate(reference, 100.0 * (1.0 - target), params.evaluate.pixel_threshold_percentile, scoring)
     return replace(predictor, bundle=replace(predictor.bundle, calibration=calibration))
 
 

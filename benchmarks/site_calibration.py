@@ -25,6 +25,7 @@ from rich.table import Table
 
 from components.atomic import write_json
 from components.metrics.conformal import conformal_threshold
+from components.models.calibration import Calibration
 from pipelines.evaluate import CALIBRATION, load_trained
 from pipelines.params import load_params
 from pipelines.preprocess import PROCESSED_DIR
@@ -57,13 +58,13 @@ def main() -> None:
     params = load_params(REPO / "params.yaml")
     detector, description = load_trained(params)
     spec = PreprocessSpec.from_json(params.path(PROCESSED_DIR / "preprocess_spec.json"))
-    calibration = json.loads(params.path(CALIBRATION).read_text())
-    deployed, rule = calibration["slice_threshold"], calibration.get("score_reference", "none")
+    calibration = Calibration(**json.loads(params.path(CALIBRATION).read_text()))
+    deployed = calibration.slice_threshold
     target, rng = params.calibrate.target_false_alarm_rate, np.random.default_rng(0)
     results = {}
     for site in site_names(params.path(params.data.sites_root)):
         healthy, _ = site_subjects(params.path(params.data.sites_root) / site, params.data.modality)
-        scored, _ = score_subjects(detector, healthy, spec, params.preprocess.workers, rule)
+        scored, _ = score_subjects(detector, healthy, spec, params.preprocess.workers, calibration.scoring)
         subjects = scored["index"]["subject"].to_numpy()
         scores = [scored["scores"][subjects == s] for s in dict.fromkeys(subjects)]
         everything = np.concatenate(scores)

@@ -70,7 +70,7 @@ def scored_scans(predictor, subjects, workers: int, min_tumour_pixels: int) -> l
             abnormal, _ = slice_truth(slices.tumour_pixels, lesions, min_tumour_pixels)
             scans.append({"scores": scored.scores, "abnormal": abnormal,
                           "tumour_free": (slices.tumour_pixels == 0) & (lesions == 0),
-                          "smoothed": smooth_subject(scored.maps, slices.brain), "brain": slices.brain,
+                          "smoothed": smooth_subject(scored.maps, slices.brain, calibration.pixel_median), "brain": slices.brain,
                           "ml_per_voxel": native_ml * slices.brain_pixels.sum() / max(int(slices.brain.sum()), 1)})
     return scans
 

@@ -56,14 +56,14 @@ def calibrate_site(params: Params, bundle: DetectorBundle, detector, site: str, 
     unless ``allow_few_scans``, fewer usable scans than ``calibrate.min_scans`` are refused."""
     target, least = params.calibrate.target_false_alarm_rate, params.calibrate.min_scans
     subjects = site_scans(params, site, healthy)
-    rule, precision = bundle.calibration.score_reference, bundle.calibration.precision  # the model's units
-    reference, skipped = score_subjects(detector, subjects, bundle.preprocess, params.preprocess.workers, rule, precision,
+    scoring = bundle.calibration.scoring  # the model's units
+    reference, skipped = score_subjects(detector, subjects, bundle.preprocess, params.preprocess.workers, scoring,
                                         f"calibrate: {site}")
     if not reference:
         raise ValueError(f"none of the {len(subjects)} scans in {healthy} could be used: {skipped[0]['error']}")
     if not allow_few_scans:
         check_scan_count(len(subjects) - len(skipped), target, least)
-    calibration = calibrate(reference, 100.0 * (1.0 - target), params.evaluate.pixel_threshold_percentile, rule, precision)
+    calibration = calibrate(reference, 100.0 * (1.0 - target), params.evaluate.pixel_threshold_percentile, scoring)
     return calibration, {"healthy": str(healthy), "scans": calibration.scans, "slices": len(reference["scores"]),
                          "target_false_alarm_rate": target, "skipped": skipped}
 

@@ -45,7 +45,8 @@ REPORT_MD = Path("reports/comparison.md")
 def detector_changes(params: Params, name: str) -> dict:
     """The params changes that make this project train detector ``name`` at its compared budget."""
     overrides = params.compare.overrides.get(name, {})
-    return {"model": {"name": name, name: overrides.get("model", {})}, "train": overrides.get("train", {})}
+    return {"model": {"name": name, name: overrides.get("model", {})}, "train": overrides.get("train", {}),
+            "evaluate": overrides.get("evaluate", {})}
 
 
 def workspace(params: Params, name: str) -> Path:

@@ -1,7 +1,7 @@
 """Stage `evaluate`: thresholds from healthy validation slices, then the test-split metrics.
 
 Slice-wise: AUROC/AUPRC, and accuracy/F1 at the validation threshold. Pixel-wise, as the
-spatial-autoencoder paper: each subject's maps median-filtered (5x5x5) inside an eroded brain,
+spatial-autoencoder paper: each subject's maps median-filtered (``evaluate.pixel_median``) inside an eroded brain,
 AUROC/AUPRC over brain voxels, the IntroVAE paper's rectified ROC-AUC (per subject, Z-scored
 maps inside the brain, 1000 operating thresholds; mean and std over subjects), Dice per subject
 after thresholding at the healthy validation percentile and dropping 3-D components under
@@ -51,7 +51,7 @@ from components.metrics.conformal import conformal_threshold
 from components.metrics.operating_point import OPERATING_POINT, metric_frames, with_intervals
 from components.reports import figures
 from components.metrics.postprocess import segment, smooth_by_subject, subject_blocks
-from components.models.calibration import Calibration
+from components.models.calibration import Calibration, Scoring
 from components.models.inference import reconstruct_slices, resolve_device, score_slices, with_reference
 from components.models.registry import build_detector
 from components.scoring.volume import volume_score
@@ -82,20 +82,19 @@ def load_trained(params: Params) -> tuple[torch.nn.Module, dict]:
     return detector.to(resolve_device(params.evaluate.device)).eval(), description
 
 
-def score_split(detector, root: Path, index: pd.DataFrame, reference: str = "none", precision: str = "fp32",
+def score_split(detector, root: Path, index: pd.DataFrame, scoring: Scoring = Scoring(),
                 progress: str | None = None) -> dict:
-    """Slices of ``index`` with their anomaly maps, slice scores (in ``precision``, relative to
-    ``reference``, per subject) and post-processed maps (the pixel-wise protocol's per-subject median filter inside
-    an eroded brain)."""
+    """Slices of ``index`` with their anomaly maps, slice scores and post-processed maps (the
+    pixel-wise protocol's per-subject median filter inside an eroded brain), as ``scoring`` says."""
     arrays = load_slices(root, index)
     start = time.perf_counter()
-    scored = score_slices(detector, arrays["images"], arrays["brain"], precision=precision, progress=progress)
+    scored = score_slices(detector, arrays["images"], arrays["brain"], precision=scoring.precision, progress=progress)
     seconds = time.perf_counter() - start
     index = index.reset_index(drop=True)
     # one key per subject everywhere below: raw ids are unique within a dataset only
     index = index.assign(subject=index["dataset"].astype(str) + "/" + index["subject"].astype(str))
-    maps, scores, alternatives, _ = with_reference(scored, reference, index["subject"].to_numpy())
-    smoothed = smooth_by_subject(maps, arrays["brain"], index["subject"].to_numpy())
+    maps, scores, alternatives, _ = with_reference(scored, scoring.reference, index["subject"].to_numpy())
+    smoothed = smooth_by_subject(maps, arrays["brain"], index["subject"].to_numpy(), scoring.pixel_median)
     return {**arrays, "maps": maps, "smoothed": smoothed, "scores": scores, "alternatives": alternatives, "index": index,
             "ms_per_slice": 1000 * seconds / max(len(index), 1)}
 
@@ -108,12 +107,11 @@ def segment_subjects(split: dict, threshold: float, min_voxels: int) -> np.ndarr
     return prediction
 
 
-def calibrate(val: dict, percentile: float, pixel_percentile: float, score_reference: str = "none",
-              precision: str = "fp32") -> Calibration:
+def calibrate(val: dict, percentile: float, pixel_percentile: float, scoring: Scoring = Scoring()) -> Calibration:
     """Split-conformal thresholds from healthy scans (components/metrics/conformal.py): slices
-    and volumes for a false-alarm rate of 1 - ``percentile`` / 100 (scores relative to
-    ``score_reference``, in ``precision``, as ``val``'s were scored), the pixel threshold for
-    1 - ``pixel_percentile`` / 100 of healthy brain pixels' post-processed maps."""
+    and volumes for a false-alarm rate of 1 - ``percentile`` / 100, the pixel threshold for
+    1 - ``pixel_percentile`` / 100 of healthy brain pixels' post-processed maps, in the units of
+    the ``scoring`` that ``val`` was scored with."""
     volumes = val["index"].assign(score=val["scores"]).groupby("subject")["score"].agg(volume_score)
     found = {"slice": conformal_threshold(val["scores"], 1.0 - percentile / 100.0),
              "volume": conformal_threshold(volumes, 1.0 - percentile / 100.0),
@@ -124,10 +122,11 @@ def calibrate(val: dict, percentile: float, pixel_percentile: float, score_refer
         volume_threshold=found["volume"].threshold,
         pixel_threshold=found["pixel"].threshold,
         reference_scores=[round(float(s), 6) for s in val["scores"]],
-        score_reference=score_reference,
-        precision=precision,
+        score_reference=scoring.reference,
+        precision=scoring.precision,
         scans=len(volumes),
         guaranteed_rates={kind: round(t.guaranteed_rate, 6) for kind, t in found.items()},
+        pixel_median=scoring.pixel_median,
     )
 
 
@@ -136,19 +135,18 @@ def run(params: Params) -> dict:
     root = params.path(PROCESSED_DIR)
     index = read_index(root)
     settings = params.evaluate
-    scoring = {"reference": settings.score_reference, "precision": settings.precision}
-    healthy_val = score_split(detector, root, index[(index["cohort"] == "healthy") & (index["split"] == "val")], **scoring,
+    scoring = settings.scoring
+    healthy_val = score_split(detector, root, index[(index["cohort"] == "healthy") & (index["split"] == "val")], scoring,
                               progress="evaluate: healthy val")
-    calibration = calibrate(healthy_val, settings.threshold_percentile, settings.pixel_threshold_percentile,
-                            settings.score_reference, settings.precision)
+    calibration = calibrate(healthy_val, settings.threshold_percentile, settings.pixel_threshold_percentile, scoring)
 
-    test = score_split(detector, root, index[index["split"] == "test"], **scoring, progress="evaluate: test")
+    test = score_split(detector, root, index[index["split"] == "test"], scoring, progress="evaluate: test")
     # Other (non-tumour) lesions are neither tumour nor normal tissue: left out of the tumour
     # metrics, and scored on their own against lesion-free, tumour-free slices.
     labels, rated = slice_truth(test["index"]["tumour_pixels"], test["index"]["lesion_pixels"], settings.min_tumour_pixels)
     brain = test["brain"] & ~test["lesions"]
     segmented = segment_subjects(test, calibration.pixel_threshold, settings.min_component_voxels) & brain
-    tumour_val = score_split(detector, root, index[(index["cohort"] == "tumour") & (index["split"] == "val")], **scoring,
+    tumour_val = score_split(detector, root, index[(index["cohort"] == "tumour") & (index["split"] == "val")], scoring,
                              progress="evaluate: tumour val")
     tumour_cohort = pooled(tumour_val, test, test["index"]["cohort"].to_numpy() == "tumour")
     metrics = {

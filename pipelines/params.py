@@ -9,12 +9,13 @@ from dataclasses import fields
 from typing import Literal, get_type_hints
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from components.data.augment import AugmentSpec
 from components.data.nifti_io import VolumeLimits
 from components.data.phantoms import PhantomSpec
 from components.metrics.promotion import PromotionRule
+from components.models.calibration import PIXEL_MEDIAN, Scoring
 from components.models.registry import DETECTORS, accepted_hyperparams
 from components.monitoring.drift import DriftSettings
 from components.pacs.watch import WatchSettings
@@ -173,6 +174,7 @@ class EvaluateParams(Section):
     threshold_percentile: float = Field(98.0, gt=0.0, lt=100.0)
     pixel_threshold_percentile: float = Field(99.5, gt=0.0, lt=100.0)
     score_reference: Literal["none", "scan_median", "brain_median"] = "brain_median"
+    pixel_median: int = Field(PIXEL_MEDIAN, ge=1)  # voxels, odd: the post-processing median's cubic window
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")  # auto: a GPU when one is visible
     precision: Literal["fp32", "bf16"] = "fp32"  # of inference; the served model scores as evaluated
     min_component_voxels: int = Field(6, ge=1)
@@ -180,6 +182,18 @@ class EvaluateParams(Section):
     lesion_kinds: dict[int, str] = {1: "focus", 2: "cavity"}
     primary_metric: Literal["slice_auroc", "slice_auprc", "pixel_auroc", "pixel_auprc", "dice_mean"] = "slice_auroc"
     bootstrap_samples: int = Field(1000, ge=100)
+
+    @field_validator("pixel_median")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(f"must be odd, so the window has a centre voxel: {value} is even")
+        return value
+
+    @property
+    def scoring(self) -> Scoring:
+        """How the model scores and post-processes, recorded with its thresholds."""
+        return Scoring(self.score_reference, self.precision, self.pixel_median)
 
 
 class CalibrateParams(Section):
@@ -202,12 +216,14 @@ class CompareParams(Section):
         for name in [*self.detectors, *self.overrides]:
             accepted_hyperparams(name)  # a clear error for an unknown detector
         for name, sections in self.overrides.items():
-            if unknown := set(sections) - {"model", "train"}:
-                raise ValueError(f"compare.overrides.{name} may set model and train only, not {sorted(unknown)}")
+            if unknown := set(sections) - {"model", "train", "evaluate"}:
+                raise ValueError(f"compare.overrides.{name} may set model, train and evaluate only, not {sorted(unknown)}")
             if bad := set(sections.get("model", {})) - accepted_hyperparams(name):
                 raise ValueError(f"compare.overrides.{name}.model: {name} has no hyper-parameter(s) {sorted(bad)}")
             if bad := set(sections.get("train", {})) - set(TrainParams.model_fields):
                 raise ValueError(f"compare.overrides.{name}.train: no train setting(s) {sorted(bad)}")
+            if bad := set(sections.get("evaluate", {})) - set(EvaluateParams.model_fields):
+                raise ValueError(f"compare.overrides.{name}.evaluate: no evaluate setting(s) {sorted(bad)}")
         return self
 
 

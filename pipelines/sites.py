@@ -38,7 +38,7 @@ from components.data.layouts import Subject, read_dataset
 from components.metrics.detection import dice_by_subject, pixel_metrics, slice_truth
 from components.metrics.operating_point import metric_frames, with_intervals
 from components.metrics.postprocess import smooth_subject
-from components.models.calibration import Calibration
+from components.models.calibration import Calibration, Scoring
 from components.models.inference import score_slices, with_reference
 from components.preprocess.spec import PreprocessSpec
 from components.reports.tables import site_markdown
@@ -78,10 +78,10 @@ def _preprocess(subject: Subject, spec: PreprocessSpec):
 
 
 def score_subjects(detector, subjects: list[Subject], spec: PreprocessSpec, workers: int,
-                   reference: str = "none", precision: str = "fp32", progress: str | None = None) -> tuple[dict, list[dict]]:
-    """The subjects' slices through the recipe and the detector (scores in ``precision``,
-    relative to ``reference``, per scan; a progress bar named ``progress``): the arrays `evaluate` works on (index, scores, maps smoothed per
-    subject, brain, tumour, lesions), and the skipped scans."""
+                   scoring: Scoring = Scoring(), progress: str | None = None) -> tuple[dict, list[dict]]:
+    """The subjects' slices through the recipe and the detector, scored and post-processed per
+    scan as ``scoring`` says (a progress bar named ``progress``): the arrays `evaluate` works on
+    (index, scores, maps and smoothed maps, brain, tumour, lesions), and the skipped scans."""
     parts, skipped = [], []
     with ProcessPoolExecutor(max_workers=workers) as pool:
         scans = zip(subjects, pool.map(_preprocess, subjects, repeat(spec)))
@@ -90,20 +90,21 @@ def score_subjects(detector, subjects: list[Subject], spec: PreprocessSpec, work
                 log.warning("skipping %s: %s", subject.subject_id, slices)
                 skipped.append({"subject": subject.subject_id, "error": slices})
                 continue
-            scored = with_reference(score_slices(detector, slices.images, slices.brain, precision=precision), reference)
+            scored = with_reference(score_slices(detector, slices.images, slices.brain, precision=scoring.precision),
+                                    scoring.reference)
             empty = np.zeros_like(slices.brain)
             parts.append({
                 "index": pd.DataFrame({"subject": f"{subject.cohort}/{subject.subject_id}", "cohort": subject.cohort,
                                        "slice": slices.slice_numbers, "tumour_pixels": slices.tumour_pixels,
                                        "lesion_pixels": slices.lesion_pixels}),
-                "scores": scored.scores, "alternatives": scored.alternatives,
-                "smoothed": smooth_subject(scored.maps, slices.brain), "brain": slices.brain,
+                "scores": scored.scores, "alternatives": scored.alternatives, "maps": scored.maps,
+                "smoothed": smooth_subject(scored.maps, slices.brain, scoring.pixel_median), "brain": slices.brain,
                 "tumour": slices.tumour if slices.tumour is not None else empty,
                 "lesions": slices.lesions if slices.lesions is not None else empty,
             })
     if not parts:
         return {}, skipped
-    joined = {key: np.concatenate([p[key] for p in parts]) for key in ("scores", "smoothed", "brain", "tumour", "lesions")}
+    joined = {key: np.concatenate([p[key] for p in parts]) for key in ("scores", "maps", "smoothed", "brain", "tumour", "lesions")}
     alternatives = {name: np.concatenate([p["alternatives"][name] for p in parts]) for name in parts[0]["alternatives"]}
     return {**joined, "alternatives": alternatives, "index": pd.concat([p["index"] for p in parts], ignore_index=True)}, skipped
 
@@ -132,13 +133,11 @@ def site_calibration(detector, healthy: list[Subject], spec: PreprocessSpec, dep
                      progress: str) -> tuple[Calibration, list[dict]]:
     """The thresholds a site's own ``healthy`` scans set (calibrate.target_false_alarm_rate; pixels at
     evaluate.pixel_threshold_percentile), scored in the deployed model's units, and the scans skipped."""
-    rule = deployed.score_reference  # the model's: its thresholds are in those units
-    reference, skipped = score_subjects(detector, healthy, spec, params.preprocess.workers, rule, deployed.precision,
-                                        progress)
+    reference, skipped = score_subjects(detector, healthy, spec, params.preprocess.workers, deployed.scoring, progress)
     if not reference:
         raise ValueError(f"{progress}: none of the {len(healthy)} healthy scans could be used to calibrate")
     percentile = 100.0 * (1.0 - params.calibrate.target_false_alarm_rate)
-    return calibrate(reference, percentile, params.evaluate.pixel_threshold_percentile, rule, deployed.precision), skipped
+    return calibrate(reference, percentile, params.evaluate.pixel_threshold_percentile, deployed.scoring), skipped
 
 
 def evaluate_site(detector, root: Path, spec: PreprocessSpec, deployed: Calibration, params: Params) -> dict:
@@ -148,8 +147,8 @@ def evaluate_site(detector, root: Path, spec: PreprocessSpec, deployed: Calibrat
         raise ValueError(f"site {root.name}: needs more than calibrate.healthy_scans={count} healthy scans and at least "
                          f"one tumour scan, found {len(healthy)} and {len(tumour)}")
     site, skipped = site_calibration(detector, healthy[:count], spec, deployed, params, f"sites: {root.name}, calibration")
-    test, more = score_subjects(detector, healthy[count:] + tumour, spec, params.preprocess.workers,
-                                deployed.score_reference, deployed.precision, f"sites: {root.name}, test")
+    test, more = score_subjects(detector, healthy[count:] + tumour, spec, params.preprocess.workers, deployed.scoring,
+                                f"sites: {root.name}, test")
     if not test:
         raise ValueError(f"site {root.name}: no usable scan to test with")
     settings = params.evaluate

@@ -1,7 +1,12 @@
 """The pixel-wise protocol's post-processing (anovaegan-spatial-autoencoders.txt, and the IntroVAE
 paper): per subject, the anomaly maps of its slices are stacked into a sub-volume, smoothed by a
-5x5x5 median filter and multiplied by a slightly eroded brain mask; after thresholding,
-3-D connected components smaller than a few voxels are dropped.
+median filter and multiplied by a slightly eroded brain mask; after thresholding, 3-D connected
+components smaller than a few voxels are dropped.
+
+The paper's median is 5 x 5 x 5 voxels of about 1 mm: 5 mm. A model slice here is 64 px across
+a brain of 16-18 cm, so 5 voxels span 14 mm in-plane and, across 6 mm slices, 30 mm, which
+erases tumours under a centimetre; the window is a model's setting (``evaluate.pixel_median``,
+recorded with its thresholds, whose units it sets), 3 by default (benchmarks/pixel_median.py).
 """
 
 from __future__ import annotations
@@ -10,17 +15,18 @@ import numpy as np
 from scipy import ndimage
 
 
-def smooth_subject(maps: np.ndarray, brain: np.ndarray, median: int = 5, erosion: int = 1) -> np.ndarray:
-    """(N, 1, S, S) maps of one subject's consecutive slices -> median-filtered, inside an eroded brain."""
+def smooth_subject(maps: np.ndarray, brain: np.ndarray, median: int, erosion: int = 1) -> np.ndarray:
+    """(N, 1, S, S) maps of one subject's consecutive slices -> median-filtered over a cubic
+    window of ``median`` voxels (1: none), inside an eroded brain."""
     stack = ndimage.median_filter(maps[:, 0], size=median, mode="nearest")
     inner = ndimage.binary_erosion(brain[:, 0], iterations=erosion) if erosion else brain[:, 0]
     return (stack * inner)[:, None].astype(np.float32)
 
 
-def smooth_by_subject(maps: np.ndarray, brain: np.ndarray, subjects: np.ndarray) -> np.ndarray:
+def smooth_by_subject(maps: np.ndarray, brain: np.ndarray, subjects: np.ndarray, median: int) -> np.ndarray:
     """``smooth_subject`` of each subject's slices (contiguous rows), in the rows' own order."""
     blocks = subject_blocks(np.asarray(subjects))
-    smoothed = np.concatenate([smooth_subject(maps[rows], brain[rows]) for rows in blocks])
+    smoothed = np.concatenate([smooth_subject(maps[rows], brain[rows], median) for rows in blocks])
     return smoothed[np.argsort(np.concatenate(blocks))]
 
 

@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 SCORE_REFERENCES = ("none", "scan_median", "brain_median")  # what a slice score is relative to
 PRECISIONS = ("fp32", "bf16")  # the arithmetic of inference
+PIXEL_MEDIAN = 3  # voxels: the post-processing median's cubic window (evaluate.pixel_median)
+
+
+class Scoring(NamedTuple):
+    """How a model's slices are scored and its maps post-processed: the units its thresholds are in.
+
+    reference: what the slice scores are relative to ("none"; "scan_median", the median of the
+    scan's; "brain_median", the slice's own typical residual: components/models/inference.py).
+    precision: the arithmetic of inference ("fp32"; "bf16", autocast).
+    pixel_median: the cubic window (voxels) of the median filter each scan's stacked maps get
+    before the pixel threshold applies (components/metrics/postprocess.py).
+    """
+
+    reference: str = "none"
+    precision: str = "fp32"
+    pixel_median: int = PIXEL_MEDIAN
 
 
 @dataclass(frozen=True)
@@ -16,10 +33,8 @@ class Calibration:
     slice_threshold: on slice scores; volume_threshold: on volume scores (max over slices);
     pixel_threshold: on post-processed anomaly-map voxels inside the brain (see components/metrics/postprocess.py).
     reference_scores: the healthy validation slice scores (the drift reference).
-    score_reference: what the slice scores are relative to ("none"; "scan_median", the median of
-    the scan's; "brain_median", the slice's own typical residual: components/models/inference.py);
-    the thresholds and the reference scores are in those units, so every scorer of the model applies it.
-    precision: the arithmetic the scores were computed in ("fp32"; "bf16", autocast), applied likewise.
+    score_reference, precision, pixel_median: the model's ``Scoring`` (``.scoring``): the thresholds
+    and the reference scores are in its units, so every scorer of the model applies it.
     scans: how many healthy scans the thresholds came from; guaranteed_rates: per threshold
     ("slice", "volume", "pixel"), the false-alarm rate those scans guarantee (above the target
     when they were too few). Both empty in bundles saved before them.
@@ -34,6 +49,7 @@ class Calibration:
     precision: str = "fp32"  # and in fp32
     scans: int = 0
     guaranteed_rates: dict[str, float] = field(default_factory=dict)
+    pixel_median: int = 5  # and smoothed their maps 5 x 5 x 5
 
     def __post_init__(self) -> None:  # refused at load, not at every prediction
         if self.score_reference not in SCORE_REFERENCES:
@@ -41,3 +57,9 @@ class Calibration:
                              f"{', '.join(SCORE_REFERENCES)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"calibration.precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if not (isinstance(self.pixel_median, int) and self.pixel_median >= 1 and self.pixel_median % 2):
+            raise ValueError(f"calibration.pixel_median {self.pixel_median!r}: expected an odd whole number of voxels >= 1")
+
+    @property
+    def scoring(self) -> Scoring:
+        return Scoring(self.score_reference, self.precision, self.pixel_median)

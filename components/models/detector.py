@@ -34,7 +34,7 @@ from torch.nn import functional as F
 
 from components.models.median import median_filter
 
-MAP_MEDIAN = 5  # px: the pixel-wise protocol's median filter, in-plane (components/metrics/postprocess.py)
+MAP_MEDIAN = 5  # px: the focal slice score's in-plane median (the paper's pixel-protocol window)
 Sync = Callable[[Iterable[nn.Parameter]], None]
 
 

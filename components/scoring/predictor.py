@@ -212,7 +212,7 @@ class VolumePredictor:
         """The SEG or Parametric Map over the source series, drawn as the pixel-wise evaluation
         draws its segmentations (the map smoothed in 3-D inside the brain, above the pixel
         threshold, small components dropped), with the verdict in its content description."""
-        smoothed = smooth_subject(scored.maps, slices.brain)[:, 0]
+        smoothed = smooth_subject(scored.maps, slices.brain, calibration.pixel_median)[:, 0]
         verdict = (f"{result['volume_verdict']}: score {result['volume_score']:.4g}, "
                    f"threshold {calibration.volume_threshold:.4g}")
         derived = Derived(self.bundle.model_name, f"{self.model_name} v{self.model_version}", verdict)

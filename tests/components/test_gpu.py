@@ -83,7 +83,7 @@ def test_the_evaluate_stages_scoring_and_figures_run_on_the_gpu():
     def evaluate_on(device):
         torch.manual_seed(1)
         scored = with_reference(score_slices(detector.to(device), images, brain), "brain_median")
-        return scored.scores, smooth_by_subject(scored.maps, brain, subjects), reconstruct_slices(detector, images[:4])
+        return scored.scores, smooth_by_subject(scored.maps, brain, subjects, 3), reconstruct_slices(detector, images[:4])
 
     for cpu, gpu in zip(evaluate_on(torch.device("cpu")), evaluate_on(CUDA)):
         assert isinstance(gpu, np.ndarray) and gpu.dtype == np.float32

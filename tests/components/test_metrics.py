@@ -109,9 +109,22 @@ def test_median_filter_removes_a_lone_hot_voxel_and_keeps_a_blob():
     maps[4, 0, 2, 2] = 5.0  # a single hot voxel: noise
     maps[2:7, 0, 5:10, 5:10] = 1.0  # a 5x5x5 block: a lesion
     brain = np.ones_like(maps, bool)
-    out = smooth_subject(maps, brain)
+    out = smooth_subject(maps, brain, 5)
     assert out[4, 0, 2, 2] == 0.0 and out[4, 0, 7, 7] == 1.0
     assert out[:, 0, 0, :].max() == 0.0  # the eroded brain's rim is zeroed
+
+
+def test_the_median_window_decides_the_smallest_lesion_a_map_keeps():
+    """A 3 x 3 x 3 voxel lesion (8 mm across at 64 px) fills a 3-voxel window and is 27 of the
+    125 voxels of the paper's 5-voxel one, whose median erases it; 1 voxel filters nothing."""
+    from components.metrics.postprocess import smooth_subject
+
+    maps = np.zeros((9, 1, 12, 12), np.float32)
+    maps[3:6, 0, 4:7, 4:7] = 1.0
+    brain = np.ones_like(maps, bool)
+    assert smooth_subject(maps, brain, 3)[4, 0, 5, 5] == 1.0
+    assert smooth_subject(maps, brain, 5).max() == 0.0
+    np.testing.assert_array_equal(smooth_subject(maps, brain, 1)[:, :, 1:-1, 1:-1], maps[:, :, 1:-1, 1:-1])
 
 
 def test_small_components_are_dropped_in_3d():

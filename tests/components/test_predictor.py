@@ -136,9 +136,10 @@ def test_a_model_that_scores_relative_to_the_scan_serves_its_scores_over_the_sca
     np.testing.assert_allclose([s["score"] for s in served["slices"]], np.asarray(plain) / np.median(plain), rtol=1e-5)
     assert [s["verdict"] for s in served["slices"]] == ["anomalous" if s["score"] > 1.5 else "normal" for s in served["slices"]]
     saved = json.loads((folder / "bundle.json").read_text())
-    del saved["calibration"]["score_reference"]
+    del saved["calibration"]["score_reference"], saved["calibration"]["pixel_median"]
     (folder / "bundle.json").write_text(json.dumps(saved))
-    assert VolumePredictor.from_folder(folder).bundle.calibration.score_reference == "none"
+    legacy = VolumePredictor.from_folder(folder).bundle.calibration
+    assert legacy.score_reference == "none" and legacy.pixel_median == 5  # as bundles before the fields scored
 
 
 

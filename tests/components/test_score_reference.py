@@ -40,6 +40,8 @@ def test_a_scan_of_zero_scores_stays_zero_and_an_unknown_rule_is_named():
 def test_a_calibration_with_an_unknown_rule_is_refused_when_it_is_built():
     with pytest.raises(ValueError, match="calibration.score_reference 'scan_mean'"):
         Calibration(98.0, 0.1, 0.2, 0.3, [0.1], score_reference="scan_mean")
+    with pytest.raises(ValueError, match="calibration.pixel_median 4: expected an odd whole number"):
+        Calibration(98.0, 0.1, 0.2, 0.3, [0.1], pixel_median=4)
 
 
 def test_a_slice_scored_against_its_own_residual_ignores_a_scanners_gain_but_not_a_lesion():

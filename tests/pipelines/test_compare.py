@@ -22,7 +22,8 @@ def test_comparison_report_and_nested_runs(processed_project, phantom_roots, tmp
     settings = {
         "detectors": ["intensity", "spatial_ae", "dual_vae"],
         "overrides": {
-            "spatial_ae": {"model": {**tiny, "latent_channels": 8}, "train": {"epochs": 2}},
+            "spatial_ae": {"model": {**tiny, "latent_channels": 8}, "train": {"epochs": 2},
+                           "evaluate": {"pixel_median": 5}},  # its maps' own window, kept with its thresholds
             # more unlabelled slices per batch than a worker holds: this one must fail, alone
             "dual_vae": {"model": {**tiny, "latent_size": 16}, "train": {"epochs": 1, "batch_size": 4096}},
         },
@@ -41,6 +42,9 @@ def test_comparison_report_and_nested_runs(processed_project, phantom_roots, tmp
         assert 0 <= site["deployed"]["slice_false_alarm_rate"] <= 1 and "slice_auroc" in site["ci95"]
     assert "map_mean" in results["spatial_ae"]["alternative_scores"]  # the slice score the focal one replaced
     assert results["spatial_ae"]["epochs"] == 2 and results["spatial_ae"]["train_slices_per_s"] > 0
+    windows = {name: json.loads((tmp_path / "artifacts" / "compare" / name / "models" / "calibration.json").read_text())
+               ["pixel_median"] for name in results}
+    assert windows == {"intensity": 3, "spatial_ae": 5}
     table = (tmp_path / "reports" / "comparison.md").read_text()
     assert "spatial_ae (map_mean)" in table
     assert "Dice" in table and "ROC-AUC" in table

@@ -20,6 +20,8 @@ def test_repo_params_load():
         ("data", {"modality": "dwi"}, "data.modality"),
         ("data", {"healthy_layout": "oasis"}, "data.healthy_layout"),
         ("evaluate", {"primary_metric": "accuracy"}, "evaluate.primary_metric"),
+        ("evaluate", {"pixel_median": 4}, "evaluate.pixel_median: .*must be odd"),
+        ("compare", {"overrides": {"spatial_ae": {"evaluate": {"median": 3}}}}, "compare.overrides.spatial_ae.evaluate: no evaluate"),
         ("model", {"spatial_vae": {"downsamplings": 6}}, "needs preprocess.size divisible by 64"),
         ("model", {"name": "made_up"}, "model.name 'made_up' is not a detector"),
         ("model", {"dense_aee": {}}, "model.dense_aee: no detector of that name"),
