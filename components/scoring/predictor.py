@@ -203,7 +203,8 @@ class VolumePredictor:
         elif upload.with_map == "png":
             top = np.argsort(scores)[::-1][:OVERLAY_SLICES]
             titles = [f"slice {slices.slice_numbers[i]}: {scores[i]:.3g}" for i in top]
-            result["map"] = overlay_strip(slices.images[top, 0], scored.maps[top, 0], titles, calibration.pixel_threshold)
+            smoothed = smooth_subject(scored.maps, slices.brain, calibration.pixel_median)  # the units of its threshold
+            result["map"] = overlay_strip(slices.images[top, 0], smoothed[top, 0], titles, calibration.pixel_threshold)
         return result
 
 
