@@ -34,7 +34,7 @@ from components.atomic import write_json  # noqa: E402
 from components.machine import machine  # noqa: E402
 from components.metrics.detection import best_dice, pixel_metrics  # noqa: E402
 from components.metrics.postprocess import smooth_by_subject  # noqa: E402
-from components.models.calibration import Calibration, Scoring  # noqa: E402
+from components.models.calibration import Calibration  # noqa: E402
 from components.preprocess.spec import PreprocessSpec  # noqa: E402
 from pipelines.evaluate import CALIBRATION, calibrate, load_trained  # noqa: E402
 from pipelines.params import load_params  # noqa: E402
@@ -91,6 +91,8 @@ def main() -> None:
     except FileNotFoundError as err:
         raise SystemExit(f"{err}") from None
     output = args.output or REPO / f"benchmarks/results/pixel_median_{description['model_name']}.json"
+    if not params.path(CALIBRATION).is_file():
+        raise SystemExit(f"{params.path(CALIBRATION)} is missing: run `brainomaly evaluate` first (its units are the model's)")
     spec = PreprocessSpec.from_json(params.path(PROCESSED_DIR / "preprocess_spec.json"))
     deployed = Calibration(**json.loads(params.path(CALIBRATION).read_text()))
     root = params.path(params.data.sites_root)
