@@ -6,15 +6,14 @@ voxel order, ``affine`` the 4x4 voxel-to-world (RAS+ mm) matrix of the header.
 
 from __future__ import annotations
 
-import gzip
 import io
 import math
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from isal import igzip, isal_zlib  # gzip's interface on ISA-L: twice zlib's speed on a scan
 
 from components.atomic import atomic_path
 from components.errors import InvalidVolumeError
@@ -132,12 +131,12 @@ def volume_from_bytes(
 
 
 def _gunzip_bounded(payload: bytes, name: str, limit: int) -> bytes:
-    reader, data = gzip.GzipFile(fileobj=io.BytesIO(payload)), io.BytesIO()
+    reader, data = igzip.GzipFile(fileobj=io.BytesIO(payload)), io.BytesIO()
     try:  # in 1 MiB blocks: read(limit) would reserve the whole limit up front
         while block := reader.read(2**20):
             if data.write(block) and data.tell() > limit:
                 raise InvalidVolumeError(f"{name}: decompresses to more than {limit // 2**20} MiB")
-    except (EOFError, OSError, zlib.error) as err:
+    except (EOFError, OSError, isal_zlib.error) as err:
         raise InvalidVolumeError(f"{name}: the gzip stream is truncated or corrupt ({err})") from err
     return data.getvalue()
 
@@ -158,4 +157,4 @@ def save_volume(data: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
 def volume_to_bytes(data: np.ndarray, affine: np.ndarray) -> bytes:
     """Serialise a volume as gzipped NIfTI bytes (for an HTTP response)."""
     img = nib.Nifti1Image(np.asarray(data), np.asarray(affine, dtype=np.float64))
-    return gzip.compress(img.to_bytes(), compresslevel=3)
+    return igzip.compress(img.to_bytes(), compresslevel=3)

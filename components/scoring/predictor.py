@@ -6,7 +6,6 @@ Free of Ray and HTTP so it can be tested and reused directly; it calls the very 
 
 from __future__ import annotations
 
-import gzip
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Literal, NamedTuple
 
 import nibabel as nib
 import numpy as np
+from isal import igzip
 from torch import nn
 
 from components.data.dicom_io import Derived, DicomSource, parametric_map, segmentation
@@ -237,7 +237,7 @@ def prepare_volume(data: np.ndarray, affine: np.ndarray, spec: PreprocessSpec, l
 def map_nifti(volume: np.ndarray, affine: np.ndarray) -> bytes:
     image = nib.Nifti1Image(volume.astype(np.float32), affine)
     image.header.set_xyzt_units("mm")
-    return gzip.compress(image.to_bytes(), compresslevel=1)
+    return igzip.compress(image.to_bytes(), compresslevel=1)
 
 
 def _verdict(score: float, threshold: float) -> str:
