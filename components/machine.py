@@ -1,9 +1,19 @@
-"""What a measurement ran on, as benchmarks record it: looked up, never written by hand."""
+"""The machine a process runs on: how many CPUs it may use, and what a measurement ran on, as
+benchmarks record it (looked up, never written by hand)."""
 
 from __future__ import annotations
 
 import os
 import platform
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may keep busy: OMP_NUM_THREADS where set (Ray sets it to a task's or
+    an actor's CPUs), else the CPUs it may run on."""
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return len(os.sched_getaffinity(0))
 
 
 def machine() -> str:

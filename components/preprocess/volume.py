@@ -10,6 +10,7 @@ a served scan sees exactly what the model was trained on.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -17,6 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from components.errors import InvalidVolumeError
+from components.machine import usable_cpus
 from components.preprocess.brain_mask import brain_mask as compute_mask
 from components.preprocess.geometry import (
     SliceGeometry,
@@ -91,12 +93,22 @@ def _check_inputs(image: np.ndarray, **others: np.ndarray | None) -> None:
         raise InvalidVolumeError(f"the image is constant (every voxel is {image.min():g}): nothing to analyse")
 
 
+def in_slabs(work: Callable[[np.ndarray], tuple[np.ndarray, ...]], slices: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``work(slices)``, done on slabs of ``slices`` in one thread per usable CPU, each of its
+    arrays joined along the first axis: numpy's and scipy's loops release the GIL, so one scan's
+    preparation uses the cores its caller was given. Every slice comes out as it would alone."""
+    slabs = [slab for slab in np.array_split(slices, usable_cpus()) if len(slab)] or [slices]
+    with ThreadPoolExecutor(len(slabs)) as pool:
+        done = list(pool.map(work, slabs))
+    return tuple(np.concatenate(parts) for parts in zip(*done))
+
+
 def fit_normalisation(image: np.ndarray, brain: np.ndarray, spec: PreprocessSpec,
                       spacing: tuple[float, ...]) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
     """N4 (optional) over the volume, then the voxel-wise map fitted on the brain: percentile
     scaling or z-score, then histogram matching (optional). Returns the (corrected) image and
     the map, which refuses intensities whose arithmetic leaves float32 (finite, yet near its limits)."""
-    lowest, highest = image.min(), image.max()
+    given = image  # before N4: the range an error names
     if spec.bias_correction:
         image = n4_bias_correct(image, brain, spacing)
     scale = zscore(image, brain) if spec.normalisation == "zscore" else percentile_scale(
@@ -105,8 +117,8 @@ def fit_normalisation(image: np.ndarray, brain: np.ndarray, spec: PreprocessSpec
 
     def normalise(values: np.ndarray) -> np.ndarray:
         values = scale(values) if match is None else match(scale(values))
-        if not np.isfinite(values).all():
-            raise InvalidVolumeError(f"intensities from {lowest:g} to {highest:g} do not normalise to finite "
+        if not np.isfinite(values).all():  # the range is read only here: two passes over every scan saved
+            raise InvalidVolumeError(f"intensities from {given.min():g} to {given.max():g} do not normalise to finite "
                                      "values: rescale the scan to its scanner's usual range")
         return values
 
@@ -166,8 +178,14 @@ def preprocess_volume(
     # the volume, of the kept slices; the box is shifted to that part, padding as before.
     inside = tuple(slice(max(0, b.start), min(b.stop, n)) for b, n in zip(box, volume.image.shape[:2]))
     shifted = tuple(slice(b.start - i.start, b.stop - i.start) for b, i in zip(box, inside))
-    brain = crop_resize(volume.brain[inside][..., keep], shifted, spec.size, order=1) > 0.5
-    images = crop_resize(volume.normalise(volume.image[inside][..., keep]), shifted, spec.size, order=1, fill=spec.background)
+
+    def model_slices(slab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # (n, S, S) brain and images
+        brain = crop_resize(volume.brain[inside][..., slab], shifted, spec.size, order=1) > 0.5
+        images = crop_resize(volume.normalise(volume.image[inside][..., slab]), shifted, spec.size, order=1,
+                             fill=spec.background)
+        return brain, images
+
+    brain, images = in_slabs(model_slices, keep)
     none = np.zeros(len(keep), np.int64)  # the pixel counts of what was not given
     tumour = volume.tumour[..., keep] if segmentation is not None else None
     other = volume.lesions[..., keep] if lesions is not None else None

@@ -10,7 +10,7 @@ import torch
 from components.data.layouts import read_brats, read_hcp
 from components.data.nifti_io import load_volume
 from components.models.autoencoders import SpatialVAE
-from components.preprocess.intensity import n4_bias_correct
+from components.preprocess.intensity import LANDMARK_PERCENTILES, n4_bias_correct, percentiles_of
 from components.preprocess.presets import PRESETS
 from components.preprocess.spec import PreprocessSpec
 from components.preprocess.volume import prepare_volume, preprocess_volume, reference_landmarks
@@ -141,3 +141,22 @@ def test_decoder_output_lives_in_the_preprocessing_range(output_range):
     out = model.reconstruct(torch.randn(2, 1, 16, 16) * 5)
     assert output_range[0] <= out.min() and out.max() <= output_range[1]
     assert SpatialVAE(base_channels=4, latent_channels=4, downsamplings=2, output_range=None).output_range is None
+
+
+def test_a_scan_prepared_in_threads_is_the_scan_prepared_in_one(brats_case, monkeypatch):
+    image, affine, seg = brats_case
+    spec = PreprocessSpec(size=32, histogram_landmarks=tuple(np.linspace(0.0, 1.0, 101) ** 2))
+    slices = {}
+    for threads in ("1", "3"):  # 3 slabs of uneven sizes
+        monkeypatch.setenv("OMP_NUM_THREADS", threads)
+        slices[threads] = preprocess_volume(image, affine, spec, segmentation=seg)
+    one, three = slices["1"], slices["3"]
+    assert len(one.images) > 3
+    assert np.array_equal(one.images, three.images) and np.array_equal(one.brain, three.brain)
+    assert np.array_equal(one.tumour, three.tumour) and np.array_equal(one.slice_numbers, three.slice_numbers)
+
+
+def test_percentiles_of_sorted_values_are_numpys(hcp_case):
+    image, _, mask = hcp_case
+    values = np.concatenate([image[mask > 0], np.full(1000, image.max())])  # ties, as a clipped tail has
+    assert np.array_equal(percentiles_of(values, LANDMARK_PERCENTILES), np.percentile(values, LANDMARK_PERCENTILES))
