@@ -1,7 +1,7 @@
 """`brainomaly score` on archives of BraTS-sized volumes: scans a minute, and peak memory as the
 archive grows, against posting the same volumes to the endpoint one by one.
 
-    python benchmarks/archive_scoring.py [--sizes 24 96] [--endpoint-volumes 12] [--output benchmarks/results/archive_scoring.json]
+    python benchmarks/archive_scoring.py [--sizes 24 192] [--endpoint-volumes 12] [--output benchmarks/results/archive_scoring.json]
 
 Runs after `make run`, with this repo's registered champion and params. Each archive holds
 copies of one 240x240x155 .nii.gz volume (a BraTS-layout phantom on BraTS's grid, as
@@ -56,7 +56,9 @@ def write_archive(folder: Path, payload: bytes, volumes: int) -> Path:
 
 
 TICKS = os.sysconf("SC_CLK_TCK")
+HELPERS = "Ray's daemons and helpers"
 ROLES = {"ray::MapWorker": "model actor", "ray::IDLE": "prepare tasks", "ray::Map(prepare)": "prepare tasks"}
+RANK = {HELPERS: 0, "prepare tasks": 1, "model actor": 2, "brainomaly score": 3}  # a process keeps its highest
 
 
 def role_and_cpu(pid: int, driver: int) -> tuple[str, float] | None:
@@ -67,19 +69,23 @@ def role_and_cpu(pid: int, driver: int) -> tuple[str, float] | None:
     except OSError:
         return None  # it just ended: its last sample stands
     role = "brainomaly score" if pid == driver else next(
-        (name for prefix, name in ROLES.items() if command.startswith(prefix)), "Ray's daemons and helpers")
+        (name for prefix, name in ROLES.items() if command.startswith(prefix)), HELPERS)
     return role, (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def sample_until_exit(process: subprocess.Popen) -> tuple[int, dict[str, float]]:
     """The largest resident memory of ``process``'s tree, and the CPU seconds its processes used
-    by role, sampled every 0.25 s until it exits (a process's last sample counts)."""
+    by role, sampled every 0.25 s until it exits (a process's last sample counts, under the most
+    specific role it was seen in: an idle worker's title is a prepare task's)."""
     peak, last = 0, {}
     while process.poll() is None:
         tree = process_tree(process.pid)
         peak = max(peak, server_memory(process.pid, tree=tree))
         for pid in tree:
-            last[pid] = role_and_cpu(pid, process.pid) or last.get(pid)
+            sample, before = role_and_cpu(pid, process.pid), last.get(pid)
+            if sample and before and RANK[before[0]] > RANK[sample[0]]:  # a worker's title changes as it idles
+                sample = before[0], sample[1]
+            last[pid] = sample or before
         time.sleep(0.25)
     by_role: dict[str, float] = {}
     for role, seconds in filter(None, last.values()):
@@ -122,6 +128,7 @@ def cpu_per_volume(params, payload: bytes, repeats: int = 5) -> dict:
     import torch
 
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"  # preparation's threads too, as Ray gives a prepare task of 1 CPU
     predictor = load_champion(params)
     stages: dict[str, list[float]] = {"read": [], "prepare": [], "score": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -152,7 +159,7 @@ def endpoint_one_by_one(payload: bytes, volumes: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[24, 96])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[24, 192])
     parser.add_argument("--endpoint-volumes", type=int, default=12)
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "archive_scoring.json")
     args = parser.parse_args()

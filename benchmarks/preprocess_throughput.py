@@ -53,7 +53,7 @@ def write_cases(root: Path, count: int) -> None:
     atlas = load_atlas(1.0)
     for i in range(2):
         subject = make_subject(atlas, PhantomSpec(), np.random.default_rng(i), with_tumour=True)
-        write_brats_subject(root, f"BraTS2021_{i:05d}", {k: fit(v) for k, v in subject.items()}, atlas.affine)
+        write_brats_subject(root, f"BraTS2021_{i:05d}", {k: fit(v) for k, v in subject.volumes.items()}, subject.affine)
     for i in range(2, count):
         source = root / f"BraTS2021_{i % 2:05d}"
         target = root / f"BraTS2021_{i:05d}"
