@@ -1,6 +1,7 @@
 """Latency, throughput and overload of the HTTP endpoint on a 240x240x155 volume (.nii.gz).
 
-    python benchmarks/serving_load.py [--requests 30] [--seconds 30] [--output benchmarks/results/serving_cpu.json]
+    python benchmarks/serving_load.py [--requests 30] [--seconds 30] [--volume SCAN.nii.gz]
+                                      [--output benchmarks/results/serving_cpu.json]
 
 Runs after `make run`: serves this repo's registered champion with `brainomaly serve` on a free
 port of 127.0.0.1 (the params' serve section as it is), and drives it from this process:
@@ -13,7 +14,8 @@ port of 127.0.0.1 (the params' serve section as it is), and drives it from this 
    ``--seconds``: every answer must be 200 or 503, 503s must come fast, and the server must
    still be ready afterwards. Clients wait the 1 s the endpoint's Retry-After asks after a 503.
 
-The volume is a BraTS-layout phantom resampled to BraTS's 240x240x155 grid at 1 mm.
+The volume is a BraTS-layout phantom resampled to BraTS's 240x240x155 grid at 1 mm, or the
+``--volume`` given (a real scan: posted as its own file, and as a DICOM series of its voxels).
 """
 
 from __future__ import annotations
@@ -130,21 +132,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=30)
     parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--volume", type=Path, help="a .nii(.gz) scan to post instead of the BraTS-sized phantom")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "serving_cpu.json")
     args = parser.parse_args()
     params = load_params(REPO / "params.yaml")
-    payload = brats_sized_upload(params)
+    if args.volume:
+        payload, (data, affine) = args.volume.read_bytes(), load_volume(args.volume)
+    else:
+        (data, affine), payload = brats_sized_volume(params), brats_sized_upload(params)
     serve = params.serve
     replicas = serve.autoscaling.max_replicas if serve.autoscaling else serve.num_replicas
     capacity = (serve.max_ongoing_requests + serve.max_queued_requests) * replicas
     with running_server(REPO) as url:
         result = {
             "machine": machine(),
-            "volume": {"shape": list(BRATS_SHAPE), "upload_bytes": len(payload), "format": ".nii.gz"},
+            "volume": {"file": args.volume.name if args.volume else "BraTS-sized phantom", "shape": list(data.shape),
+                       "upload_bytes": len(payload), "format": ".nii.gz" if payload[:2] == b"\x1f\x8b" else ".nii"},
             "serve": {"replicas": replicas, "max_ongoing_requests": serve.max_ongoing_requests,
                       "max_queued_requests": serve.max_queued_requests},
             "latency_1_client": latency(url, payload, args.requests),
-            "dicom_seg_1_client": dicom_seg_latency(url, series_zip(volume_to_series(*brats_sized_volume(params))),
+            "dicom_seg_1_client": dicom_seg_latency(url, series_zip(volume_to_series(data, affine)),
                                                     max(5, args.requests // 3)),
             "throughput": [for_a_while(url, payload, clients, args.seconds) for clients in (1, 2, 4)],
             "overload": for_a_while(url, payload, 2 * capacity, args.seconds),
@@ -157,7 +164,9 @@ def main() -> None:
 
 
 def show(result: dict) -> None:
-    table = Table("run", "clients", "volumes/s", "statuses", "p50 s", "p99 s", title="Endpoint on a 240x240x155 .nii.gz")
+    volume = result["volume"]
+    table = Table("run", "clients", "volumes/s", "statuses", "p50 s", "p99 s",
+                  title=f"Endpoint on {volume.get('file', 'a')} {'x'.join(map(str, volume['shape']))} {volume['format']}")
     one = result["latency_1_client"]
     table.add_row("latency", "1", "", f"200 x {one['requests']}", str(one["p50_s"]), str(one["p99_s"]))
     seg = result["dicom_seg_1_client"]
