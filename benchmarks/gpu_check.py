@@ -4,11 +4,11 @@ detector's training throughput and inference time, fp32 against bf16, by slice s
     python benchmarks/gpu_check.py [--sizes 64 128] [--batches 64 256] [--budget-s 420]
                                    [--output benchmarks/results/gpu_check.json]
 
-Needs PyTorch, numpy, scipy, scikit-learn, pandas, rich, pytest and the small pure wheels of
-pydantic, PyYAML and nibabel; not Ray, MLflow or DVC, so it runs on a bare GPU machine:
+Needs PyTorch, numpy, scipy, scikit-learn, pandas, rich, pytest and the small wheels of
+pydantic, PyYAML, nibabel and isal; not Ray, MLflow or DVC, so it runs on a bare GPU machine:
 
-    pip download -d wheels pytest pydantic pyyaml nibabel        # where a package index is reachable
-    pip install --no-index --find-links wheels pytest pydantic pyyaml nibabel   # on the GPU machine
+    pip download -d wheels pytest pydantic pyyaml nibabel isal   # where a package index is reachable
+    pip install --no-index --find-links wheels pytest pydantic pyyaml nibabel isal   # on the GPU machine
     PYTHONPATH=. python benchmarks/gpu_check.py                  # there, without the project installed
 
 Detectors are built as `brainomaly compare` builds them (benchmarks/detector_speed.py); bf16 runs
