@@ -13,7 +13,8 @@ def usable_cpus() -> int:
     try:
         return max(1, int(os.environ["OMP_NUM_THREADS"]))
     except (KeyError, ValueError):
-        return len(os.sched_getaffinity(0))
+        affinity = getattr(os, "sched_getaffinity", None)  # Linux only
+        return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
 def machine() -> str:

@@ -78,7 +78,8 @@ def focal_score(maps: torch.Tensor, brain: torch.Tensor, top_fraction: float, me
     inner = torch.where(inner.flatten(1).any(1)[:, None, None, None], inner, brain)  # a brain too small to erode
     flat = median_filter(maps, median).flatten(1).masked_fill(~inner.flatten(1), float("-inf"))
     count = (inner.flatten(1).sum(1) * top_fraction).ceil().clamp(min=1)
-    # The largest ``count`` of each row, then zeros: what a full sort gave, at a fraction of its cost
+    # Each row's largest ``count`` by topk, a fraction of a full sort's cost, padded with zeros to
+    # the row's length: the sum below runs over what the sort gave, so the scores stay bit for bit
     top = flat.topk(int(count.max()) if len(count) else 0, dim=1).values
     ordered = torch.cat([top, torch.zeros_like(flat[:, top.shape[1]:])], dim=1)
     kept = torch.arange(ordered.shape[1], device=maps.device)[None] < count[:, None]
