@@ -82,6 +82,17 @@ def crop_resize(stack: np.ndarray, box: tuple[slice, slice], size: int, order: i
     return np.moveaxis(resized[:size, :size], 2, 0)
 
 
+def linear_resize_reads(box: slice, size: int, length: int) -> np.ndarray:
+    """The indices in [0, ``length``) of the voxels along one axis that ``crop_resize`` to ``size``
+    px with order 1 reads from the crop ``box`` (which may pass the array's ends): both neighbours
+    of each sample position, and a third where a position lies within rounding of a voxel. The
+    others it weighs by nothing, so they need no work."""
+    positions = (np.arange(size) + 0.5) * ((box.stop - box.start) / size) - 0.5  # as ndimage.zoom's grid_mode
+    left = np.concatenate([np.floor(positions - 1e-6), np.floor(positions + 1e-6)]).astype(int)
+    read = np.unique(np.concatenate([left, left + 1])) + box.start
+    return read[(read >= max(0, box.start)) & (read < min(box.stop, length))]
+
+
 RAS = nib.orientations.axcodes2ornt("RAS")
 
 

@@ -22,17 +22,38 @@ N4_SHRUNK_VOXEL_MM = 4.0  # N4 fits the bias field on a ~4 mm grid: fast, and th
 
 
 def percentiles_of(values: np.ndarray, percentiles) -> np.ndarray:
-    """``np.percentile(values, percentiles)``, the same numbers, found in the sorted values: one
-    (vectorised) sort costs less than np.percentile's partition per quantile, a third of the time
-    for two quantiles of a brain's voxels and a fifth for 101."""
-    return np.percentile(np.sort(values, axis=None), percentiles)
+    """``np.percentile(values, percentiles)``: ``sorted_percentiles`` of the sorted values."""
+    return sorted_percentiles(np.sort(values, axis=None), percentiles)
+
+
+def sorted_percentiles(ordered: np.ndarray, percentiles) -> np.ndarray:
+    """``np.percentile(ordered, percentiles)`` of sorted 1-D values, the same numbers (its linear
+    interpolation, step by step) read off directly, where np.percentile partitions the values
+    around every quantile's neighbours, sorted or not: for a brain's 101 landmarks, a sort and
+    this take a tenth of np.percentile's time."""
+    quantiles = np.true_divide(np.asarray(percentiles, np.float64), 100)
+    if ordered.dtype.kind == "f" and np.isnan(ordered[-1]):  # NaNs sort last, and poison every quantile
+        return np.full(quantiles.shape, np.nan, ordered.dtype)
+    virtual = (len(ordered) - 1) * quantiles
+    below = np.floor(virtual)
+    above = below + 1
+    last = virtual >= len(ordered) - 1
+    below[last] = above[last] = -1  # the largest value, as numpy reads it
+    low, high = ordered[below.astype(np.intp)], ordered[above.astype(np.intp)]
+    weight = virtual - below
+    step = high - low
+    result = np.add(low, step * weight)
+    # from the nearer end, as numpy does: exact at both ends of each interval
+    np.subtract(high, step * (1 - weight), out=result, where=weight >= 0.5, casting="unsafe", dtype=result.dtype)
+    return result
 
 
 def percentile_scale(
-    image: np.ndarray, brain: np.ndarray, percentiles: tuple[float, float], value_range: tuple[float, float]
+    ordered: np.ndarray, percentiles: tuple[float, float], value_range: tuple[float, float]
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """The map of the (low, high) percentiles of the brain's intensities to ``value_range``, clipped."""
-    low, high = percentiles_of(image[brain], percentiles)
+    """The map of the (low, high) percentiles of the brain's intensities (``ordered``: sorted) to
+    ``value_range``, clipped: monotone, so it keeps sorted values sorted."""
+    low, high = sorted_percentiles(ordered, percentiles)
     if high - low <= 1e-6 * max(abs(high), 1.0):
         raise InvalidVolumeError(f"the brain's intensities are flat ({percentiles[0]:g}th to {percentiles[1]:g}th "
                                  f"percentile: {low:g} to {high:g}): nothing to normalise")
@@ -44,9 +65,9 @@ def percentile_scale(
     return scale
 
 
-def zscore(image: np.ndarray, brain: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    """The map (intensity - mean) / std of the brain's intensities."""
-    values = image[brain]
+def zscore(values: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """The map (intensity - mean) / std of the brain's intensities (``values``, in the volume's
+    order: the sums round as they always did): monotone, so it keeps sorted values sorted."""
     std = float(values.std())
     if not np.isfinite(std):  # a float32 sum of squares overflows near float32's limits
         raise InvalidVolumeError(f"intensities up to {float(np.abs(values).max()):g} are too extreme to normalise: "
@@ -63,12 +84,12 @@ def histogram_landmarks(brain_values: np.ndarray) -> tuple[float, ...]:
     return tuple(float(v) for v in percentiles_of(brain_values, LANDMARK_PERCENTILES))
 
 
-def match_histogram(brain_values: np.ndarray, landmarks: tuple[float, ...]) -> Callable[[np.ndarray], np.ndarray]:
-    """The piecewise-linear map of the brain's own quantiles (of ``brain_values``) onto the
-    reference ``landmarks``."""
+def match_histogram(ordered: np.ndarray, landmarks: tuple[float, ...]) -> Callable[[np.ndarray], np.ndarray]:
+    """The piecewise-linear map of the brain's own quantiles (of its normalised intensities,
+    ``ordered``: sorted) onto the reference ``landmarks``."""
     reference = np.asarray(landmarks, np.float64)
     percentiles = np.linspace(0.0, 100.0, len(reference))
-    source = percentiles_of(brain_values, percentiles)
+    source = sorted_percentiles(ordered, percentiles)
     # Tied quantiles (a clipped tail) must still increase for np.interp.
     source = source + np.arange(len(source)) * 1e-9 * max(float(np.ptp(source)), 1.0)
     return lambda values: np.interp(values, source, reference).astype(np.float32)

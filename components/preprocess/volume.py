@@ -23,6 +23,7 @@ from components.preprocess.brain_mask import brain_mask as compute_mask
 from components.preprocess.geometry import (
     SliceGeometry,
     crop_resize,
+    linear_resize_reads,
     ras_spacing,
     resample,
     select_slices,
@@ -111,9 +112,12 @@ def fit_normalisation(image: np.ndarray, brain: np.ndarray, spec: PreprocessSpec
     given = image  # before N4: the range an error names
     if spec.bias_correction:
         image = n4_bias_correct(image, brain, spacing)
-    scale = zscore(image, brain) if spec.normalisation == "zscore" else percentile_scale(
-        image, brain, spec.percentiles, spec.value_range)
-    match = match_histogram(scale(image[brain]), spec.histogram_landmarks) if spec.histogram_landmarks else None
+    values = image[brain]
+    # one sort serves both fits: each normalisation is monotone, so scaled sorted values stay sorted
+    ordered = np.sort(values) if spec.normalisation != "zscore" or spec.histogram_landmarks else None
+    scale = zscore(values) if spec.normalisation == "zscore" else percentile_scale(
+        ordered, spec.percentiles, spec.value_range)
+    match = match_histogram(scale(ordered), spec.histogram_landmarks) if spec.histogram_landmarks else None
 
     def normalise(values: np.ndarray) -> np.ndarray:
         values = scale(values) if match is None else match(scale(values))
@@ -174,16 +178,19 @@ def preprocess_volume(
     middle = None if spec.middle_mm is None else max(1, int(round(spec.middle_mm / volume.spacing[2])))
     keep = select_slices(volume.brain, spec.min_brain_fraction, middle)
     box = square_box(volume.brain, volume.spacing[:2], spec.crop_mm if spec.crop == "fixed" else None)
-    # Only the voxels the crop reads are normalised (the map is voxel-wise): the box's part inside
-    # the volume, of the kept slices; the box is shifted to that part, padding as before.
+    # Only the voxels the crop's linear resize reads are normalised (the map is voxel-wise, and
+    # the resize weighs the others by nothing): about half the box's, of the kept slices. The box
+    # is shifted to its part inside the volume, padding as before.
     inside = tuple(slice(max(0, b.start), min(b.stop, n)) for b, n in zip(box, volume.image.shape[:2]))
     shifted = tuple(slice(b.start - i.start, b.stop - i.start) for b, i in zip(box, inside))
+    rows, cols = (linear_resize_reads(b, spec.size, n) for b, n in zip(box, volume.image.shape[:2]))
 
     def model_slices(slab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # (n, S, S) brain and images
         brain = crop_resize(volume.brain[inside][..., slab], shifted, spec.size, order=1) > 0.5
-        images = crop_resize(volume.normalise(volume.image[inside][..., slab]), shifted, spec.size, order=1,
-                             fill=spec.background)
-        return brain, images
+        normalised = np.zeros((*(i.stop - i.start for i in inside), len(slab)), np.float32)
+        normalised[np.ix_(rows - inside[0].start, cols - inside[1].start)] = volume.normalise(
+            volume.image[np.ix_(rows, cols, slab)])
+        return brain, crop_resize(normalised, shifted, spec.size, order=1, fill=spec.background)
 
     brain, images = in_slabs(model_slices, keep)
     none = np.zeros(len(keep), np.int64)  # the pixel counts of what was not given

@@ -10,6 +10,7 @@ import torch
 from components.data.layouts import read_brats, read_hcp
 from components.data.nifti_io import load_volume
 from components.models.autoencoders import SpatialVAE
+from components.preprocess.geometry import crop_resize, linear_resize_reads
 from components.preprocess.intensity import LANDMARK_PERCENTILES, n4_bias_correct, percentiles_of
 from components.preprocess.presets import PRESETS
 from components.preprocess.spec import PreprocessSpec
@@ -156,7 +157,31 @@ def test_a_scan_prepared_in_threads_is_the_scan_prepared_in_one(brats_case, monk
     assert np.array_equal(one.tumour, three.tumour) and np.array_equal(one.slice_numbers, three.slice_numbers)
 
 
+@pytest.mark.parametrize("box, size", [((slice(3, 40), slice(0, 33)), 16),   # shrink
+                                       ((slice(-5, 30), slice(10, 45)), 64),  # grow, past the start
+                                       ((slice(20, 60), slice(-7, 52)), 24)])  # past both ends
+def test_a_linear_resize_reads_only_the_voxels_it_names(box, size):
+    stack = np.random.default_rng(1).random((45, 48, 3), dtype=np.float32)
+    rows, cols = (linear_resize_reads(b, size, n) for b, n in zip(box, stack.shape[:2]))
+    garbage = np.full_like(stack, 1e6)
+    garbage[np.ix_(rows, cols)] = stack[np.ix_(rows, cols)]
+    assert np.array_equal(crop_resize(garbage, box, size, order=1, fill=-1.0), crop_resize(stack, box, size, order=1, fill=-1.0))
+    fewer = np.full_like(stack, 1e6)  # and each of them is read: leave one out and the resize changes
+    fewer[np.ix_(rows[1:], cols)] = stack[np.ix_(rows[1:], cols)]
+    assert not np.array_equal(crop_resize(fewer, box, size, order=1, fill=-1.0), crop_resize(stack, box, size, order=1, fill=-1.0))
+
+
 def test_percentiles_of_sorted_values_are_numpys(hcp_case):
     image, _, mask = hcp_case
     values = np.concatenate([image[mask > 0], np.full(1000, image.max())])  # ties, as a clipped tail has
     assert np.array_equal(percentiles_of(values, LANDMARK_PERCENTILES), np.percentile(values, LANDMARK_PERCENTILES))
+    rng = np.random.default_rng(0)
+    for size in (1, 2, 3, 10, 101, 1000, 12345):
+        for dtype in (np.float32, np.float64, np.int16):
+            drawn = rng.normal(0, 300, size)
+            for values in (drawn.astype(dtype), np.round(drawn / 100).astype(dtype)):  # and many ties
+                for percentiles in (LANDMARK_PERCENTILES, (1.0, 99.0), (0.5, 99.5), (0.0, 100.0)):
+                    ours, numpys = percentiles_of(values, percentiles), np.percentile(values, percentiles)
+                    assert ours.dtype == numpys.dtype and np.array_equal(ours, numpys), (size, dtype, percentiles)
+    with_nan = np.array([1.0, np.nan, 3.0], np.float32)
+    assert np.isnan(percentiles_of(with_nan, (1.0, 99.0))).all() and np.isnan(np.percentile(with_nan, (1.0, 99.0))).all()
