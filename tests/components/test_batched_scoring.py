@@ -25,7 +25,8 @@ def head(depth: int, seed: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def volumes():
-    """Three scans' slices, of different lengths, together more than one batch of 64."""
+    """Three scans' slices, of different lengths, together more than one batch (a GPU's 64, several
+    of a CPU's 16)."""
     spec = PreprocessSpec(size=SIZE)
     processed = [preprocess_volume(head(depth, seed), np.diag([3.0, 3.0, 3.0, 1.0]), spec)
                  for seed, depth in enumerate((40, 17, 33))]

@@ -9,7 +9,7 @@ import torch
 
 from components.models.bundle import DetectorBundle
 from components.models.calibration import Calibration
-from components.models.inference import resolve_device, score_slices
+from components.models.inference import CPU_BATCH_SLICES, resolve_device, score_slices
 from components.preprocess.spec import PreprocessSpec
 from components.scoring.predictor import VolumePredictor
 from tests.components.test_detectors import SIZE, batch, tiny
@@ -26,6 +26,20 @@ def test_auto_takes_the_cpu_where_no_gpu_is_visible_and_an_absent_gpu_is_named()
     assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match=r"'cuda:1' asked for, but 0 CUDA devices are visible"):
         resolve_device("cuda:1")
+
+
+def test_a_cpu_scores_in_batches_of_its_own_size_unless_told():
+    torch.manual_seed(0)
+    detector = tiny("spatial_ae")
+    seen = []
+    first_conv = next(m for m in detector.modules() if isinstance(m, torch.nn.Conv2d))
+    first_conv.register_forward_pre_hook(lambda _, inputs: seen.append(len(inputs[0])))
+    slices = batch(2 * CPU_BATCH_SLICES + 3)
+    score_slices(detector, slices.image.numpy(), slices.brain.numpy())
+    assert seen == [CPU_BATCH_SLICES, CPU_BATCH_SLICES, 3]
+    seen.clear()
+    score_slices(detector, slices.image.numpy(), slices.brain.numpy(), batch_size=20)
+    assert seen == [20, 15]
 
 
 def test_bf16_scores_come_back_as_float32_and_rank_slices_as_fp32_does():
