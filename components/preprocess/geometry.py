@@ -75,7 +75,9 @@ def square_box(brain: np.ndarray, spacing: tuple[float, float], side_mm: float |
 def crop_resize(stack: np.ndarray, box: tuple[slice, slice], size: int, order: int, fill: float = 0.0) -> np.ndarray:
     """Crop (X, Y, N) to ``box`` (``fill`` outside the array), resize to (N, size, size)."""
     pads = [(max(0, -b.start), max(0, b.stop - n)) for b, n in zip(box, stack.shape[:2])]
-    padded = np.pad(stack.astype(np.float32), pads + [(0, 0)], constant_values=fill)
+    padded = stack.astype(np.float32, copy=False)
+    if any(map(any, pads)):
+        padded = np.pad(padded, pads + [(0, 0)], constant_values=fill)
     crop = padded[box[0].start + pads[0][0] : box[0].stop + pads[0][0], box[1].start + pads[1][0] : box[1].stop + pads[1][0]]
     zoom = (size / crop.shape[0], size / crop.shape[1], 1.0)
     resized = ndimage.zoom(crop, zoom, order=order, grid_mode=True, mode="grid-constant", cval=fill)
@@ -84,12 +86,13 @@ def crop_resize(stack: np.ndarray, box: tuple[slice, slice], size: int, order: i
 
 def linear_resize_reads(box: slice, size: int, length: int) -> np.ndarray:
     """The indices in [0, ``length``) of the voxels along one axis that ``crop_resize`` to ``size``
-    px with order 1 reads from the crop ``box`` (which may pass the array's ends): both neighbours
-    of each sample position, and a third where a position lies within rounding of a voxel. The
-    others it weighs by nothing, so they need no work."""
-    positions = (np.arange(size) + 0.5) * ((box.stop - box.start) / size) - 0.5  # as ndimage.zoom's grid_mode
-    left = np.concatenate([np.floor(positions - 1e-6), np.floor(positions + 1e-6)]).astype(int)
-    read = np.unique(np.concatenate([left, left + 1])) + box.start
+    px with order 1 weighs from the crop ``box`` (which may pass the array's ends): the voxel at
+    or below each sample position, and the next where the position falls between two. Any other
+    voxel may hold any finite value: the resize weighs it by exactly nothing. The positions are
+    ndimage.zoom's own (grid mode), computed with the same float operations."""
+    positions = (np.arange(size, dtype=np.float64) + 0.5) * ((box.stop - box.start) / size) - 0.5
+    below = np.floor(positions)
+    read = np.unique(np.concatenate([below, below[positions > below] + 1])).astype(int) + box.start
     return read[(read >= max(0, box.start)) & (read < min(box.stop, length))]
 
 
