@@ -30,6 +30,22 @@ def test_bytes_roundtrip_gzipped_and_plain():
         np.testing.assert_array_equal(parsed, data)
 
 
+def test_float32_voxels_are_read_in_place_and_other_encodings_through_nibabel():
+    data = np.random.default_rng(0).normal(size=(3, 4, 5)).astype(np.float32)
+    plain = nifti_bytes(data)
+    parsed, _ = volume_from_bytes(plain)
+    assert np.array_equal(parsed, data)
+    assert np.shares_memory(parsed, np.frombuffer(plain, np.uint8))  # a view of the upload's bytes, no copy
+    big_endian = nib.Nifti1Image(data, np.eye(4), header=nib.Nifti1Header(endianness=">"))
+    scaled = nib.Nifti1Image(data, np.eye(4))
+    scaled.header.set_slope_inter(2.0, 1.0)
+    for image, expected in ((big_endian, data), (scaled, data * 2 + 1)):
+        image_bytes = image.to_bytes()
+        parsed, _ = volume_from_bytes(image_bytes)
+        assert parsed.dtype == np.float32 and not np.shares_memory(parsed, np.frombuffer(image_bytes, np.uint8))
+        np.testing.assert_allclose(parsed, expected, rtol=1e-6)
+
+
 def test_single_frame_4d_is_accepted():
     parsed, _ = volume_from_bytes(nifti_bytes(np.ones((4, 4, 4, 1), np.float32)))
     assert parsed.shape == (4, 4, 4)
