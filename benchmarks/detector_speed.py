@@ -28,7 +28,7 @@ from rich.table import Table
 
 from components.models.detector import Slices
 from components.models.inference import INFERENCE_LAYOUT
-from components.models.registry import build_detector, data_hyperparams
+from components.models.registry import build_detector, contrast_residual, data_hyperparams
 from pipelines.params import load_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +53,8 @@ def timed(function, device: torch.device, repeats: int) -> float:
 
 def compare_hyperparams(params, name: str) -> dict:
     """The detector's model settings as `brainomaly compare` trains it (compare.overrides merged in)."""
-    return {**(params.model.model_extra or {}).get(name, {}), **params.compare.overrides.get(name, {}).get("model", {})}
+    settings = {**(params.model.model_extra or {}).get(name, {}), **params.compare.overrides.get(name, {}).get("model", {})}
+    return contrast_residual(settings, params.data.modality)
 
 
 def measure(name: str, hyperparams: dict, device: torch.device, precision: str, channels_last: bool, repeats: int,

@@ -1,7 +1,8 @@
-"""How wide the pixel protocol's median should be: calibrated Dice and pixel AUPRC at every site
-for cubic windows of 1, 3 and 5 voxels.
+"""How a model's maps are made and smoothed: calibrated Dice and pixel AUPRC at every site for
+each residual sign and cubic median windows of 1, 3 and 5 voxels.
 
     python benchmarks/pixel_median.py [--params params.yaml] [--windows 1 3 5]
+                                      [--residuals absolute brighter]
                                       [--output benchmarks/results/pixel_median_<model>.json]
 
 Runs after `make run`, on its model (or a `brainomaly compare` workspace's: ``--params
@@ -13,8 +14,11 @@ and the test scans give the site report's pixel AUPRC and calibrated Dice (95 % 
 subjects), and the best Dice one threshold reaches on the site's labels (a ceiling, not a
 result: it peeks). The AnoVAEGAN paper's window is 5 voxels of about 1 mm; here a voxel is about 2.8 mm
 in-plane and 2-6 mm through-plane, so 5 erases lesions under a centimetre across, and 1 keeps
-single-voxel noise. The training site's held-out scans choose ``evaluate.pixel_median`` (the
-best calibrated Dice); the unseen sites show whether that choice transfers.
+single-voxel noise. ``--residuals`` scores a reconstruction model's maps as each residual
+(absolute, brighter, darker: ``components.models.detector.residual_map``; the same weights,
+so no training) and smooths each over every window. The training site's held-out scans choose
+the pair (``model.<name>.residual`` and ``evaluate.pixel_median``: the best calibrated Dice);
+the unseen sites show whether that choice transfers.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from components.machine import machine  # noqa: E402
 from components.metrics.detection import best_dice, pixel_metrics  # noqa: E402
 from components.metrics.postprocess import smooth_by_subject  # noqa: E402
 from components.models.calibration import Calibration  # noqa: E402
+from components.models.detector import RESIDUALS, ReconstructionDetector  # noqa: E402
 from components.preprocess.spec import PreprocessSpec  # noqa: E402
 from pipelines.evaluate import CALIBRATION, calibrate, load_trained  # noqa: E402
 from pipelines.params import load_params  # noqa: E402
@@ -75,10 +80,20 @@ def site_windows(detector, root: Path, spec: PreprocessSpec, deployed: Calibrati
     return rows
 
 
+def as_residual(detector, residual: str):
+    """The same detector, its maps made as ``residual`` (its weights untouched)."""
+    if residual != detector.residual and type(detector).anomaly_map is not ReconstructionDetector.anomaly_map:
+        raise SystemExit(f"{type(detector).__name__} makes its own maps: only its residual, {detector.residual}, applies")
+    detector.residual = residual
+    return detector
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     parser.add_argument("--windows", type=int, nargs="+", default=[1, 3, 5], help="cubic median windows, odd voxels")
+    parser.add_argument("--residuals", nargs="+", choices=RESIDUALS,
+                        help="residual signs to score a reconstruction model's maps as (default: its own)")
     parser.add_argument("--output", type=Path, help="default: benchmarks/results/pixel_median_<model>.json")
     args = parser.parse_args()
     if any(w < 1 or w % 2 == 0 for w in args.windows):
@@ -100,21 +115,33 @@ def main() -> None:
         parser.error(f"no site in data.sites_root ({root}): nothing to measure")
     training = params.phantoms.spec.training_site
     sites = sorted(site_names(root), key=lambda name: name != training)  # the site that chooses first
-    report = {name: site_windows(detector, root / name, spec, deployed, params, args.windows) for name in sites}
+    own = getattr(detector, "residual", "its own map")  # a detector that maps no residual keeps its map
+    if args.residuals and own not in RESIDUALS:
+        parser.error(f"{description['model_name']} maps no residual: --residuals does not apply")
+    residuals = args.residuals or [own]
+    report = {name: {residual: site_windows(as_residual(detector, residual) if residual in RESIDUALS else detector,
+                                            root / name, spec, deployed, params, args.windows)
+                     for residual in residuals} for name in sites}
     chooser = report.get(training)
-    chosen = max(chooser, key=lambda w: chooser[w]["dice"]) if chooser else None
+    chosen = None
+    if chooser:
+        residual, window = max(((r, w) for r in chooser for w in chooser[r]), key=lambda rw: chooser[rw[0]][rw[1]]["dice"])
+        chosen = {"residual": residual, "window": window}
     write_json(output, {"machine": machine(), "model": description["model_name"], "params": str(args.params),
-                        "windows": args.windows, "chosen_on": training if chooser else None, "chosen": chosen,
-                        "sites": report})
-    table = Table("site", *(f"window {w}: Dice / pixel AUPRC" for w in args.windows),
+                        "residuals": residuals, "windows": args.windows, "chosen_on": training if chooser else None,
+                        "chosen": chosen, "sites": report})
+    table = Table("site", "residual", *(f"window {w}: Dice / pixel AUPRC" for w in args.windows),
                   title=f"{description['model_name']}: calibrated Dice [95 % interval] / pixel AUPRC (best Dice of one "
-                        "threshold, a ceiling) by median window")
-    for name, rows in report.items():
-        table.add_row(name, *(f"{r['dice']:.3f} [{r['dice_ci95'][0]:.2f}, {r['dice_ci95'][1]:.2f}] / {r['pixel_auprc']:.3f}"
-                              f" (ceiling {r['best_dice_oracle']:.3f})" for r in rows.values()))
+                        "threshold, a ceiling) by residual and median window")
+    for name, by_residual in report.items():
+        for residual, rows in by_residual.items():
+            table.add_row(name, str(residual), *(
+                f"{r['dice']:.3f} [{r['dice_ci95'][0]:.2f}, {r['dice_ci95'][1]:.2f}] / {r['pixel_auprc']:.3f}"
+                f" (ceiling {r['best_dice_oracle']:.3f})" for r in rows.values()))
     Console().print(table)
     if chosen is not None:
-        print(f"best calibrated Dice at the {training} site's held-out scans: window {chosen}")
+        print(f"best calibrated Dice at the {training} site's held-out scans: residual {chosen['residual']}, "
+              f"window {chosen['window']}")
 
 
 if __name__ == "__main__":

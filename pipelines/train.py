@@ -39,7 +39,7 @@ from components.atomic import atomic_path, write_json
 from components.data.augment import augment
 from components.data.slice_store import processed_fingerprint, read_index
 from components.models.detector import Slices
-from components.models.registry import DETECTORS, build_detector, data_hyperparams
+from components.models.registry import DETECTORS, build_detector, contrast_residual, data_hyperparams
 from components.preprocess.spec import PreprocessSpec
 from components.training.loop import LoopData, LoopSettings, prepare, run_epochs
 from pipelines import tracking
@@ -206,7 +206,8 @@ def training_config(params: Params) -> TrainingConfig:
     read_index(data_root)  # a clear message when `preprocess` has not run
     name = params.model.name
     spec = PreprocessSpec.from_json(data_root / "preprocess_spec.json")
-    hyperparams = {**params.model.hyperparams(), **data_hyperparams(name, spec.size, spec.output_range)}
+    hyperparams = contrast_residual({**params.model.hyperparams(), **data_hyperparams(name, spec.size, spec.output_range)},
+                                    params.data.modality)
     build_detector(name, **hyperparams)
     return TrainingConfig(
         data_root=str(data_root), model_name=name, hyperparams=hyperparams, train=params.train,

@@ -15,7 +15,8 @@ noise drawn on a ``noise_resolution`` x ``noise_resolution`` grid (the paper's 1
 with std ``noise_std`` (0.2 of the value range), upsampled bilinearly to the slice and added in
 the brain; the loss is the squared error to the clean slice, in the brain. Coarse noise looks
 like a lesion-sized blob, so the network learns to replace blobs by healthy tissue; the
-residual |x - f(x)| is the anomaly map (its focal score the slice score). The paper
+residual |x - f(x)| is the anomaly map (its focal score the slice score), or one sign of it
+(``residual``: ``brighter`` keeps x - f(x) > 0, the sign of a lesion on T2 and FLAIR). The paper
 reports Dice ~0.57 and pixel AUPRC ~0.43 on BraTS T2 trained on other scanners' healthy scans,
 above the autoencoders and DDPMs of its time.
 """
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from components.models.detector import Detector, ReconstructionDetector, Slices, Sync, no_sync
+from components.models.detector import RESIDUALS, Detector, ReconstructionDetector, Slices, Sync, no_sync
 
 
 class IntensityThreshold(Detector):
@@ -93,14 +94,17 @@ class CoarseNoiseDAE(ReconstructionDetector):
     """A U-Net trained to remove coarse noise from healthy slices; the residual is the map."""
 
     def __init__(self, base_channels: int = 32, levels: int = 4, noise_resolution: int = 8, noise_std: float = 0.2,
-                 image_size: int = 64, output_range: tuple[float, float] | None = (0.0, 1.0)) -> None:
+                 image_size: int = 64, output_range: tuple[float, float] | None = (0.0, 1.0),
+                 residual: str = "absolute") -> None:
         super().__init__()
+        if residual not in RESIDUALS:
+            raise ValueError(f"denoising_ae.residual must be one of {RESIDUALS} (auto: as data.modality says), got {residual!r}")
         if image_size % 2**levels:
             raise ValueError(f"denoising_ae: image_size {image_size} is not divisible by 2**levels = {2**levels}")
         if not 1 <= noise_resolution <= image_size:
             raise ValueError(f"denoising_ae.noise_resolution must lie in [1, image_size={image_size}], got {noise_resolution}")
         self.unet = UNet(base_channels, levels)
-        self.noise_resolution, self.image_size = noise_resolution, image_size
+        self.noise_resolution, self.image_size, self.residual = noise_resolution, image_size, residual
         # noise_std is a fraction of the value range (z-scores: of one standard deviation x 4)
         self.noise_scale = noise_std * ((output_range[1] - output_range[0]) if output_range is not None else 4.0)
 

@@ -42,6 +42,7 @@ class Inspection(NamedTuple):
     maps: torch.Tensor  # (N, 1, H, W), zero outside the brain
     scores: torch.Tensor  # (N,)
     alternatives: dict[str, torch.Tensor]  # named (N,) scores
+    levels: Optional[torch.Tensor] = None  # (N,) each slice's typical residual, where not Detector.map_level(maps)
 
 
 class Slices(NamedTuple):
@@ -144,8 +145,30 @@ def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, parameters: list[
     optimizer.step()
 
 
+RESIDUALS = ("absolute", "brighter", "darker")
+
+
+def residual_map(x: torch.Tensor, reconstruction: torch.Tensor, residual: str = "absolute") -> torch.Tensor:
+    """x - x_hat as a map: its size (``absolute``), or only where the scan is brighter than its
+    reconstruction (``brighter``: tumour, edema and white-matter lesions on T2 and FLAIR) or
+    darker (``darker``: on T1). A one-sided map leaves out the residual of the other sign, which
+    on such a contrast is the reconstruction's own error (a blurred sulcus, an overshoot at an
+    edge), not a lesion."""
+    if residual not in RESIDUALS:
+        raise ValueError(f"residual must be one of {RESIDUALS}, got {residual!r}")
+    difference = x - reconstruction
+    if residual == "brighter":
+        return difference.clamp(min=0)
+    if residual == "darker":
+        return (-difference).clamp(min=0)
+    return difference.abs()
+
+
 class ReconstructionDetector(Detector):
-    """A detector that reconstructs its input: one loss, one optimizer, |x - x_hat| as the map."""
+    """A detector that reconstructs its input: one loss, one optimizer, the residual x - x_hat as
+    the map (its size, or one sign of it: ``residual``)."""
+
+    residual = "absolute"
 
     @abstractmethod
     def loss(self, batch: Slices) -> tuple[torch.Tensor, dict[str, float]]: ...
@@ -163,4 +186,17 @@ class ReconstructionDetector(Detector):
 
     @torch.no_grad()
     def anomaly_map(self, x: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
-        return (x - self.reconstruct(x)).abs()
+        return residual_map(x, self.reconstruct(x), self.residual)
+
+    def inspect(self, x: torch.Tensor, brain: torch.Tensor) -> Inspection:
+        """With a one-sided ``residual``, only the maps keep one sign: the slice scores and their
+        levels still read the whole residual, so the verdict is the absolute map's (a one-sided
+        map is zero on about half the brain, and its median says little)."""
+        if self.residual == "absolute":
+            return super().inspect(x, brain)
+        with torch.no_grad():
+            reconstruction = self.reconstruct(x)
+            whole = residual_map(x, reconstruction) * brain
+            verdict = Inspection(whole, self.slice_score(x, whole, brain), self.alternative_scores(x, whole, brain),
+                                 self.map_level(whole, brain))
+            return verdict._replace(maps=residual_map(x, reconstruction, self.residual) * brain)

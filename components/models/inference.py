@@ -105,7 +105,8 @@ def score_slices(detector: Detector, images: np.ndarray, brain: np.ndarray, batc
             inspection = detector.inspect(x, m)
         maps.append(inspection.maps.float().cpu().numpy())
         scores.append(inspection.scores.float().cpu().numpy())
-        levels.append(detector.map_level(inspection.maps, m).float().cpu().numpy())
+        level = inspection.levels if inspection.levels is not None else detector.map_level(inspection.maps, m)
+        levels.append(level.float().cpu().numpy())
         for name, values in inspection.alternatives.items():
             alternatives.setdefault(name, []).append(values.float().cpu().numpy())
         bar.update(len(x))

@@ -45,6 +45,19 @@ def data_hyperparams(name: str, image_size: int, output_range) -> dict:
     return {k: v for k, v in implied.items() if k in accepted_hyperparams(name)}
 
 
+# The residual sign of a lesion on each contrast: on T2 and FLAIR tumour, edema and white-matter
+# lesions are brighter than the tissue they replace; on T1 a tumour is darker and on T1ce its
+# rim brighter, so both signs stay.
+LESION_RESIDUAL = {"t2": "brighter", "flair": "brighter", "t1": "absolute", "t1ce": "absolute"}
+
+
+def contrast_residual(hyperparams: dict, modality: str) -> dict:
+    """``hyperparams`` with a ``residual: auto`` made the one the scans' contrast calls for."""
+    if hyperparams.get("residual") != "auto":
+        return hyperparams
+    return {**hyperparams, "residual": LESION_RESIDUAL.get(modality, "absolute")}
+
+
 def build_detector(name: str, **hyperparams) -> Detector:
     """Instantiate detector ``name``; unknown names or hyper-parameters are a clear error."""
     accepted = accepted_hyperparams(name)

@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from components.models.detector import Slices
+from components.models.detector import Slices, residual_map
+from components.models.inference import score_slices
 from components.models.dual_vae import grey_squares, input_l2, masked_elbo, overlay
 from components.models.introvae import patch_grid, ssim_map, triplet_patches, zscore_in_brain
 from components.models.latent_constrained import low_rank_penalty
 from components.models.diffusion import multiscale_noise, patch_masks
-from components.models.registry import DETECTORS, build_detector, data_hyperparams
+from components.models.registry import DETECTORS, build_detector, contrast_residual, data_hyperparams
 
 SIZE = 16
 VAE = {"base_channels": 4, "latent_size": 8, "downsamplings": 2}
@@ -62,7 +63,7 @@ def test_trains_scores_and_reloads_through_the_interface(name):
     assert sum(synced) == sum(p.numel() > 0 for p in detector.parameters())
     assert len(synced) == len(optimizers)
     assert set(detector.eval().validation_losses(slices)) <= set(parts)
-    maps, scores, alternatives = detector.inspect(slices.image, slices.brain)
+    maps, scores, alternatives, _ = detector.inspect(slices.image, slices.brain)
     assert maps.shape == slices.image.shape and scores.shape == (len(slices.image),)
     assert not maps[~slices.brain].any(), "maps are zero outside the brain"
     assert all(v.shape == scores.shape for v in alternatives.values())
@@ -253,6 +254,46 @@ def test_denoising_ae_noise_is_coarse_and_scaled_to_the_value_range():
     neighbours = torch.corrcoef(torch.stack([noise[..., :-1].flatten(), noise[..., 1:].flatten()]))[0, 1]
     assert neighbours > 0.9
 
+
+
+def test_a_one_sided_residual_keeps_only_its_sign_and_an_unknown_one_is_refused():
+    x, reconstruction = torch.tensor([0.2, 0.5, 0.9]), torch.tensor([0.5, 0.5, 0.4])
+    assert residual_map(x, reconstruction).tolist() == pytest.approx([0.3, 0.0, 0.5])
+    assert residual_map(x, reconstruction, "brighter").tolist() == pytest.approx([0.0, 0.0, 0.5])
+    assert residual_map(x, reconstruction, "darker").tolist() == pytest.approx([0.3, 0.0, 0.0])
+    torch.manual_seed(0)
+    slices = batch()
+    both, brighter = (build_detector("denoising_ae", **TINY["denoising_ae"], residual=residual,
+                                     **data_hyperparams("denoising_ae", SIZE, (0.0, 1.0))) for residual in ("absolute", "brighter"))
+    brighter.load_state_dict(both.state_dict())
+    recon = both.eval().reconstruct(slices.image)
+    maps = brighter.eval().anomaly_map(slices.image, slices.brain)
+    assert torch.equal(maps, (slices.image - recon).clamp(min=0))
+    assert torch.equal(both.anomaly_map(slices.image, slices.brain), (slices.image - recon).abs())
+    with pytest.raises(ValueError, match="residual must be one of"):
+        build_detector("denoising_ae", residual="signed")
+
+
+def test_a_one_sided_map_leaves_the_verdict_to_the_whole_residual():
+    torch.manual_seed(0)
+    slices = batch()
+    both, brighter = (build_detector("denoising_ae", **TINY["denoising_ae"], residual=residual,
+                                     **data_hyperparams("denoising_ae", SIZE, (0.0, 1.0))) for residual in ("absolute", "brighter"))
+    brighter.load_state_dict(both.state_dict())
+    images, brain = slices.image.numpy(), slices.brain.numpy()
+    whole, one_sided = score_slices(both, images, brain), score_slices(brighter, images, brain)
+    np.testing.assert_array_equal(one_sided.scores, whole.scores)
+    np.testing.assert_array_equal(one_sided.levels, whole.levels)
+    assert (one_sided.maps <= whole.maps).all() and (one_sided.maps < whole.maps).any()
+    np.testing.assert_array_equal(one_sided.maps[one_sided.maps > 0], whole.maps[one_sided.maps > 0])
+
+
+def test_an_auto_residual_follows_the_contrast_and_a_chosen_one_stays():
+    assert contrast_residual({"residual": "auto", "levels": 2}, "t2") == {"residual": "brighter", "levels": 2}
+    assert contrast_residual({"residual": "auto"}, "flair")["residual"] == "brighter"
+    assert contrast_residual({"residual": "auto"}, "t1")["residual"] == "absolute"
+    assert contrast_residual({"residual": "darker"}, "t2")["residual"] == "darker"
+    assert contrast_residual({"levels": 2}, "t2") == {"levels": 2}
 
 def test_rectified_flow_corrupts_only_the_brain_and_takes_its_euler_steps():
     torch.manual_seed(0)
