@@ -59,3 +59,13 @@ def test_the_config_is_frozen_and_holds_each_value_once(processed_project):
     assert config.with_changes(train={"epochs": 2}).train.epochs == 2 and config.train.epochs != 2
     with pytest.raises(ValueError, match="epochs"):
         config.with_changes(train={"epochs": 0})
+
+
+def test_an_auto_residual_is_the_one_the_scans_contrast_calls_for(processed_project):
+    for modality, residual in (("t2", "brighter"), ("flair", "brighter"), ("t1", "absolute")):
+        params = load_params(write_params(processed_project, name=f"params-{modality}.yaml", data={"modality": modality},
+                                          model={"name": "denoising_ae"}))
+        assert params.model.hyperparams()["residual"] == "auto"
+        config = train.training_config(params)
+        assert config.hyperparams["residual"] == residual
+        assert build_detector(config.model_name, **config.hyperparams).residual == residual
