@@ -152,8 +152,8 @@ def residual_map(x: torch.Tensor, reconstruction: torch.Tensor, residual: str = 
     """x - x_hat as a map: its size (``absolute``), or only where the scan is brighter than its
     reconstruction (``brighter``: tumour, edema and white-matter lesions on T2 and FLAIR) or
     darker (``darker``: on T1). A one-sided map leaves out the residual of the other sign, which
-    on such a contrast is the reconstruction's own error (a blurred sulcus, an overshoot at an
-    edge), not a lesion."""
+    on such a contrast is the reconstruction's own error (the halo beside an edge it blurs), not
+    a lesion."""
     if residual not in RESIDUALS:
         raise ValueError(f"residual must be one of {RESIDUALS}, got {residual!r}")
     difference = x - reconstruction
