@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from components.data.augment import AugmentSpec, augment
+from components.data.augment import AugmentSpec, augment, bias_field, gaussian_blur
 
 OFF = AugmentSpec(flip_p=0.0, brightness=0.0, noise_std=0.0)
 
@@ -58,8 +58,42 @@ def test_rotation_moves_the_brain_and_fills_with_the_background():
     assert (out == -1.0).float().mean().item() == pytest.approx((x == -1.0).float().mean().item(), abs=0.1)
 
 
+def test_blur_smooths_the_chosen_samples_and_leaves_the_others_bit_for_bit():
+    torch.manual_seed(4)
+    x = torch.rand(4, 1, 32, 32)
+    out = gaussian_blur(x, torch.tensor([0.0, 0.5, 1.0, 2.0]))
+    assert torch.equal(out[0], x[0])
+    roughness = [float((o[..., 1:, :] - o[..., :-1, :]).abs().mean()) for o in out]
+    assert roughness == sorted(roughness, reverse=True)  # the wider the blur, the smoother
+    assert out.mean((1, 2, 3)) == pytest.approx(x.mean((1, 2, 3)), abs=0.01)  # it moves intensity, it makes none
+
+
+def test_a_bias_field_is_smooth_positive_and_as_strong_as_asked():
+    torch.manual_seed(5)
+    field = bias_field(torch.zeros(3, 1, 64, 64), torch.tensor([0.0, 0.3, 0.7]))
+    spread = field.log().amax((1, 2, 3)) - field.log().amin((1, 2, 3))
+    assert torch.allclose(spread, torch.tensor([0.0, 0.3, 0.7]), atol=1e-5) and bool((field > 0).all())
+    assert float((field[2, :, 1:] - field[2, :, :-1]).abs().max()) < 0.1  # no step between neighbours
+
+
+def test_acquisition_changes_the_asked_share_of_samples_in_the_brain_only():
+    torch.manual_seed(6)
+    x, brain = batch()
+    spec = AugmentSpec(flip_p=0.0, brightness=0.0, noise_std=0.0, bias_field=0.7, blur_px=1.5, acquisition_p=0.5)
+    out = augment(x, brain, spec)
+    changed = (out - x).abs().amax((1, 2, 3)) > 1e-6
+    assert 38 < changed.sum() < 58  # blur or bias, each with p = 0.5: 3 samples in 4
+    assert torch.all(out[~brain] == 0) and out.min() >= 0 and out.max() <= 1
+
+
 def test_bad_params_are_named():
     with pytest.raises(ValueError, match="train.augment.flip_p is a probability"):
         AugmentSpec(flip_p=1.5)
     with pytest.raises(ValueError, match="train.augment.scale must be < 1"):
         AugmentSpec(scale=1.0)
+    with pytest.raises(ValueError, match="train.augment.acquisition_p is a probability"):
+        AugmentSpec(acquisition_p=2.0)
+    with pytest.raises(ValueError, match="train.augment.blur_px must be <= 4"):
+        AugmentSpec(blur_px=10.0)
+    with pytest.raises(ValueError, match="train.augment.bias_field must be >= 0"):
+        AugmentSpec(bias_field=-0.1)
