@@ -4,6 +4,7 @@ requests keep being answered. Its own server, on a copy of the pipeline's regist
 
 import gzip
 import json
+import select
 import shutil
 import socket
 import subprocess
@@ -39,7 +40,7 @@ NAME, ALIAS = "brainomaly-detector", "champion"
 def project(pipeline_repo, tmp_path_factory):
     folder = tmp_path_factory.mktemp("lifecycle")
     shutil.copy2(pipeline_repo / "mlflow.db", folder / "mlflow.db")  # artifacts stay where they are
-    write_params(folder, serve={"max_upload_mb": 2, "registry_poll_s": 1, "max_ongoing_requests": 1, "max_queued_requests": 1,
+    write_params(folder, serve={"max_upload_mb": 8, "max_axis": 4096, "registry_poll_s": 1, "max_ongoing_requests": 1, "max_queued_requests": 1,
                                 "route_prefix": PREFIX, "upload_timeout_s": UPLOAD_TIMEOUT_S})
     return folder
 
@@ -57,11 +58,12 @@ def scan(pipeline_repo) -> bytes:
 
 @pytest.fixture(scope="module")
 def long_scan(pipeline_repo) -> bytes:
-    """The scan repeated along its axial axis in slices 12 times thinner: hundreds of slices,
-    seconds of scoring, and still one brain's volume (a skull-stripped scan, not a head)."""
+    """Each axial slice of the scan repeated 40 times, in slices 40 times thinner: thousands of
+    slices, seconds of work, and still one brain's volume (a skull-stripped scan, not a head).
+    Repeats lie side by side, so the upload stays small."""
     image = nib.load(read_brats(pipeline_repo / "data" / "raw" / "brats")[0].image)
-    data = np.tile(np.asanyarray(image.dataobj), (1, 1, 12))
-    return gzip.compress(nib.Nifti1Image(data, image.affine @ np.diag([1, 1, 1 / 12, 1])).to_bytes(), compresslevel=1)
+    data = np.repeat(np.asanyarray(image.dataobj), 40, axis=2)
+    return gzip.compress(nib.Nifti1Image(data, image.affine @ np.diag([1, 1, 1 / 40, 1])).to_bytes(), compresslevel=1)
 
 
 @pytest.fixture(scope="module")
@@ -131,11 +133,10 @@ def wait_until_idle(server: str, seconds: float = 120) -> None:
 
 
 def answered(connection: socket.socket) -> bytes:
-    """What the server has answered on ``connection`` so far, without waiting or consuming it."""
-    try:
-        return connection.recv(64, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except BlockingIOError:
-        return b""
+    """What the server has answered on ``connection`` so far, without waiting or consuming it (a
+    socket with a timeout waits for data before any recv, MSG_DONTWAIT or not: select first)."""
+    readable, _, _ = select.select([connection], [], [], 0)
+    return connection.recv(64, socket.MSG_PEEK) if readable else b""
 
 
 def drop_at_the_model(server: str, scan: bytes, count: int, tries: int = 3) -> float:
