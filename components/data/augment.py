@@ -4,7 +4,7 @@ The papers' choices, each a parameter (0 switches it off): left/right flip and b
 shifts (dual-vae-latent-distance-improved.txt: p = 0.5; delta 0.1 with p = 0.3), Gaussian
 noise (dual-vae-latent-distance.txt: std 0.01), random scaling and rotation
 (introvae-latent-search-patch-metric.txt). Beyond the papers, an acquisition's own marks, so a
-model meets another scanner's slices having seen their like (off by default): a smooth
+model meets another scanner's slices having seen their like (off here; params.yaml turns them on): a smooth
 multiplicative bias field, which the default preprocessing does not correct, and an in-plane
 Gaussian blur, the partial volume of a coarser or thicker-sliced acquisition. Intensity changes
 touch the brain only, so the background keeps the value the preprocessing gave it; results are
@@ -91,11 +91,11 @@ def bias_field(x: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Each sample (N, 1, H, W) blurred in-plane with its own sigma (N,) in pixels (0: unchanged),
     separably, the edges reflected."""
-    radius = max(1, math.ceil(3 * float(sigma.max())))
+    n, _, h, w = x.shape
+    radius = min(max(1, math.ceil(3 * float(sigma.max()))), h - 1, w - 1)  # reflection needs a wider slice
     offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     kernels = torch.exp(-offsets**2 / (2 * sigma.clamp(min=1e-3)[:, None] ** 2))
     kernels = kernels / kernels.sum(1, keepdim=True)  # (N, K); a sigma near 0 leaves the centre tap alone
-    n, _, h, w = x.shape
     padded = F.pad(x.view(1, n, h, w), (radius, radius, radius, radius), mode="reflect")
     rows = F.conv2d(padded, kernels.view(n, 1, -1, 1), groups=n)
     return F.conv2d(rows, kernels.view(n, 1, 1, -1), groups=n).view(n, 1, h, w)

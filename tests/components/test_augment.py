@@ -66,6 +66,7 @@ def test_blur_smooths_the_chosen_samples_and_leaves_the_others_bit_for_bit():
     roughness = [float((o[..., 1:, :] - o[..., :-1, :]).abs().mean()) for o in out]
     assert roughness == sorted(roughness, reverse=True)  # the wider the blur, the smoother
     assert out.mean((1, 2, 3)) == pytest.approx(x.mean((1, 2, 3)), abs=0.01)  # it moves intensity, it makes none
+    assert gaussian_blur(x[:, :, :8, :8], torch.tensor([4.0] * 4)).shape == (4, 1, 8, 8)  # wider than a small slice
 
 
 def test_a_bias_field_is_smooth_positive_and_as_strong_as_asked():

@@ -72,6 +72,12 @@ def registry(project) -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def request_head(server: str, length: int) -> bytes:
+    """A prediction request's line and headers, for a client that sends its body by hand."""
+    return (f"POST {PREFIX}/v1/predict HTTP/1.1\r\nHost: {urlparse(server).netloc}\r\n"
+            f"X-API-Key: {KEY['X-API-Key']}\r\nContent-Length: {length}\r\n\r\n").encode()
+
+
 def test_the_api_key_guards_every_route_but_the_probes(server, scan):
     assert server.endswith(PREFIX)
     assert requests.post(f"{server}/v1/predict", data=scan, timeout=60).status_code == 401
@@ -103,9 +109,7 @@ def test_over_capacity_the_endpoint_answers_503_at_once(server, scan):
 def test_slow_uploads_cannot_lock_out_a_normal_client(server, scan):
     """Twelve clients that send a few bytes of their upload and then stall: they hold the slots
     they got only until the upload deadline, then a normal client is served."""
-    address = urlparse(server)
-    head = (f"POST {PREFIX}/v1/predict HTTP/1.1\r\nHost: {address.netloc}\r\nX-API-Key: {KEY['X-API-Key']}\r\n"
-            f"Content-Length: {len(scan)}\r\n\r\n").encode()
+    address, head = urlparse(server), request_head(server, len(scan))
     stalled = [socket.create_connection((address.hostname, address.port), timeout=60) for _ in range(12)]
     try:
         for connection in stalled:
@@ -143,9 +147,7 @@ def drop_at_the_model(server: str, scan: bytes, count: int, tries: int = 3) -> f
     """``count`` clients send ``scan`` and hang up once every one's work is at the model; the
     slices scored before they sent it. An upload answered before it got there (a loaded machine
     missing the upload deadline) is a retry, with the answer named if every try ends so."""
-    address = urlparse(server)
-    head = (f"POST {PREFIX}/v1/predict HTTP/1.1\r\nHost: {address.netloc}\r\nX-API-Key: {KEY['X-API-Key']}\r\n"
-            f"Content-Length: {len(scan)}\r\n\r\n").encode()
+    address, head = urlparse(server), request_head(server, len(scan))
     at_model, early = 'brainomaly_predictions_in_progress{stage="model"}', []
     for _ in range(tries):
         wait_until_idle(server)
