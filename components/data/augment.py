@@ -4,7 +4,8 @@ The papers' choices, each a parameter (0 switches it off): left/right flip and b
 shifts (dual-vae-latent-distance-improved.txt: p = 0.5; delta 0.1 with p = 0.3), Gaussian
 noise (dual-vae-latent-distance.txt: std 0.01), random scaling and rotation
 (introvae-latent-search-patch-metric.txt). Beyond the papers, an acquisition's own marks, so a
-model meets another scanner's slices having seen their like (off here; params.yaml turns them on): a smooth
+model meets another scanner's slices having seen their like (off, here and in params.yaml: paired
+trainings found no gain at unseen sites, docs/preprocessing.md): a smooth
 multiplicative bias field, which the default preprocessing does not correct, and an in-plane
 Gaussian blur, the partial volume of a coarser or thicker-sliced acquisition. Intensity changes
 touch the brain only, so the background keeps the value the preprocessing gave it; results are
