@@ -13,7 +13,8 @@ candidate must beat the champion by more than two trainings of one recipe differ
 ``--detector NAME`` repeats another detector instead, at its compared budget (``compare.overrides``),
 in artifacts/repeat/<name>/seed-<n>/, reported to repeat_training_<name>.json by default.
 ``-S section.key=value`` (repeatable) repeats a variant of the recipe; ``--label NAME`` names its
-workspaces (artifacts/repeat/<label>/) and its report (repeat_training_<label>.json).
+workspaces (artifacts/repeat/<label>/) and its report (repeat_training_<label>.json), which
+records the ``train`` section the runs trained with.
 ``--sites`` also runs the `sites` stage on each model: each phantom site's slice AUROC, pixel
 AUPRC, and Dice and healthy slices flagged after site calibration, with their spread.
 ``--baseline FILE`` (another report of this script, with the same seeds) adds the paired
@@ -93,6 +94,16 @@ def paired(runs: list[dict], baseline: dict, keys: list[str]) -> dict:
     return differences
 
 
+def baseline_report(path: Path) -> dict | None:
+    """Another report of this script, or None where ``path`` holds none."""
+    try:
+        report = json.loads(path.read_text())
+        runs = report["runs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return report if isinstance(runs, list) and all(isinstance(r, dict) and "seed" in r for r in runs) else None
+
+
 def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
@@ -110,8 +121,10 @@ def arguments() -> argparse.Namespace:
         parser.error("--runs must be at least 2: a spread needs two trainings")
     if args.overrides and not args.label:
         parser.error("-S needs --label: a variant's workspaces and report must not be the recipe's own")
-    if args.baseline and not args.baseline.is_file():
-        parser.error(f"--baseline {args.baseline}: no such file")
+    if args.baseline:  # read before hours of training, not after
+        args.baseline_report = baseline_report(args.baseline)
+        if args.baseline_report is None:
+            parser.error(f"--baseline {args.baseline}: not a report of this script (a JSON with its runs' seeds)")
     try:
         args.params = load_params(REPO / "params.yaml", args.overrides)
     except ParamsError as err:
@@ -144,11 +157,11 @@ def main() -> None:
     trained = load_params(folder / "params.yaml")
     keys = [key for key in runs[0] if key not in ("seed", "train_seconds") and all(key in run for run in runs)]
     report = {"machine": machine(), "detector": trained.model.name, "epochs": trained.train.epochs,
-              "overrides": args.overrides, "runs": runs, "wall_seconds": time.perf_counter() - start,
+              "overrides": args.overrides, "train": trained.train.model_dump(mode="json"), "runs": runs, "wall_seconds": time.perf_counter() - start,
               "spread": {key: spread([run[key] for run in runs]) for key in keys}}
     if args.baseline:
         report["baseline"] = os.path.relpath(args.baseline.resolve(), REPO)
-        report["paired"] = paired(runs, json.loads(args.baseline.read_text()), keys)
+        report["paired"] = paired(runs, args.baseline_report, keys)
     write_json(output, report)
     print_report(report, args)
 
