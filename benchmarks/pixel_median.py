@@ -1,8 +1,8 @@
 """How a model's maps are made and smoothed: calibrated Dice and pixel AUPRC at every site for
-each residual sign and cubic median windows of 1, 3 and 5 voxels.
+each residual sign, restoration pass count and cubic median window of 1, 3 and 5 voxels.
 
     python benchmarks/pixel_median.py [--params params.yaml] [--windows 1 3 5]
-                                      [--residuals absolute brighter]
+                                      [--residuals absolute brighter] [--passes 1 2 3]
                                       [--output benchmarks/results/pixel_median_<model>.json]
 
 Runs after `make run`, on its model (or a `brainomaly compare` workspace's: ``--params
@@ -16,9 +16,12 @@ result: it peeks). The AnoVAEGAN paper's window is 5 voxels of about 1 mm; here 
 in-plane and 2-6 mm through-plane, so 5 erases lesions under a centimetre across, and 1 keeps
 single-voxel noise. ``--residuals`` scores a reconstruction model's maps as each residual
 (absolute, brighter, darker: ``components.models.detector.residual_map``; the same weights,
-so no training) and smooths each over every window. The training site's held-out scans choose
-the pair (``model.<name>.residual`` and ``evaluate.pixel_median``: the best calibrated Dice);
-the unseen sites show whether that choice transfers.
+so no training) and smooths each over every window; ``--passes`` restores the denoising
+autoencoder's slices in each number of passes (``model.denoising_ae.passes``; the same weights),
+which moves the slice scores too: each pass count's slice AUROC is reported beside its maps.
+The training site's held-out scans choose the triple (``model.<name>.residual``, ``passes`` and
+``evaluate.pixel_median``: the best calibrated Dice); the unseen sites show whether that choice
+transfers.
 """
 
 from __future__ import annotations
@@ -34,9 +37,11 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from sklearn.metrics import roc_auc_score  # noqa: E402
+
 from components.atomic import write_json  # noqa: E402
 from components.machine import machine  # noqa: E402
-from components.metrics.detection import best_dice, pixel_metrics  # noqa: E402
+from components.metrics.detection import best_dice, pixel_metrics, slice_truth  # noqa: E402
 from components.metrics.postprocess import smooth_by_subject  # noqa: E402
 from components.models.calibration import Calibration  # noqa: E402
 from components.models.detector import RESIDUALS, ReconstructionDetector  # noqa: E402
@@ -54,7 +59,8 @@ def smoothed_with(scored: dict, window: int) -> dict:
 
 
 def site_windows(detector, root: Path, spec: PreprocessSpec, deployed: Calibration, params, windows: list[int]) -> dict:
-    """Per window, the site's calibrated pixel threshold, pixel AUPRC and Dice (with its interval)."""
+    """The test scans' slice AUROC and, per window, the site's calibrated pixel threshold, pixel
+    AUPRC and Dice (with its interval)."""
     healthy, tumour = site_subjects(root, params.data.modality)
     count, settings = params.calibrate.healthy_scans, params.evaluate
     reference, _ = score_subjects(detector, healthy[:count], spec, params.preprocess.workers, deployed.scoring,
@@ -62,7 +68,9 @@ def site_windows(detector, root: Path, spec: PreprocessSpec, deployed: Calibrati
     test, _ = score_subjects(detector, healthy[count:] + tumour, spec, params.preprocess.workers, deployed.scoring,
                              f"{root.name}: test")
     percentile = 100.0 * (1.0 - params.calibrate.target_false_alarm_rate)
-    rows = {}
+    labels, rated = slice_truth(test["index"]["tumour_pixels"], test["index"]["lesion_pixels"],
+                                settings.min_tumour_pixels)
+    rows = {"slice_auroc": round(float(roc_auc_score(labels[rated], test["scores"][rated])), 4)}
     for window in windows:
         scoring = deployed.scoring._replace(pixel_median=window)
         site = calibrate(smoothed_with(reference, window), percentile, settings.pixel_threshold_percentile, scoring)
@@ -80,11 +88,18 @@ def site_windows(detector, root: Path, spec: PreprocessSpec, deployed: Calibrati
     return rows
 
 
-def as_residual(detector, residual: str):
-    """The same detector, its maps made as ``residual`` (its weights untouched)."""
-    if residual != detector.residual and type(detector).anomaly_map is not ReconstructionDetector.anomaly_map:
-        raise SystemExit(f"{type(detector).__name__} makes its own maps: only its residual, {detector.residual}, applies")
-    detector.residual = residual
+def as_variant(detector, residual: str, passes: int):
+    """The same detector, its maps made as ``residual`` (a detector that maps no residual keeps
+    its own map) from a restoration in ``passes`` passes; its weights untouched."""
+    if residual in RESIDUALS:
+        if residual != detector.residual and type(detector).anomaly_map is not ReconstructionDetector.anomaly_map:
+            raise SystemExit(f"{type(detector).__name__} makes its own maps: only its residual, {detector.residual}, "
+                             "applies")
+        detector.residual = residual
+    if passes != getattr(detector, "passes", 1):
+        if not hasattr(detector, "passes"):
+            raise SystemExit(f"{type(detector).__name__} restores in one pass: --passes does not apply")
+        detector.passes = passes
     return detector
 
 
@@ -94,10 +109,14 @@ def main() -> None:
     parser.add_argument("--windows", type=int, nargs="+", default=[1, 3, 5], help="cubic median windows, odd voxels")
     parser.add_argument("--residuals", nargs="+", choices=RESIDUALS,
                         help="residual signs to score a reconstruction model's maps as (default: its own)")
+    parser.add_argument("--passes", type=int, nargs="+",
+                        help="restoration passes to score the denoising autoencoder's maps in (default: its own)")
     parser.add_argument("--output", type=Path, help="default: benchmarks/results/pixel_median_<model>.json")
     args = parser.parse_args()
     if any(w < 1 or w % 2 == 0 for w in args.windows):
         parser.error(f"--windows must be odd numbers of voxels >= 1, got {args.windows}")
+    if args.passes and min(args.passes) < 1:
+        parser.error(f"--passes must be whole numbers >= 1, got {args.passes}")
     if not args.params.is_file():
         parser.error(f"no such params file: {args.params}")
     params = load_params(args.params)
@@ -119,29 +138,33 @@ def main() -> None:
     if args.residuals and own not in RESIDUALS:
         parser.error(f"{description['model_name']} maps no residual: --residuals does not apply")
     residuals = args.residuals or [own]
-    report = {name: {residual: site_windows(as_residual(detector, residual) if residual in RESIDUALS else detector,
-                                            root / name, spec, deployed, params, args.windows)
+    passes = args.passes or [getattr(detector, "passes", 1)]
+    report = {name: {residual: {count: site_windows(as_variant(detector, residual, count), root / name, spec, deployed,
+                                                    params, args.windows) for count in passes}
                      for residual in residuals} for name in sites}
     chooser = report.get(training)
     chosen = None
     if chooser:
-        residual, window = max(((r, w) for r in chooser for w in chooser[r]), key=lambda rw: chooser[rw[0]][rw[1]]["dice"])
-        chosen = {"residual": residual, "window": window}
+        residual, count, window = max(((r, p, w) for r in chooser for p in chooser[r] for w in args.windows),
+                                      key=lambda rpw: chooser[rpw[0]][rpw[1]][rpw[2]]["dice"])
+        chosen = {"residual": residual, "passes": count, "window": window}
     write_json(output, {"machine": machine(), "model": description["model_name"], "params": str(args.params),
-                        "residuals": residuals, "windows": args.windows, "chosen_on": training if chooser else None,
-                        "chosen": chosen, "sites": report})
-    table = Table("site", "residual", *(f"window {w}: Dice / pixel AUPRC" for w in args.windows),
+                        "residuals": residuals, "passes": passes, "windows": args.windows,
+                        "chosen_on": training if chooser else None, "chosen": chosen, "sites": report})
+    windows = (f"window {w}: Dice / pixel AUPRC" for w in args.windows)
+    table = Table("site", "residual", "passes", "slice AUROC", *windows,
                   title=f"{description['model_name']}: calibrated Dice [95 % interval] / pixel AUPRC (best Dice of one "
-                        "threshold, a ceiling) by residual and median window")
+                        "threshold, a ceiling) by residual, restoration passes and median window")
     for name, by_residual in report.items():
-        for residual, rows in by_residual.items():
-            table.add_row(name, str(residual), *(
-                f"{r['dice']:.3f} [{r['dice_ci95'][0]:.2f}, {r['dice_ci95'][1]:.2f}] / {r['pixel_auprc']:.3f}"
-                f" (ceiling {r['best_dice_oracle']:.3f})" for r in rows.values()))
+        for residual, by_passes in by_residual.items():
+            for count, rows in by_passes.items():
+                table.add_row(name, str(residual), str(count), f"{rows['slice_auroc']:.3f}", *(
+                    f"{rows[w]['dice']:.3f} [{rows[w]['dice_ci95'][0]:.2f}, {rows[w]['dice_ci95'][1]:.2f}] / "
+                    f"{rows[w]['pixel_auprc']:.3f} (ceiling {rows[w]['best_dice_oracle']:.3f})" for w in args.windows))
     Console().print(table)
     if chosen is not None:
         print(f"best calibrated Dice at the {training} site's held-out scans: residual {chosen['residual']}, "
-              f"window {chosen['window']}")
+              f"{chosen['passes']} passes, window {chosen['window']}")
 
 
 if __name__ == "__main__":

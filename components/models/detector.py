@@ -164,6 +164,19 @@ def residual_map(x: torch.Tensor, reconstruction: torch.Tensor, residual: str = 
     return difference.abs()
 
 
+def lesion_removed(x: torch.Tensor, reconstruction: torch.Tensor, residual: str = "absolute") -> torch.Tensor:
+    """x less what ``residual_map`` of that sign calls a lesion: where the scan is brighter than
+    its reconstruction (``brighter``), or darker (``darker``), or either (``absolute``), the
+    reconstruction; the scan elsewhere."""
+    if residual not in RESIDUALS:
+        raise ValueError(f"residual must be one of {RESIDUALS}, got {residual!r}")
+    if residual == "brighter":
+        return torch.minimum(x, reconstruction)
+    if residual == "darker":
+        return torch.maximum(x, reconstruction)
+    return reconstruction
+
+
 class ReconstructionDetector(Detector):
     """A detector that reconstructs its input: one loss, one optimizer, the residual x - x_hat as
     the map (its size, or one sign of it: ``residual``)."""

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.models.detector import Slices, residual_map
+from components.models.detector import Slices, lesion_removed, residual_map
 from components.models.inference import score_slices
 from components.models.dual_vae import grey_squares, input_l2, masked_elbo, overlay
 from components.models.introvae import patch_grid, ssim_map, triplet_patches, zscore_in_brain
@@ -286,6 +286,36 @@ def test_a_one_sided_map_leaves_the_verdict_to_the_whole_residual():
     np.testing.assert_array_equal(one_sided.levels, whole.levels)
     assert (one_sided.maps <= whole.maps).all() and (one_sided.maps < whole.maps).any()
     np.testing.assert_array_equal(one_sided.maps[one_sided.maps > 0], whole.maps[one_sided.maps > 0])
+
+
+def test_a_lesion_removed_is_the_scan_with_the_residual_of_its_sign_replaced_by_the_reconstruction():
+    x, reconstruction = torch.tensor([0.2, 0.5, 0.9]), torch.tensor([0.5, 0.5, 0.4])
+    assert lesion_removed(x, reconstruction, "brighter").tolist() == pytest.approx([0.2, 0.5, 0.4])
+    assert lesion_removed(x, reconstruction, "darker").tolist() == pytest.approx([0.5, 0.5, 0.9])
+    assert torch.equal(lesion_removed(x, reconstruction), reconstruction)
+    with pytest.raises(ValueError, match="residual must be one of"):
+        lesion_removed(x, reconstruction, "signed")
+
+
+def test_a_second_restoration_pass_restores_the_scan_less_the_first_passes_lesion_and_training_takes_one():
+    torch.manual_seed(0)
+    slices = batch()
+    one, two = (build_detector("denoising_ae", **TINY["denoising_ae"], residual="brighter", passes=passes,
+                               **data_hyperparams("denoising_ae", SIZE, (0.0, 1.0))) for passes in (1, 2))
+    two.load_state_dict(one.state_dict())  # the pass count is no weight: a model trained with one restores in two
+    with torch.no_grad():
+        first = one.eval().unet(slices.image)
+        assert torch.equal(one.reconstruct(slices.image), first)
+        again = two.eval().unet(torch.minimum(slices.image, first))
+        assert torch.equal(two.reconstruct(slices.image), again)
+        assert not torch.equal(again, first)
+    torch.manual_seed(1)
+    loss_one = one.loss(slices)[0]
+    torch.manual_seed(1)
+    assert torch.equal(two.loss(slices)[0], loss_one)  # the same noise, the same single pass
+    for passes in (0, 1.5, True):
+        with pytest.raises(ValueError, match="passes must be a whole number >= 1"):
+            build_detector("denoising_ae", passes=passes)
 
 
 def test_an_auto_residual_follows_the_contrast_and_a_chosen_one_stays():
