@@ -10,15 +10,16 @@ artifacts/compare/<name>/params.yaml``). Each site is scored once, as `brainomal
 it (the first calibrate.healthy_scans healthy scans calibrate, the other healthy scans and the
 tumour scans test); then, per window, every scan's maps are median-filtered over that cube,
 the site's pixel threshold is set from its calibration scans (evaluate.pixel_threshold_percentile),
-and the test scans give the site report's pixel AUPRC and calibrated Dice (95 % intervals over
-subjects), and the best Dice one threshold reaches on the site's labels (a ceiling, not a
-result: it peeks). The AnoVAEGAN paper's window is 5 voxels of about 1 mm; here a voxel is about 2.8 mm
-in-plane and 2-6 mm through-plane, so 5 erases lesions under a centimetre across, and 1 keeps
-single-voxel noise. ``--residuals`` scores a reconstruction model's maps as each residual
-(absolute, brighter, darker: ``components.models.detector.residual_map``; the same weights,
-so no training) and smooths each over every window; ``--passes`` restores the denoising
-autoencoder's slices in each number of passes (``model.denoising_ae.passes``; the same weights),
-which moves the slice scores too: each pass count's slice AUROC is reported beside its maps.
+and the test scans give the site report's pixel AUPRC, calibrated Dice (95 % intervals over
+subjects) and share of healthy slices flagged, and the best Dice one threshold reaches on the
+site's labels (a ceiling, not a result: it peeks). The AnoVAEGAN paper's window is 5 voxels of
+about 1 mm; here a voxel is about 2.8 mm in-plane and 2-6 mm through-plane, so 5 erases lesions
+under a centimetre across, and 1 keeps single-voxel noise. ``--residuals`` scores a
+reconstruction model's maps as each residual (absolute, brighter, darker:
+``components.models.detector.residual_map``; the same weights, so no training) and smooths each
+over every window; ``--passes`` restores the denoising autoencoder's slices in each number of
+passes (``model.denoising_ae.passes``; the same weights), which moves the slice scores too: each
+pass count's slice AUROC and healthy slices flagged are reported beside its maps.
 The training site's held-out scans choose the triple (``model.<name>.residual``, ``passes`` and
 ``evaluate.pixel_median``: the best calibrated Dice); the unseen sites show whether that choice
 transfers.
@@ -84,6 +85,7 @@ def site_windows(detector, root: Path, spec: PreprocessSpec, deployed: Calibrati
         rows[window] = {"pixel_threshold": site.pixel_threshold, "pixel_auprc": round(pixels["pixel_auprc"], 4),
                         "pixel_auroc": round(pixels["pixel_auroc"], 4), "dice": round(found["dice_mean"], 4),
                         "dice_ci95": [round(found["ci95"]["dice_mean"][end], 3) for end in ("low", "high")],
+                        "healthy_slice_false_alarm_rate": round(found["healthy_slice_false_alarm_rate"], 4),
                         "best_dice_oracle": round(ceiling["best_dice_oracle"], 4)}
     return rows
 
@@ -152,13 +154,14 @@ def main() -> None:
                         "residuals": residuals, "passes": passes, "windows": args.windows,
                         "chosen_on": training if chooser else None, "chosen": chosen, "sites": report})
     windows = (f"window {w}: Dice / pixel AUPRC" for w in args.windows)
-    table = Table("site", "residual", "passes", "slice AUROC", *windows,
+    table = Table("site", "residual", "passes", "slice AUROC", "healthy slices flagged", *windows,
                   title=f"{description['model_name']}: calibrated Dice [95 % interval] / pixel AUPRC (best Dice of one "
                         "threshold, a ceiling) by residual, restoration passes and median window")
     for name, by_residual in report.items():
         for residual, by_passes in by_residual.items():
             for count, rows in by_passes.items():
-                table.add_row(name, str(residual), str(count), f"{rows['slice_auroc']:.3f}", *(
+                flagged = rows[args.windows[0]]["healthy_slice_false_alarm_rate"]  # slice thresholds: any window's
+                table.add_row(name, str(residual), str(count), f"{rows['slice_auroc']:.3f}", f"{flagged:.1%}", *(
                     f"{rows[w]['dice']:.3f} [{rows[w]['dice_ci95'][0]:.2f}, {rows[w]['dice_ci95'][1]:.2f}] / "
                     f"{rows[w]['pixel_auprc']:.3f} (ceiling {rows[w]['best_dice_oracle']:.3f})" for w in args.windows))
     Console().print(table)
