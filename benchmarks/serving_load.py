@@ -1,10 +1,12 @@
 """Latency, throughput and overload of the HTTP endpoint on a 240x240x155 volume (.nii.gz).
 
     python benchmarks/serving_load.py [--requests 30] [--seconds 30] [--volume SCAN.nii.gz]
+                                      [--model-uri models:/brainomaly-detector/<version>]
                                       [--output benchmarks/results/serving_cpu.json]
 
-Runs after `make run`: serves this repo's registered champion with `brainomaly serve` on a free
-port of 127.0.0.1 (the params' serve section as it is), and drives it from this process:
+Runs after `make run`: serves this repo's registered champion (or ``--model-uri``) with
+`brainomaly serve` on a free port of 127.0.0.1 (the params' serve section as it is), and drives
+it from this process:
 
 1. latency: one client, ``--requests`` sequential predictions -> p50, p90, p99, and the median
    of each stage the endpoint reports in its Server-Timing header (where the time goes); then
@@ -133,6 +135,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=30)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--volume", type=Path, help="a .nii(.gz) scan to post instead of the BraTS-sized phantom")
+    parser.add_argument("--model-uri", help="a registered version to serve instead of the champion")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "serving_cpu.json")
     args = parser.parse_args()
     params = load_params(REPO / "params.yaml")
@@ -143,9 +146,10 @@ def main() -> None:
     serve = params.serve
     replicas = serve.autoscaling.max_replicas if serve.autoscaling else serve.num_replicas
     capacity = (serve.max_ongoing_requests + serve.max_queued_requests) * replicas
-    with running_server(REPO) as url:
+    with running_server(REPO, model_uri=args.model_uri) as url:
         result = {
             "machine": machine(),
+            "model_uri": args.model_uri or f"models:/{params.registry.model_name}@{params.registry.alias}",
             "volume": {"file": args.volume.name if args.volume else "BraTS-sized phantom", "shape": list(data.shape),
                        "upload_bytes": len(payload), "format": ".nii.gz" if payload[:2] == b"\x1f\x8b" else ".nii"},
             "serve": {"replicas": replicas, "max_ongoing_requests": serve.max_ongoing_requests,

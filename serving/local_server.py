@@ -23,23 +23,24 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(folder: Path, params: str = "params.yaml", env: dict | None = None, timeout: float = 300,
-                   route_prefix: str = "") -> Iterator[str]:
+                   route_prefix: str = "", model_uri: str | None = None) -> Iterator[str]:
     """Start the endpoint on a free port with ``folder``'s params and registry, in ``env`` (this
-    process's environment by default); yields its URL (with the params' ``route_prefix``) once
-    /readyz answers 200 and stops the whole process group afterwards. The log is
-    ``folder/serve-<port>.log``."""
-    with server_process(folder, params, env, timeout, route_prefix) as (url, _):
+    process's environment by default), serving ``model_uri`` (None: the params' own); yields its
+    URL (with the params' ``route_prefix``) once /readyz answers 200 and stops the whole process
+    group afterwards. The log is ``folder/serve-<port>.log``."""
+    with server_process(folder, params, env, timeout, route_prefix, model_uri) as (url, _):
         yield url
 
 
 @contextlib.contextmanager
 def server_process(folder: Path, params: str = "params.yaml", env: dict | None = None, timeout: float = 300,
-                   route_prefix: str = "") -> Iterator[tuple[str, subprocess.Popen]]:
+                   route_prefix: str = "", model_uri: str | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
     """running_server's URL and the `brainomaly serve` process, whose session holds every
     process of the server (Ray's included): what a benchmark measures the memory of."""
     port = free_port()
     log_path = Path(folder) / f"serve-{port}.log"
-    command = [str(Path(sys.executable).parent / "brainomaly"), "serve", "--params", params, "--port", str(port)]
+    command = [str(Path(sys.executable).parent / "brainomaly"), "serve", "--params", params, "--port", str(port),
+               *(["--model-uri", model_uri] if model_uri else [])]
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=folder, env=os.environ if env is None else env, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
