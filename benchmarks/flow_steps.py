@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from components.atomic import write_json  # noqa: E402
-from components.data.slice_store import load_slices, read_index  # noqa: E402
+from components.data.slice_store import load_slices, read_index, slice_spacing  # noqa: E402
 from components.machine import machine  # noqa: E402
 from components.metrics.postprocess import smooth_by_subject  # noqa: E402
 from components.models.inference import score_slices, with_reference  # noqa: E402
@@ -65,7 +65,8 @@ def main() -> None:
         scored = score_slices(detector, slices["images"], slices["brain"], progress=f"{steps} step(s)")
         ms = (time.perf_counter() - start) / len(index) * 1000
         scored = with_reference(scored, params.evaluate.score_reference, subjects)
-        maps = smooth_by_subject(scored.maps, slices["brain"], subjects, params.evaluate.pixel_median)
+        maps = smooth_by_subject(scored.maps, slices["brain"], subjects, params.evaluate.pixel_median,
+                                 params.evaluate.scoring.median_spacing(slice_spacing(index)))
         rows[steps] = {"slice_auroc": round(float(roc_auc_score(abnormal, scored.scores)), 4),
                        "pixel_auprc": round(float(average_precision_score(slices["tumour"][brain], maps[brain])), 4),
                        "ms_per_slice": round(ms, 2)}

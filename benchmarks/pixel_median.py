@@ -1,20 +1,21 @@
 """How a model's maps are made and smoothed: calibrated Dice and pixel AUPRC at every site for
-each residual sign, restoration pass count and cubic median window of 1, 3 and 5 voxels.
+each residual sign, restoration pass count and median window of 1, 3 and 5 pixels.
 
     python benchmarks/pixel_median.py [--params params.yaml] [--windows 1 3 5]
-                                      [--residuals absolute brighter] [--passes 1 2 3]
+                                      [--residuals absolute brighter] [--passes 1 2 3] [--cubic]
                                       [--output benchmarks/results/pixel_median_<model>.json]
 
 Runs after `make run`, on its model (or a `brainomaly compare` workspace's: ``--params
 artifacts/compare/<name>/params.yaml``). Each site is scored once, as `brainomaly sites` scores
 it (the first calibrate.healthy_scans healthy scans calibrate, the other healthy scans and the
-tumour scans test); then, per window, every scan's maps are median-filtered over that cube,
-the site's pixel threshold is set from its calibration scans (evaluate.pixel_threshold_percentile),
+tumour scans test); then, per window, every scan's maps are median-filtered over that many
+pixels in-plane and, through-plane, over no more millimetres (components/metrics/postprocess.py:
+``median_window``; ``--cubic``: over as many slices as pixels, as before that rule), the site's pixel threshold is set from its calibration scans (evaluate.pixel_threshold_percentile),
 and the test scans give the site report's pixel AUPRC, calibrated Dice (95 % intervals over
 subjects) and share of healthy slices flagged, and the best Dice one threshold reaches on the
 site's labels (a ceiling, not a result: it peeks). The AnoVAEGAN paper's window is 5 voxels of
 about 1 mm; here a voxel is about 2.8 mm in-plane and 2-6 mm through-plane, so 5 erases lesions
-under a centimetre across, and 1 keeps single-voxel noise. ``--residuals`` scores a
+under a centimetre across, and 1 keeps single-voxel noise; across 6 mm slices a cube of 3 spans 18 mm. ``--residuals`` scores a
 reconstruction model's maps as each residual (absolute, brighter, darker:
 ``components.models.detector.residual_map``; the same weights, so no training) and smooths each
 over every window; ``--passes`` restores the denoising autoencoder's slices in each number of
@@ -41,10 +42,11 @@ sys.path.insert(0, str(REPO))
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from components.atomic import write_json  # noqa: E402
+from components.data.slice_store import slice_spacing  # noqa: E402
 from components.machine import machine  # noqa: E402
 from components.metrics.detection import best_dice, pixel_metrics, slice_truth  # noqa: E402
 from components.metrics.postprocess import smooth_by_subject  # noqa: E402
-from components.models.calibration import Calibration  # noqa: E402
+from components.models.calibration import Calibration, Scoring  # noqa: E402
 from components.models.detector import RESIDUALS, ReconstructionDetector  # noqa: E402
 from components.preprocess.spec import PreprocessSpec  # noqa: E402
 from pipelines.evaluate import CALIBRATION, calibrate, load_trained  # noqa: E402
@@ -53,13 +55,16 @@ from pipelines.preprocess import PROCESSED_DIR  # noqa: E402
 from pipelines.sites import at_thresholds, score_subjects, site_names, site_subjects  # noqa: E402
 
 
-def smoothed_with(scored: dict, window: int) -> dict:
-    """``scored`` with its maps post-processed over a cubic ``window`` instead."""
-    subjects = scored["index"]["subject"].to_numpy()
-    return {**scored, "smoothed": smooth_by_subject(scored["maps"], scored["brain"], subjects, window)}
+def smoothed_with(scored: dict, scoring: Scoring) -> dict:
+    """``scored`` with its maps post-processed as ``scoring`` says instead."""
+    index = scored["index"]
+    spacing = scoring.median_spacing(slice_spacing(index))
+    return {**scored, "smoothed": smooth_by_subject(scored["maps"], scored["brain"], index["subject"].to_numpy(),
+                                                    scoring.pixel_median, spacing)}
 
 
-def site_windows(detector, root: Path, spec: PreprocessSpec, deployed: Calibration, params, windows: list[int]) -> dict:
+def site_windows(detector, root: Path, spec: PreprocessSpec, deployed: Calibration, params, windows: list[int],
+                 cubic: bool) -> dict:
     """The test scans' slice AUROC and, per window, the site's calibrated pixel threshold, pixel
     AUPRC and Dice (with its interval)."""
     healthy, tumour = site_subjects(root, params.data.modality)
@@ -73,9 +78,9 @@ def site_windows(detector, root: Path, spec: PreprocessSpec, deployed: Calibrati
                                 settings.min_tumour_pixels)
     rows = {"slice_auroc": round(float(roc_auc_score(labels[rated], test["scores"][rated])), 4)}
     for window in windows:
-        scoring = deployed.scoring._replace(pixel_median=window)
-        site = calibrate(smoothed_with(reference, window), percentile, settings.pixel_threshold_percentile, scoring)
-        scored = smoothed_with(test, window)
+        scoring = deployed.scoring._replace(pixel_median=window, median_shape="cubic" if cubic else "millimetres")
+        site = calibrate(smoothed_with(reference, scoring), percentile, settings.pixel_threshold_percentile, scoring)
+        scored = smoothed_with(test, scoring)
         found = at_thresholds(scored, site, settings.min_tumour_pixels, settings.min_component_voxels,
                               settings.bootstrap_samples, ranking=False)
         brain = scored["brain"] & ~scored["lesions"]
@@ -108,7 +113,9 @@ def as_variant(detector, residual: str, passes: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
-    parser.add_argument("--windows", type=int, nargs="+", default=[1, 3, 5], help="cubic median windows, odd voxels")
+    parser.add_argument("--windows", type=int, nargs="+", default=[1, 3, 5], help="median windows, odd pixels")
+    parser.add_argument("--cubic", action="store_true",
+                        help="as many slices as pixels through-plane, however far apart the slices are")
     parser.add_argument("--residuals", nargs="+", choices=RESIDUALS,
                         help="residual signs to score a reconstruction model's maps as (default: its own)")
     parser.add_argument("--passes", type=int, nargs="+",
@@ -142,7 +149,7 @@ def main() -> None:
     residuals = args.residuals or [own]
     passes = args.passes or [getattr(detector, "passes", 1)]
     report = {name: {residual: {count: site_windows(as_variant(detector, residual, count), root / name, spec, deployed,
-                                                    params, args.windows) for count in passes}
+                                                    params, args.windows, args.cubic) for count in passes}
                      for residual in residuals} for name in sites}
     chooser = report.get(training)
     chosen = None
@@ -152,6 +159,7 @@ def main() -> None:
         chosen = {"residual": residual, "passes": count, "window": window}
     write_json(output, {"machine": machine(), "model": description["model_name"], "params": str(args.params),
                         "residuals": residuals, "passes": passes, "windows": args.windows,
+                        "through_plane": "cubic" if args.cubic else "no more millimetres than in-plane",
                         "chosen_on": training if chooser else None, "chosen": chosen, "sites": report})
     windows = (f"window {w}: Dice / pixel AUPRC" for w in args.windows)
     table = Table("site", "residual", "passes", "slice AUROC", "healthy slices flagged", *windows,

@@ -45,8 +45,8 @@ from components.data.layouts import read_dataset  # noqa: E402
 from components.data.phantoms import generate_phantoms  # noqa: E402
 from components.metrics.conformal import conformal_threshold, exact_interval  # noqa: E402
 from components.metrics.detection import slice_truth  # noqa: E402
-from components.metrics.postprocess import smooth_subject  # noqa: E402
 from components.models.inference import score_slices, with_reference  # noqa: E402
+from components.scoring.predictor import smoothed_maps  # noqa: E402
 from components.scoring.volume import kth_highest, largest_component, slices_above, volume_score  # noqa: E402
 from pipelines.params import load_params  # noqa: E402
 from pipelines.sites import _preprocess, site_subjects  # noqa: E402
@@ -70,7 +70,7 @@ def scored_scans(predictor, subjects, workers: int, min_tumour_pixels: int) -> l
             abnormal, _ = slice_truth(slices.tumour_pixels, lesions, min_tumour_pixels)
             scans.append({"scores": scored.scores, "abnormal": abnormal,
                           "tumour_free": (slices.tumour_pixels == 0) & (lesions == 0),
-                          "smoothed": smooth_subject(scored.maps, slices.brain, calibration.pixel_median), "brain": slices.brain,
+                          "smoothed": smoothed_maps(scored, slices, calibration), "brain": slices.brain,
                           "ml_per_voxel": native_ml * slices.brain_pixels.sum() / max(int(slices.brain.sum()), 1)})
     return scans
 

@@ -42,7 +42,7 @@ import pandas as pd
 import torch
 
 from components.atomic import atomic_path, write_json, write_text
-from components.data.slice_store import load_slices, processed_fingerprint, read_index
+from components.data.slice_store import load_slices, processed_fingerprint, read_index, slice_spacing
 from components.metrics.detection import (
     best_dice, dice_by_subject, dice_per_subject, fold_metrics_by_size, lesion_kind_metrics, other_lesion_metrics, pixel_metrics,
     rectified_auroc_per_subject, roc_table, slice_labels, slice_metrics, slice_metrics_by_size, slice_truth,
@@ -94,7 +94,8 @@ def score_split(detector, root: Path, index: pd.DataFrame, scoring: Scoring = Sc
     # one key per subject everywhere below: raw ids are unique within a dataset only
     index = index.assign(subject=index["dataset"].astype(str) + "/" + index["subject"].astype(str))
     maps, scores, alternatives, _ = with_reference(scored, scoring.reference, index["subject"].to_numpy())
-    smoothed = smooth_by_subject(maps, arrays["brain"], index["subject"].to_numpy(), scoring.pixel_median)
+    smoothed = smooth_by_subject(maps, arrays["brain"], index["subject"].to_numpy(), scoring.pixel_median,
+                                 scoring.median_spacing(slice_spacing(index)))
     return {**arrays, "maps": maps, "smoothed": smoothed, "scores": scores, "alternatives": alternatives, "index": index,
             "ms_per_slice": 1000 * seconds / max(len(index), 1)}
 
@@ -127,6 +128,7 @@ def calibrate(val: dict, percentile: float, pixel_percentile: float, scoring: Sc
         scans=len(volumes),
         guaranteed_rates={kind: round(t.guaranteed_rate, 6) for kind, t in found.items()},
         pixel_median=scoring.pixel_median,
+        median_shape=scoring.median_shape,
     )
 
 

@@ -174,7 +174,7 @@ class EvaluateParams(Section):
     threshold_percentile: float = Field(98.0, gt=0.0, lt=100.0)
     pixel_threshold_percentile: float = Field(99.5, gt=0.0, lt=100.0)
     score_reference: Literal["none", "scan_median", "brain_median"] = "brain_median"
-    pixel_median: int = Field(PIXEL_MEDIAN, ge=1)  # voxels, odd: the post-processing median's cubic window
+    pixel_median: int = Field(PIXEL_MEDIAN, ge=1)  # pixels, odd: the post-processing median's in-plane window
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")  # auto: a GPU when one is visible
     precision: Literal["fp32", "bf16"] = "fp32"  # of inference; the served model scores as evaluated
     min_component_voxels: int = Field(6, ge=1)

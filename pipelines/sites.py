@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from components.atomic import write_json, write_text
 from components.data.layouts import Subject, read_dataset
+from components.data.slice_store import SPACING_COLUMNS
 from components.metrics.detection import dice_by_subject, pixel_metrics, slice_truth
 from components.metrics.operating_point import metric_frames, with_intervals
 from components.metrics.postprocess import smooth_subject
@@ -81,7 +82,8 @@ def score_subjects(detector, subjects: list[Subject], spec: PreprocessSpec, work
                    scoring: Scoring = Scoring(), progress: str | None = None) -> tuple[dict, list[dict]]:
     """The subjects' slices through the recipe and the detector, scored and post-processed per
     scan as ``scoring`` says (a progress bar named ``progress``): the arrays `evaluate` works on
-    (index, scores, maps and smoothed maps, brain, tumour, lesions), and the skipped scans."""
+    (index, with each slice's spacing; scores, maps and smoothed maps, brain, tumour, lesions),
+    and the skipped scans."""
     parts, skipped = [], []
     with ProcessPoolExecutor(max_workers=workers) as pool:
         scans = zip(subjects, pool.map(_preprocess, subjects, repeat(spec)))
@@ -96,9 +98,11 @@ def score_subjects(detector, subjects: list[Subject], spec: PreprocessSpec, work
             parts.append({
                 "index": pd.DataFrame({"subject": f"{subject.cohort}/{subject.subject_id}", "cohort": subject.cohort,
                                        "slice": slices.slice_numbers, "tumour_pixels": slices.tumour_pixels,
-                                       "lesion_pixels": slices.lesion_pixels}),
+                                       "lesion_pixels": slices.lesion_pixels,
+                                       **dict(zip(SPACING_COLUMNS, slices.spacing_mm))}),
                 "scores": scored.scores, "alternatives": scored.alternatives, "maps": scored.maps,
-                "smoothed": smooth_subject(scored.maps, slices.brain, scoring.pixel_median), "brain": slices.brain,
+                "smoothed": smooth_subject(scored.maps, slices.brain, scoring.pixel_median,
+                                                        scoring.median_spacing(slices.spacing_mm)), "brain": slices.brain,
                 "tumour": slices.tumour if slices.tumour is not None else empty,
                 "lesions": slices.lesions if slices.lesions is not None else empty,
             })

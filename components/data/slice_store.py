@@ -3,7 +3,8 @@
 Layout of a processed folder::
 
     index.parquet            one row per slice (see INDEX_COLUMNS), plus lesion_pixels_<kind>
-                             for each kind of other lesion found (label value of the lesions file)
+                             for each kind of other lesion found (label value of the lesions file);
+                             slice_mm and pixel_mm are the model slices' spacing (the median's window)
     volumes.parquet          one row per volume: subject, dataset, cohort, split, seg_labels, n_slices
     preprocess_spec.json     the PreprocessSpec that produced the slices
     shards/<dataset>/<subject>.npz   images (N,1,S,S) float32, brain, tumour and lesions
@@ -26,7 +27,9 @@ from components.preprocess.volume import ProcessedSlices
 
 INDEX_COLUMNS = (
     "subject", "dataset", "cohort", "split", "slice", "row", "shard", "tumour_pixels", "brain_pixels", "lesion_pixels",
+    "slice_mm", "pixel_mm",
 )
+SPACING_COLUMNS = ["slice_mm", "pixel_mm"]
 
 
 def shard_path(root: Path, dataset: str, subject: str) -> Path:
@@ -56,9 +59,16 @@ def write_shard(root: Path, subject: Subject, split: str, slices: ProcessedSlice
             "tumour_pixels": slices.tumour_pixels,
             "brain_pixels": slices.brain_pixels,
             "lesion_pixels": slices.lesion_pixels if slices.lesion_pixels is not None else 0,
+            **dict(zip(SPACING_COLUMNS, slices.spacing_mm)),
             **{f"lesion_pixels_{kind}": pixels for kind, pixels in (slices.lesion_kind_pixels or {}).items()},
         }
     )
+
+
+def slice_spacing(index: pd.DataFrame) -> np.ndarray | None:
+    """(N, 2) slice and pixel millimetres of the index's rows; None for data processed before
+    they were recorded (their maps are smoothed in cubic windows, as they were then)."""
+    return index[SPACING_COLUMNS].to_numpy() if set(SPACING_COLUMNS) <= set(index.columns) else None
 
 
 def read_index(root: Path) -> pd.DataFrame:

@@ -110,6 +110,8 @@ class SliceGeometry:
     resampled_shape: its shape after resampling (= ras_shape when not resampled)
     kept:            the resampled volume's axial indices of the model slices, in order
     box:             the in-plane crop of the resampled volume, before the resize
+    spacing_mm:      (slice, pixel) spacing of the model slices: between slices, and of a pixel
+                     of the resized crop
     """
 
     input_shape: tuple[int, int, int]
@@ -118,6 +120,7 @@ class SliceGeometry:
     resampled_shape: tuple[int, int, int]
     kept: np.ndarray
     box: tuple[slice, slice]
+    spacing_mm: tuple[float, float]
 
 
 def to_input_grid(maps: np.ndarray, geometry: SliceGeometry) -> np.ndarray:

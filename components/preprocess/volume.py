@@ -71,7 +71,8 @@ class ProcessedSlices:
     lesion_pixels: (N,) int, other-lesion pixels of each slice before the in-plane resize
     lesion_kind_pixels: {kind: (N,) int}, the same per lesion kind (the label value in the
                    lesions file), for the kinds present in this volume
-    geometry:      where the slices came from (to put maps back on the input's grid)
+    geometry:      where the slices came from (to put maps back on the input's grid), and
+                   their spacing
     """
 
     images: np.ndarray
@@ -84,6 +85,11 @@ class ProcessedSlices:
     lesion_pixels: np.ndarray | None = None
     lesion_kind_pixels: dict[int, np.ndarray] | None = None
     geometry: SliceGeometry | None = None
+
+    @property
+    def spacing_mm(self) -> tuple[float, float] | None:
+        """(slice, pixel) millimetres, where the geometry is known."""
+        return self.geometry.spacing_mm if self.geometry is not None else None
 
 
 def _check_inputs(image: np.ndarray, **others: np.ndarray | None) -> None:
@@ -165,6 +171,12 @@ def reference_landmarks(image: np.ndarray, affine: np.ndarray, spec: PreprocessS
     return histogram_landmarks(prepared.normalise(prepared.image[prepared.brain]))
 
 
+def slice_spacing(spacing: tuple[float, ...], box: tuple[slice, slice], size: int) -> tuple[float, float]:
+    """(slice, pixel) millimetres of model slices cut from a volume of ``spacing`` and resized
+    from the square ``box`` to ``size`` pixels."""
+    return float(spacing[2]), float((box[0].stop - box[0].start) * spacing[0] / size)
+
+
 def preprocess_volume(
     image: np.ndarray,
     affine: np.ndarray,
@@ -211,5 +223,5 @@ def preprocess_volume(
         lesion_kind_pixels={int(k): (other == k).sum(axis=(0, 1)).astype(np.int64) for k in np.unique(other) if k > 0}
         if other is not None else {},
         geometry=SliceGeometry(image.shape, nib.orientations.io_orientation(affine), volume.ras_shape,
-                               volume.image.shape, keep, box),
+                               volume.image.shape, keep, box, slice_spacing(volume.spacing, box, spec.size)),
     )

@@ -203,7 +203,7 @@ class VolumePredictor:
         elif upload.with_map == "png":
             top = np.argsort(scores)[::-1][:OVERLAY_SLICES]
             titles = [f"slice {slices.slice_numbers[i]}: {scores[i]:.3g}" for i in top]
-            smoothed = smooth_subject(scored.maps, slices.brain, calibration.pixel_median)  # the units of its threshold
+            smoothed = smoothed_maps(scored, slices, calibration)
             result["map"] = overlay_strip(slices.images[top, 0], smoothed[top, 0], titles, calibration.pixel_threshold)
         return result
 
@@ -213,7 +213,7 @@ class VolumePredictor:
         """The SEG or Parametric Map over the source series, drawn as the pixel-wise evaluation
         draws its segmentations (the map smoothed in 3-D inside the brain, above the pixel
         threshold, small components dropped), with the verdict in its content description."""
-        smoothed = smooth_subject(scored.maps, slices.brain, calibration.pixel_median)[:, 0]
+        smoothed = smoothed_maps(scored, slices, calibration)[:, 0]
         verdict = (f"{result['volume_verdict']}: score {result['volume_score']:.4g}, "
                    f"threshold {calibration.volume_threshold:.4g}")
         derived = Derived(self.bundle.model_name, f"{self.model_name} v{self.model_version}", verdict)
@@ -238,6 +238,12 @@ def map_nifti(volume: np.ndarray, affine: np.ndarray) -> bytes:
     image = nib.Nifti1Image(volume.astype(np.float32), affine)
     image.header.set_xyzt_units("mm")
     return igzip.compress(image.to_bytes(), compresslevel=1)
+
+
+def smoothed_maps(scored: Scored, slices: ProcessedSlices, calibration: Calibration) -> np.ndarray:
+    """The scan's maps post-processed in the units of ``calibration``'s pixel threshold."""
+    return smooth_subject(scored.maps, slices.brain, calibration.pixel_median,
+                          calibration.scoring.median_spacing(slices.spacing_mm))
 
 
 def _verdict(score: float, threshold: float) -> str:

@@ -127,6 +127,33 @@ def test_the_median_window_decides_the_smallest_lesion_a_map_keeps():
     np.testing.assert_array_equal(smooth_subject(maps, brain, 1)[:, :, 1:-1, 1:-1], maps[:, :, 1:-1, 1:-1])
 
 
+@pytest.mark.parametrize(("median", "spacing_mm", "window"), [
+    (3, None, (3, 3, 3)),          # spacing unknown: cubic, as before it was recorded
+    (3, (2.0, 2.7), (3, 3, 3)),    # 2 mm slices: 6 mm through-plane, 8 mm in-plane
+    (3, (1.0, 2.7), (3, 3, 3)),    # never more slices than pixels
+    (3, (6.0, 2.7), (1, 3, 3)),    # 6 mm slices: one slice (three would span 18 mm)
+    (5, (2.0, 2.7), (5, 5, 5)),
+    (5, (4.0, 2.7), (3, 5, 5)),    # 13.5 mm in-plane: three 4 mm slices, not an even four
+    (1, (6.0, 2.7), (1, 1, 1)),
+])
+def test_the_median_spans_no_more_millimetres_through_plane_than_in_plane(median, spacing_mm, window):
+    from components.metrics.postprocess import median_window
+
+    assert median_window(median, spacing_mm) == window
+
+
+def test_a_lesion_on_one_thick_slice_survives_the_median():
+    """On 6 mm slices a tumour of one slice is a tumour; a median over three slices (18 mm) erased it."""
+    from components.metrics.postprocess import smooth_subject
+
+    maps = np.zeros((9, 1, 12, 12), np.float32)
+    maps[4, 0, 4:8, 4:8] = 1.0
+    brain = np.ones_like(maps, bool)
+    assert smooth_subject(maps, brain, 3).max() == 0.0
+    assert smooth_subject(maps, brain, 3, (6.0, 2.7))[4, 0, 5:7, 5:7].min() == 1.0
+    np.testing.assert_array_equal(smooth_subject(maps, brain, 3, (2.0, 2.7)), smooth_subject(maps, brain, 3))
+
+
 def test_small_components_are_dropped_in_3d():
     from components.metrics.postprocess import segment
 

@@ -12,11 +12,11 @@ from components.data.nifti_io import VolumeLimits, load_volume
 from components.errors import InvalidVolumeError
 from components.models.bundle import DetectorBundle
 from components.models.calibration import Calibration
-from components.models.inference import relative_to_level, score_volume
+from components.models.inference import Scored, relative_to_level, score_volume
 from components.models.registry import DETECTORS, build_detector, data_hyperparams
 from components.preprocess.spec import PreprocessSpec
 from components.preprocess.geometry import to_ras
-from components.scoring.predictor import SiteUnavailableError, UnknownSiteError, Upload, VolumePredictor
+from components.scoring.predictor import SiteUnavailableError, UnknownSiteError, Upload, VolumePredictor, smoothed_maps
 from tests.components.test_detectors import TINY
 
 
@@ -136,10 +136,28 @@ def test_a_model_that_scores_relative_to_the_scan_serves_its_scores_over_the_sca
     np.testing.assert_allclose([s["score"] for s in served["slices"]], np.asarray(plain) / np.median(plain), rtol=1e-5)
     assert [s["verdict"] for s in served["slices"]] == ["anomalous" if s["score"] > 1.5 else "normal" for s in served["slices"]]
     saved = json.loads((folder / "bundle.json").read_text())
-    del saved["calibration"]["score_reference"], saved["calibration"]["pixel_median"]
+    for field in ("score_reference", "pixel_median", "median_shape"):
+        del saved["calibration"][field]
     (folder / "bundle.json").write_text(json.dumps(saved))
     legacy = VolumePredictor.from_folder(folder).bundle.calibration
-    assert legacy.score_reference == "none" and legacy.pixel_median == 5  # as bundles before the fields scored
+    # as bundles before the fields scored
+    assert legacy.score_reference == "none" and legacy.pixel_median == 5 and legacy.median_shape == "cubic"
+
+
+def test_thick_slices_are_smoothed_as_the_calibration_says(predictor, phantom_roots):
+    """A lesion seen on one of a scan's 6 mm slices survives the served maps' median; a bundle
+    calibrated before the window followed millimetres keeps smoothing in cubes, its threshold's units."""
+    image, affine = load_volume(read_brats(phantom_roots[1])[0].image)
+    thick = affine @ np.diag([1.0, 1.0, 6.0 / np.abs(affine[2, 2]), 1.0])
+    slices = predictor.prepare(Upload(image, thick), VolumeLimits())
+    assert slices.spacing_mm[0] == pytest.approx(6.0)
+    maps = np.zeros_like(slices.images)
+    middle, centre = len(maps) // 2, maps.shape[-1] // 2
+    maps[middle, 0, centre - 4 : centre + 4, centre - 4 : centre + 4] = 1.0
+    scored = Scored(maps, np.zeros(len(maps), np.float32), {}, np.zeros(len(maps), np.float32))
+    now = replace(predictor.bundle.calibration, median_shape="millimetres", pixel_median=3)
+    assert smoothed_maps(scored, slices, now)[middle, 0, centre - 2 : centre + 2, centre - 2 : centre + 2].min() == 1.0
+    assert smoothed_maps(scored, slices, replace(now, median_shape="cubic")).max() == 0.0
 
 
 

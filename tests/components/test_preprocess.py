@@ -120,6 +120,19 @@ def test_anisotropic_voxels_are_not_stretched(brats_case):
     assert np.corrcoef(fine.images[a].ravel(), squashed.images[b].ravel())[0, 1] > 0.9
 
 
+def test_slices_know_their_spacing_in_millimetres(brats_case):
+    """Between slices: the volume's (or the resampled) spacing; a pixel: the square crop's side over the size."""
+    image, affine, _ = brats_case
+    thick_affine = affine.copy()
+    thick_affine[:3, 2] *= 3  # the same voxels stored as slices three times as far apart
+    native, thick = (preprocess_volume(image, a, PreprocessSpec(size=32)) for a in (affine, thick_affine))
+    spacing = np.abs(np.diag(affine)[:3])
+    box = native.geometry.box[0]
+    assert native.spacing_mm == pytest.approx((spacing[2], (box.stop - box.start) * spacing[0] / 32))
+    assert thick.spacing_mm == pytest.approx((3 * spacing[2], native.spacing_mm[1]))
+    assert preprocess_volume(image, affine, PreprocessSpec(size=32, spacing_mm=1.5)).spacing_mm[0] == 1.5
+
+
 def test_lesion_kinds_are_counted_apart_and_survive_resampling(brats_case):
     image, affine, seg = brats_case
     lesions = np.zeros(image.shape, np.uint8)

@@ -42,6 +42,8 @@ def test_a_calibration_with_an_unknown_rule_is_refused_when_it_is_built():
         Calibration(98.0, 0.1, 0.2, 0.3, [0.1], score_reference="scan_mean")
     with pytest.raises(ValueError, match="calibration.pixel_median 4: expected an odd whole number"):
         Calibration(98.0, 0.1, 0.2, 0.3, [0.1], pixel_median=4)
+    with pytest.raises(ValueError, match="calibration.median_shape 'sphere': expected one of cubic, millimetres"):
+        Calibration(98.0, 0.1, 0.2, 0.3, [0.1], median_shape="sphere")
 
 
 def test_a_slice_scored_against_its_own_residual_ignores_a_scanners_gain_but_not_a_lesion():
