@@ -54,8 +54,8 @@ def tumour_millilitres(segmentation: Path) -> float:
 def site_dice(detector, root: Path, spec: PreprocessSpec, deployed: Calibration, params) -> list[dict]:
     """Each tumour subject of the site: its tumour's volume and its Dice at the site's calibration."""
     healthy, tumour = site_subjects(root, params.data.modality)
-    site, _ = site_calibration(detector, healthy[: params.calibrate.healthy_scans], spec, deployed, params,
-                               f"{root.name}: calibration")
+    site, _, _ = site_calibration(detector, healthy[: params.calibrate.healthy_scans], spec, deployed, params,
+                                  f"{root.name}: calibration")
     test, _ = score_subjects(detector, tumour, spec, params.preprocess.workers, deployed.scoring, f"{root.name}: tumour")
     return dice_rows(test, tumour, site.pixel_threshold, params.evaluate.min_component_voxels)
 

@@ -6,7 +6,8 @@ Runs after `make run`, on the pipeline's model and every site of ``data.sites_ro
 site's held-out healthy scans are scored once (through the model's recipe, as `brainomaly
 calibrate` scores them); then, for each number n of calibration scans, ``--draws`` random sets
 of n scans set the split-conformal slice and volume thresholds for
-``calibrate.target_false_alarm_rate`` (as `calibrate` does), and the share of the *other*
+``calibrate.target_false_alarm_rate`` (as `calibrate` does; ``calibration_draws``, which the
+`sites` stage reports at n = calibrate.healthy_scans), and the share of the *other*
 healthy scans' slices, and of those scans, above them is the false-alarm rate the site would
 see. Reported per site and n: the mean realised rate and its 5-95 % range over draws (slices),
 the mean share of volumes flagged and the rate n scans guarantee for volumes, 1/(n+1). The
@@ -29,25 +30,12 @@ from components.models.calibration import Calibration
 from pipelines.evaluate import CALIBRATION, load_trained
 from pipelines.params import load_params
 from pipelines.preprocess import PROCESSED_DIR
-from pipelines.sites import score_subjects, site_names, site_subjects
+from pipelines.sites import calibration_draws, score_subjects, site_names, site_subjects
 from components.preprocess.spec import PreprocessSpec
 from components.machine import machine
 
 REPO = Path(__file__).resolve().parents[1]
 COUNTS = (1, 2, 3, 5, 10)
-
-
-def realised_rates(scores: list[np.ndarray], count: int, target: float, draws: int, rng) -> tuple[np.ndarray, np.ndarray]:
-    """Slice and volume false-alarm rates on the held-out scans of ``draws`` calibrations from ``count`` scans each."""
-    slices, volumes = [], []
-    for _ in range(draws):
-        chosen = rng.choice(len(scores), size=count, replace=False)
-        rest = np.setdiff1d(np.arange(len(scores)), chosen)
-        threshold = conformal_threshold(np.concatenate([scores[i] for i in chosen]), target).threshold
-        slices.append(float((np.concatenate([scores[i] for i in rest]) > threshold).mean()))
-        volume = conformal_threshold([scores[i].max() for i in chosen], target).threshold
-        volumes.append(float(np.mean([scores[i].max() > volume for i in rest])))
-    return np.array(slices), np.array(volumes)
 
 
 def main() -> None:
@@ -60,24 +48,23 @@ def main() -> None:
     spec = PreprocessSpec.from_json(params.path(PROCESSED_DIR / "preprocess_spec.json"))
     calibration = Calibration(**json.loads(params.path(CALIBRATION).read_text()))
     deployed = calibration.slice_threshold
-    target, rng = params.calibrate.target_false_alarm_rate, np.random.default_rng(0)
+    target = params.calibrate.target_false_alarm_rate
     results = {}
     for site in site_names(params.path(params.data.sites_root)):
         healthy, _ = site_subjects(params.path(params.data.sites_root) / site, params.data.modality)
         scored, _ = score_subjects(detector, healthy, spec, params.preprocess.workers, calibration.scoring)
-        subjects = scored["index"]["subject"].to_numpy()
-        scores = [scored["scores"][subjects == s] for s in dict.fromkeys(subjects)]
-        everything = np.concatenate(scores)
+        subjects, scores = scored["index"]["subject"].to_numpy(), scored["scores"]
+        scans = len(set(subjects))
         results[site] = {
-            "healthy_scans": len(scores),
-            "deployed_threshold_false_alarm_rate": float((everything > deployed).mean()),
+            "healthy_scans": scans,
+            "deployed_threshold_false_alarm_rate": float((scores > deployed).mean()),
             "by_calibration_scans": {},
         }
-        for count in (c for c in COUNTS if c < len(scores)):
-            rates, volumes = realised_rates(scores, count, target, args.draws, rng)
+        for count in (c for c in COUNTS if c < scans):
+            draws = calibration_draws(scores, subjects, count, target, args.draws)
+            slices, volumes = draws["healthy_slice_false_alarm_rate"], draws["healthy_volume_false_alarm_rate"]
             results[site]["by_calibration_scans"][count] = {
-                "mean": float(rates.mean()), "p5": float(np.percentile(rates, 5)), "p95": float(np.percentile(rates, 95)),
-                "volumes_flagged_mean": float(volumes.mean()),
+                "mean": slices["mean"], "p5": slices["p05"], "p95": slices["p95"], "volumes_flagged_mean": volumes["mean"],
                 "volume_guarantee": conformal_threshold(np.arange(count, dtype=float), target).guaranteed_rate}
     report = {"model": description["model_name"], "target_false_alarm_rate": target, "draws": args.draws,
               "machine": machine(), "sites": results}

@@ -16,6 +16,11 @@ each with 95 % intervals over subjects (components/metrics/operating_point.py):
 - ``calibrated``: thresholds recomputed from the site's own calibration scans at
   ``calibrate.target_false_alarm_rate`` (what `brainomaly calibrate --site` stores).
 
+Which healthy scans calibrate is one draw among many, and with 10 scans one draw moves the
+healthy slices and volumes flagged far. ``calibration_draws`` repeats the calibration over
+random choices of the site's calibration scans among all its healthy ones and reports the
+rates flagged of the others: their mean, what the conformal guarantee is about, and their spread.
+
 Writes reports/sites.json and reports/sites.md, and logs ``site.<name>.*`` metrics to the
 model's training run in MLflow.
 """
@@ -40,9 +45,11 @@ from components.metrics.detection import dice_by_subject, pixel_metrics, slice_t
 from components.metrics.operating_point import metric_frames, with_intervals
 from components.metrics.postprocess import smooth_subject
 from components.models.calibration import Calibration, Scoring
+from components.metrics.conformal import conformal_threshold
 from components.models.inference import score_slices, with_reference
 from components.preprocess.spec import PreprocessSpec
 from components.reports.tables import site_markdown
+from components.scoring.volume import volume_score
 from pipelines import tracking
 from pipelines.evaluate import CALIBRATION, calibrate, flatten_metrics, load_trained, segment_subjects
 from pipelines.params import Params
@@ -52,6 +59,7 @@ log = logging.getLogger(__name__)
 REPORT_JSON = Path("reports/sites.json")
 REPORT_MD = Path("reports/sites.md")
 RANKING = ("slice_auroc", "slice_auprc")  # threshold-free: reported once per site
+CALIBRATION_DRAWS = 200  # random choices of a site's calibration scans (calibration_draws)
 
 
 def site_names(root: Path) -> list[str]:
@@ -134,14 +142,38 @@ def alternative_aurocs(test: dict, min_tumour_pixels: int) -> dict[str, float]:
 
 
 def site_calibration(detector, healthy: list[Subject], spec: PreprocessSpec, deployed: Calibration, params: Params,
-                     progress: str) -> tuple[Calibration, list[dict]]:
+                     progress: str) -> tuple[Calibration, dict, list[dict]]:
     """The thresholds a site's own ``healthy`` scans set (calibrate.target_false_alarm_rate; pixels at
-    evaluate.pixel_threshold_percentile), scored in the deployed model's units, and the scans skipped."""
+    evaluate.pixel_threshold_percentile), scored in the deployed model's units; the scored scans;
+    and the scans skipped."""
     reference, skipped = score_subjects(detector, healthy, spec, params.preprocess.workers, deployed.scoring, progress)
     if not reference:
         raise ValueError(f"{progress}: none of the {len(healthy)} healthy scans could be used to calibrate")
     percentile = 100.0 * (1.0 - params.calibrate.target_false_alarm_rate)
-    return calibrate(reference, percentile, params.evaluate.pixel_threshold_percentile, deployed.scoring), skipped
+    return calibrate(reference, percentile, params.evaluate.pixel_threshold_percentile, deployed.scoring), reference, skipped
+
+
+def calibration_draws(scores: np.ndarray, subjects: np.ndarray, count: int, target: float,
+                      draws: int = CALIBRATION_DRAWS, seed: int = 0) -> dict:
+    """Healthy slices and volumes flagged when ``count`` of a site's healthy scans calibrate it,
+    over ``draws`` random choices of them (``scores``: every healthy slice's, of ``subjects``):
+    per draw, slice and volume thresholds as calibration sets them for ``target``, and the share
+    of the other scans' slices and volumes above them. Per kind: the mean over draws (what the
+    conformal guarantee bounds), its 5th, 50th and 95th percentiles (where one draw may land),
+    and the share of draws whose rate is above ``target``."""
+    volumes = pd.Series(scores).groupby(subjects).agg(volume_score)
+    rng = np.random.default_rng(seed)
+    flagged: dict[str, list[float]] = {"slice": [], "volume": []}
+    for _ in range(draws):
+        chosen = np.isin(volumes.index, rng.choice(volumes.index, count, replace=False))
+        calibrating = np.isin(subjects, volumes.index[chosen])
+        for kind, values, own in (("slice", scores, calibrating), ("volume", volumes.to_numpy(), chosen)):
+            flagged[kind].append(float(np.mean(values[~own] > conformal_threshold(values[own], target).threshold)))
+    return {"draws": draws, "calibration_scans": count, "healthy_scans": len(volumes), **{
+        f"healthy_{kind}_false_alarm_rate": {"mean": float(np.mean(rates)),
+                                             **{f"p{q:02d}": float(np.percentile(rates, q)) for q in (5, 50, 95)},
+                                             "draws_above_target": float(np.mean(np.asarray(rates) > target))}
+        for kind, rates in flagged.items()}}
 
 
 def evaluate_site(detector, root: Path, spec: PreprocessSpec, deployed: Calibration, params: Params) -> dict:
@@ -150,7 +182,8 @@ def evaluate_site(detector, root: Path, spec: PreprocessSpec, deployed: Calibrat
     if len(healthy) <= count or not tumour:
         raise ValueError(f"site {root.name}: needs more than calibrate.healthy_scans={count} healthy scans and at least "
                          f"one tumour scan, found {len(healthy)} and {len(tumour)}")
-    site, skipped = site_calibration(detector, healthy[:count], spec, deployed, params, f"sites: {root.name}, calibration")
+    site, reference, skipped = site_calibration(detector, healthy[:count], spec, deployed, params,
+                                                f"sites: {root.name}, calibration")
     test, more = score_subjects(detector, healthy[count:] + tumour, spec, params.preprocess.workers, deployed.scoring,
                                 f"sites: {root.name}, test")
     if not test:
@@ -160,6 +193,10 @@ def evaluate_site(detector, root: Path, spec: PreprocessSpec, deployed: Calibrat
                                  settings.bootstrap_samples, ranking=kind == "deployed")
              for kind, calibration in (("deployed", deployed), ("calibrated", site))}
     cohorts = test["index"].drop_duplicates("subject")["cohort"]
+    others = (test["index"]["cohort"] == "healthy").to_numpy()
+    draws = calibration_draws(np.concatenate([reference["scores"], test["scores"][others]]),
+                              np.concatenate([reference["index"]["subject"], test["index"]["subject"][others]]),
+                              len(healthy[:count]) - len(skipped), params.calibrate.target_false_alarm_rate)
     return {
         "scans": {"calibration": len(healthy[:count]) - len(skipped), "healthy_test": int((cohorts == "healthy").sum()),
                   "tumour_test": int((cohorts == "tumour").sum()), "skipped": skipped + more},
@@ -169,7 +206,24 @@ def evaluate_site(detector, root: Path, spec: PreprocessSpec, deployed: Calibrat
         **{kind: _without(values, RANKING) for kind, values in found.items()},
         "thresholds": {kind: {k: getattr(c, k) for k in ("slice_threshold", "volume_threshold", "pixel_threshold")}
                        for kind, c in (("deployed", deployed), ("calibrated", site))},
+        "calibration_draws": draws,
     }
+
+
+def draws_markdown(report: dict[str, dict]) -> str:
+    """Each site's calibration draws as a markdown table (none without a site)."""
+    def cell(rates: dict) -> str:
+        return (f"{rates['mean']:.1%} [{rates['p05']:.1%}, {rates['p95']:.1%}]; "
+                f"{rates['draws_above_target']:.0%} of draws above the target")
+
+    rows = [{"site": site, **{f"healthy {kind}s flagged": cell(found["calibration_draws"][f"healthy_{kind}_false_alarm_rate"])
+                              for kind in ("slice", "volume")}} for site, found in report.items()]
+    if not rows:
+        return ""
+    draws = next(iter(report.values()))["calibration_draws"]
+    return (f"### The other healthy scans flagged when {draws['calibration_scans']} of them calibrate, over "
+            f"{draws['draws']} random draws of the {draws['calibration_scans']}: mean [5th, 95th percentile]\n\n"
+            f"{pd.DataFrame(rows).to_markdown(index=False)}\n")
 
 
 def _only(metrics: dict, keys: tuple[str, ...]) -> dict:
@@ -192,7 +246,7 @@ def run(params: Params) -> dict:
     summary = {"model": description["model_name"], "target_false_alarm_rate": params.calibrate.target_false_alarm_rate,
                "sites": report}
     write_json(params.path(REPORT_JSON), summary)
-    write_text(params.path(REPORT_MD), site_markdown({description["model_name"]: report}))
+    write_text(params.path(REPORT_MD), site_markdown({description["model_name"]: report}) + "\n" + draws_markdown(report))
     client = tracking.client(params)
     run_id = tracking.training_run(params, description["ray_run_name"])
     for key, value in flatten_metrics({"site": report}).items():

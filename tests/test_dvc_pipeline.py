@@ -50,6 +50,11 @@ def test_every_site_is_reported_at_the_deployed_and_the_site_thresholds(pipeline
         thresholds = site["thresholds"]
         assert thresholds["deployed"]["slice_threshold"] != thresholds["calibrated"]["slice_threshold"]
         assert 0.0 <= site["alternative_slice_auroc"]["map_mean"] <= 1.0, name  # the slice score it replaced
+        draws = site["calibration_draws"]  # the same calibration on other draws of its 4 scans among all 8
+        assert (draws["draws"], draws["calibration_scans"], draws["healthy_scans"]) == (200, 4, 8), name
+        for kind in ("slice", "volume"):
+            rates = draws[f"healthy_{kind}_false_alarm_rate"]
+            assert 0.0 <= rates["p05"] <= rates["p50"] <= rates["p95"] <= 1.0, (name, kind)
     # A sanity bound on each site's calibrated false alarms, not the 5 % target: the tiny model's
     # calibration sees a few dozen slices (one run measured 0.21 at thick_slices, interval
     # 0.12-0.31); benchmarks/site_calibration.py measures the target on the full cohorts.

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from pipelines.evaluate import calibrate
-from pipelines.sites import site_names
+from pipelines.sites import calibration_draws, site_names
 
 
 def test_slice_volume_and_pixel_thresholds_are_conformal_at_their_own_rates():
@@ -69,3 +69,33 @@ def test_a_broken_sites_file_is_named_and_a_site_is_added_with_its_scans_hash(tm
     listed = read_sites(sites)
     assert set(listed) == {"north", "south"} and listed["north"]["healthy"] == str(scans.resolve())
     assert listed["north"]["scans_sha256"] == first != listed["south"]["scans_sha256"]  # the scans' version, per site
+
+
+def scans(count: int, slices: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Healthy scans of one site whose slice scores are exchangeable: each scan its own level."""
+    rng = np.random.default_rng(seed)
+    levels = rng.normal(size=count)
+    scores = (levels[:, None] + rng.normal(size=(count, slices))).ravel()
+    return scores, np.repeat([f"healthy/{i:03d}" for i in range(count)], slices)
+
+
+def test_over_calibration_draws_the_volumes_flagged_average_what_the_scans_guarantee():
+    """Calibrating on 10 of 40 exchangeable scans, the threshold is the highest of 10 volumes: the
+    other scans' volumes lie above it 1/11 of the time on average, though one draw may flag many."""
+    scores, subjects = scans(40, 30, seed=0)
+    draws = calibration_draws(scores, subjects, count=10, target=0.05, draws=2000)
+    volumes = draws["healthy_volume_false_alarm_rate"]
+    assert draws["healthy_scans"] == 40 and draws["calibration_scans"] == 10
+    assert volumes["mean"] == pytest.approx(1 / 11, abs=0.01)
+    assert volumes["p05"] == 0.0 and volumes["p95"] > 0.2 and 0.2 < volumes["draws_above_target"] < 0.8
+    slices = draws["healthy_slice_false_alarm_rate"]
+    assert 0.02 < slices["mean"] < 0.09 and slices["p05"] < slices["p50"] < slices["p95"]
+
+
+def test_calibration_draws_are_repeatable_and_test_only_the_scans_that_did_not_calibrate():
+    scores, subjects = scans(12, 5, seed=1)
+    first, again = (calibration_draws(scores, subjects, count=11, target=0.05, draws=50) for _ in range(2))
+    assert first == again
+    # 11 of 12 calibrate, and the highest of 11 volumes sits above the 12th unless it is the highest of all
+    rates = first["healthy_volume_false_alarm_rate"]
+    assert set(np.round([rates["p05"], rates["p95"]], 6)) <= {0.0, 1.0} and rates["mean"] < 0.3
