@@ -10,12 +10,13 @@ artifacts/compare/<name>/params.yaml``). Each site is scored once, as `brainomal
 it (the first calibrate.healthy_scans healthy scans calibrate, the other healthy scans and the
 tumour scans test); then, per window, every scan's maps are median-filtered over that many
 pixels in-plane and, through-plane, over no more millimetres (components/metrics/postprocess.py:
-``median_window``; ``--cubic``: over as many slices as pixels, as before that rule), the site's pixel threshold is set from its calibration scans (evaluate.pixel_threshold_percentile),
-and the test scans give the site report's pixel AUPRC, calibrated Dice (95 % intervals over
+``median_window``; ``--cubic``: over as many slices as pixels, as before that rule), the site's
+pixel threshold is set from its calibration scans (evaluate.pixel_threshold_percentile), and the test scans give the site report's pixel AUPRC, calibrated Dice (95 % intervals over
 subjects) and share of healthy slices flagged, and the best Dice one threshold reaches on the
 site's labels (a ceiling, not a result: it peeks). The AnoVAEGAN paper's window is 5 voxels of
 about 1 mm; here a voxel is about 2.8 mm in-plane and 2-6 mm through-plane, so 5 erases lesions
-under a centimetre across, and 1 keeps single-voxel noise; across 6 mm slices a cube of 3 spans 18 mm. ``--residuals`` scores a
+under a centimetre across, and 1 keeps single-voxel noise; across 6 mm slices a cube of 3 spans
+18 mm. ``--residuals`` scores a
 reconstruction model's maps as each residual (absolute, brighter, darker:
 ``components.models.detector.residual_map``; the same weights, so no training) and smooths each
 over every window; ``--passes`` restores the denoising autoencoder's slices in each number of

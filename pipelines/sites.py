@@ -41,11 +41,11 @@ from tqdm import tqdm
 from components.atomic import write_json, write_text
 from components.data.layouts import Subject, read_dataset
 from components.data.slice_store import SPACING_COLUMNS
+from components.metrics.conformal import conformal_threshold
 from components.metrics.detection import dice_by_subject, pixel_metrics, slice_truth
 from components.metrics.operating_point import metric_frames, with_intervals
 from components.metrics.postprocess import smooth_subject
 from components.models.calibration import Calibration, Scoring
-from components.metrics.conformal import conformal_threshold
 from components.models.inference import score_slices, with_reference
 from components.preprocess.spec import PreprocessSpec
 from components.reports.tables import site_markdown
@@ -110,7 +110,8 @@ def score_subjects(detector, subjects: list[Subject], spec: PreprocessSpec, work
                                        **dict(zip(SPACING_COLUMNS, slices.spacing_mm))}),
                 "scores": scored.scores, "alternatives": scored.alternatives, "maps": scored.maps,
                 "smoothed": smooth_subject(scored.maps, slices.brain, scoring.pixel_median,
-                                                        scoring.median_spacing(slices.spacing_mm)), "brain": slices.brain,
+                                           scoring.median_spacing(slices.spacing_mm)),
+                "brain": slices.brain,
                 "tumour": slices.tumour if slices.tumour is not None else empty,
                 "lesions": slices.lesions if slices.lesions is not None else empty,
             })
@@ -162,6 +163,8 @@ def calibration_draws(scores: np.ndarray, subjects: np.ndarray, count: int, targ
     conformal guarantee bounds), its 5th, 50th and 95th percentiles (where one draw may land),
     and the share of draws whose rate is above ``target``."""
     volumes = pd.Series(scores).groupby(subjects).agg(volume_score)
+    if not 1 <= count < len(volumes):
+        raise ValueError(f"calibration draws need 1 to {len(volumes) - 1} of the {len(volumes)} healthy scans, got {count}")
     rng = np.random.default_rng(seed)
     flagged: dict[str, list[float]] = {"slice": [], "volume": []}
     for _ in range(draws):
@@ -194,9 +197,10 @@ def evaluate_site(detector, root: Path, spec: PreprocessSpec, deployed: Calibrat
              for kind, calibration in (("deployed", deployed), ("calibrated", site))}
     cohorts = test["index"].drop_duplicates("subject")["cohort"]
     others = (test["index"]["cohort"] == "healthy").to_numpy()
+    calibrating = len(healthy[:count]) - len(skipped)
     draws = calibration_draws(np.concatenate([reference["scores"], test["scores"][others]]),
                               np.concatenate([reference["index"]["subject"], test["index"]["subject"][others]]),
-                              len(healthy[:count]) - len(skipped), params.calibrate.target_false_alarm_rate)
+                              calibrating, params.calibrate.target_false_alarm_rate) if others.any() else None
     return {
         "scans": {"calibration": len(healthy[:count]) - len(skipped), "healthy_test": int((cohorts == "healthy").sum()),
                   "tumour_test": int((cohorts == "tumour").sum()), "skipped": skipped + more},
@@ -212,15 +216,18 @@ def evaluate_site(detector, root: Path, spec: PreprocessSpec, deployed: Calibrat
 
 def draws_markdown(report: dict[str, dict]) -> str:
     """Each site's calibration draws as a markdown table (none without a site)."""
-    def cell(rates: dict) -> str:
+    def cell(draws: dict | None, kind: str) -> str:
+        if draws is None:  # no healthy test scan was usable
+            return "-"
+        rates = draws[f"healthy_{kind}_false_alarm_rate"]
         return (f"{rates['mean']:.1%} [{rates['p05']:.1%}, {rates['p95']:.1%}]; "
                 f"{rates['draws_above_target']:.0%} of draws above the target")
 
-    rows = [{"site": site, **{f"healthy {kind}s flagged": cell(found["calibration_draws"][f"healthy_{kind}_false_alarm_rate"])
-                              for kind in ("slice", "volume")}} for site, found in report.items()]
-    if not rows:
+    rows = [{"site": site, **{f"healthy {kind}s flagged": cell(found["calibration_draws"], kind) for kind in ("slice", "volume")}}
+            for site, found in report.items()]
+    draws = next((found["calibration_draws"] for found in report.values() if found["calibration_draws"]), None)
+    if draws is None:
         return ""
-    draws = next(iter(report.values()))["calibration_draws"]
     return (f"### The other healthy scans flagged when {draws['calibration_scans']} of them calibrate, over "
             f"{draws['draws']} random draws of the {draws['calibration_scans']}: mean [5th, 95th percentile]\n\n"
             f"{pd.DataFrame(rows).to_markdown(index=False)}\n")

@@ -99,3 +99,10 @@ def test_calibration_draws_are_repeatable_and_test_only_the_scans_that_did_not_c
     # 11 of 12 calibrate, and the highest of 11 volumes sits above the 12th unless it is the highest of all
     rates = first["healthy_volume_false_alarm_rate"]
     assert set(np.round([rates["p05"], rates["p95"]], 6)) <= {0.0, 1.0} and rates["mean"] < 0.3
+
+
+def test_calibration_draws_need_scans_left_to_test():
+    scores, subjects = scans(4, 3, seed=2)
+    for count in (0, 4):
+        with pytest.raises(ValueError, match=f"calibration draws need 1 to 3 of the 4 healthy scans, got {count}"):
+            calibration_draws(scores, subjects, count=count, target=0.05)
