@@ -65,7 +65,7 @@ def main() -> None:
         ms = (time.perf_counter() - start) / len(index) * 1000
         scored = with_reference(scored, params.evaluate.score_reference, subjects)
         maps = smooth_by_subject(scored.maps, slices["brain"], subjects, params.evaluate.pixel_median,
-                                 params.evaluate.scoring.median_spacing(slice_spacing(index)))
+                                 params.evaluate.scoring(detector.device).median_spacing(slice_spacing(index)))
         rows[steps] = {"slice_auroc": round(float(roc_auc_score(abnormal, scored.scores)), 4),
                        "pixel_auprc": round(float(average_precision_score(slices["tumour"][brain], maps[brain])), 4),
                        "ms_per_slice": round(ms, 2)}

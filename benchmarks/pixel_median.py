@@ -3,6 +3,7 @@ each residual sign, restoration pass count and median window of 1, 3 and 5 pixel
 
     python benchmarks/pixel_median.py [--params params.yaml] [--windows 1 3 5]
                                       [--residuals absolute brighter] [--passes 1 2 3] [--cubic]
+                                      [--precision bf16]
                                       [--output benchmarks/results/pixel_median_<model>.json]
 
 Runs after `make run`, on its model (or a `brainomaly compare` workspace's: ``--params
@@ -21,7 +22,9 @@ reconstruction model's maps as each residual (absolute, brighter, darker:
 ``components.models.detector.residual_map``; the same weights, so no training) and smooths each
 over every window; ``--passes`` restores the denoising autoencoder's slices in each number of
 passes (``model.denoising_ae.passes``; the same weights), which moves the slice scores too: each
-pass count's slice AUROC and healthy slices flagged are reported beside its maps.
+pass count's slice AUROC and healthy slices flagged are reported beside its maps. ``--precision
+bf16`` scores every site in bf16 autocast instead of the precision the model was evaluated in
+(``evaluate.precision``): the same weights, its thresholds set again in that arithmetic.
 The training site's held-out scans choose the triple (``model.<name>.residual``, ``passes`` and
 ``evaluate.pixel_median``: the best calibrated Dice); the unseen sites show whether that choice
 transfers.
@@ -47,7 +50,7 @@ from components.data.slice_store import slice_spacing  # noqa: E402
 from components.machine import machine  # noqa: E402
 from components.metrics.detection import best_dice, pixel_metrics, slice_truth  # noqa: E402
 from components.metrics.postprocess import smooth_by_subject  # noqa: E402
-from components.models.calibration import Calibration, Scoring  # noqa: E402
+from components.models.calibration import PRECISIONS, Calibration, Scoring  # noqa: E402
 from components.models.detector import RESIDUALS, ReconstructionDetector  # noqa: E402
 from components.preprocess.spec import PreprocessSpec  # noqa: E402
 from pipelines.evaluate import CALIBRATION, calibrate, load_trained  # noqa: E402
@@ -64,22 +67,22 @@ def smoothed_with(scored: dict, scoring: Scoring) -> dict:
                                                     scoring.pixel_median, spacing)}
 
 
-def site_windows(detector, root: Path, spec: PreprocessSpec, deployed: Calibration, params, windows: list[int],
+def site_windows(detector, root: Path, spec: PreprocessSpec, deployed: Scoring, params, windows: list[int],
                  cubic: bool) -> dict:
     """The test scans' slice AUROC and, per window, the site's calibrated pixel threshold, pixel
     AUPRC and Dice (with its interval)."""
     healthy, tumour = site_subjects(root, params.data.modality)
     count, settings = params.calibrate.healthy_scans, params.evaluate
-    reference, _ = score_subjects(detector, healthy[:count], spec, params.preprocess.workers, deployed.scoring,
+    reference, _ = score_subjects(detector, healthy[:count], spec, params.preprocess.workers, deployed,
                                   f"{root.name}: calibration")
-    test, _ = score_subjects(detector, healthy[count:] + tumour, spec, params.preprocess.workers, deployed.scoring,
+    test, _ = score_subjects(detector, healthy[count:] + tumour, spec, params.preprocess.workers, deployed,
                              f"{root.name}: test")
     percentile = 100.0 * (1.0 - params.calibrate.target_false_alarm_rate)
     labels, rated = slice_truth(test["index"]["tumour_pixels"], test["index"]["lesion_pixels"],
                                 settings.min_tumour_pixels)
     rows = {"slice_auroc": round(float(roc_auc_score(labels[rated], test["scores"][rated])), 4)}
     for window in windows:
-        scoring = deployed.scoring._replace(pixel_median=window, median_shape="cubic" if cubic else "millimetres")
+        scoring = deployed._replace(pixel_median=window, median_shape="cubic" if cubic else "millimetres")
         site = calibrate(smoothed_with(reference, scoring), percentile, settings.pixel_threshold_percentile, scoring)
         scored = smoothed_with(test, scoring)
         found = at_thresholds(scored, site, settings.min_tumour_pixels, settings.min_component_voxels,
@@ -121,6 +124,8 @@ def main() -> None:
                         help="residual signs to score a reconstruction model's maps as (default: its own)")
     parser.add_argument("--passes", type=int, nargs="+",
                         help="restoration passes to score the denoising autoencoder's maps in (default: its own)")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="the arithmetic of inference (default: the one the model was evaluated in)")
     parser.add_argument("--output", type=Path, help="default: benchmarks/results/pixel_median_<model>.json")
     args = parser.parse_args()
     if any(w < 1 or w % 2 == 0 for w in args.windows):
@@ -138,7 +143,8 @@ def main() -> None:
     if not params.path(CALIBRATION).is_file():
         raise SystemExit(f"{params.path(CALIBRATION)} is missing: run `brainomaly evaluate` first (its units are the model's)")
     spec = PreprocessSpec.from_json(params.path(PROCESSED_DIR / "preprocess_spec.json"))
-    deployed = Calibration(**json.loads(params.path(CALIBRATION).read_text()))
+    deployed = Calibration(**json.loads(params.path(CALIBRATION).read_text())).scoring
+    deployed = deployed._replace(precision=args.precision or deployed.precision)
     root = params.path(params.data.sites_root)
     if not root.is_dir() or not site_names(root):
         parser.error(f"no site in data.sites_root ({root}): nothing to measure")
@@ -159,6 +165,7 @@ def main() -> None:
                                       key=lambda rpw: chooser[rpw[0]][rpw[1]][rpw[2]]["dice"])
         chosen = {"residual": residual, "passes": count, "window": window}
     write_json(output, {"machine": machine(), "model": description["model_name"], "params": str(args.params),
+                        "precision": deployed.precision,
                         "residuals": residuals, "passes": passes, "windows": args.windows,
                         "through_plane": "cubic" if args.cubic else "no more millimetres than in-plane",
                         "chosen_on": training if chooser else None, "chosen": chosen, "sites": report})

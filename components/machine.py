@@ -28,3 +28,25 @@ def machine() -> str:
     except ImportError:
         pass
     return f"{cpus}, no GPU"
+
+
+def native_bf16(device) -> bool:
+    """Whether ``device`` (a torch.device) computes bf16 in hardware: a CUDA GPU that supports it,
+    or a CPU with AVX-512 BF16 or AMX (oneDNN's bf16 convolutions). Elsewhere bf16 is emulated,
+    and slower than fp32."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported",
+                                                                       "_is_amx_tile_supported"))
+
+
+def resolve_precision(name: str, device) -> str:
+    """The arithmetic of inference on ``device``: "auto" is bf16 where it computes bf16 natively
+    (``native_bf16``), fp32 elsewhere; "fp32" and "bf16" as named."""
+    if name == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if name not in ("fp32", "bf16"):
+        raise ValueError(f"precision {name!r}: expected auto, fp32 or bf16")
+    return name

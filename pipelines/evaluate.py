@@ -137,7 +137,7 @@ def run(params: Params) -> dict:
     root = params.path(PROCESSED_DIR)
     index = read_index(root)
     settings = params.evaluate
-    scoring = settings.scoring
+    scoring = settings.scoring(detector.device)
     healthy_val = score_split(detector, root, index[(index["cohort"] == "healthy") & (index["split"] == "val")], scoring,
                               progress="evaluate: healthy val")
     calibration = calibrate(healthy_val, settings.threshold_percentile, settings.pixel_threshold_percentile, scoring)

@@ -8,12 +8,14 @@ from pathlib import Path
 from dataclasses import fields
 from typing import Literal, get_type_hints
 
+import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from components.data.augment import AugmentSpec
 from components.data.nifti_io import VolumeLimits
 from components.data.phantoms import PhantomSpec
+from components.machine import resolve_precision
 from components.metrics.promotion import PromotionRule
 from components.models.calibration import PIXEL_MEDIAN, Scoring
 from components.models.registry import DETECTORS, accepted_hyperparams
@@ -176,7 +178,7 @@ class EvaluateParams(Section):
     score_reference: Literal["none", "scan_median", "brain_median"] = "brain_median"
     pixel_median: int = Field(PIXEL_MEDIAN, ge=1)  # pixels, odd: the post-processing median's in-plane window
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")  # auto: a GPU when one is visible
-    precision: Literal["fp32", "bf16"] = "fp32"  # of inference; the served model scores as evaluated
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # of inference; the served model scores as evaluated
     min_component_voxels: int = Field(6, ge=1)
     tumour_pixel_sizes: list[int] = [0, 20, 50, 150]
     lesion_kinds: dict[int, str] = {1: "focus", 2: "cavity"}
@@ -190,10 +192,9 @@ class EvaluateParams(Section):
             raise ValueError(f"must be odd, so the window has a centre voxel: {value} is even")
         return value
 
-    @property
-    def scoring(self) -> Scoring:
-        """How the model scores and post-processes, recorded with its thresholds."""
-        return Scoring(self.score_reference, self.precision, self.pixel_median)
+    def scoring(self, device: torch.device) -> Scoring:
+        """How the model scores and post-processes on ``device``, recorded with its thresholds."""
+        return Scoring(self.score_reference, resolve_precision(self.precision, device), self.pixel_median)
 
 
 class CalibrateParams(Section):

@@ -6,6 +6,7 @@ Free of Ray and HTTP so it can be tested and reused directly; it calls the very 
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from torch import nn
 from components.data.dicom_io import Derived, DicomSource, parametric_map, segmentation
 from components.data.nifti_io import VolumeLimits, check_finite
 from components.errors import InvalidVolumeError
+from components.machine import native_bf16
 from components.metrics.postprocess import segment, smooth_subject
 from components.models.bundle import DetectorBundle
 from components.models.calibration import Calibration
@@ -32,6 +34,7 @@ from components.scoring.volume import volume_score
 OVERLAY_SLICES = 4
 MapFormat = Literal["nifti", "png", "dicom-seg", "dicom-pmap"]
 DICOM_MAPS = ("dicom-seg", "dicom-pmap")  # derived objects of a DICOM source series
+log = logging.getLogger(__name__)
 
 
 class UnknownSiteError(ValueError):
@@ -79,6 +82,10 @@ class VolumePredictor:
     def from_folder(cls, folder: Path, model_name: str = "unregistered", model_version: str = "0",
                     device: str = "cpu") -> "VolumePredictor":
         bundle, detector = DetectorBundle.load(folder, device)
+        if bundle.calibration.precision == "bf16" and not native_bf16(detector.device):
+            # its thresholds hold in bf16: it scores as calibrated, at the cost of emulating bf16
+            log.warning("%s v%s was calibrated in bf16, which %s emulates: it scores in bf16 all the same, slower "
+                        "than in fp32", model_name, model_version, detector.device)
         return cls(bundle, detector, model_name, model_version)
 
     def description(self) -> dict:
@@ -89,6 +96,7 @@ class VolumePredictor:
             "hyperparams": self.bundle.hyperparams, "data_version": self.bundle.data_version,
             "slice_threshold": calibration.slice_threshold, "volume_threshold": calibration.volume_threshold,
             "threshold_percentile": calibration.percentile, "reference_scores": len(calibration.reference_scores),
+            "precision": calibration.precision,
             "slice_size": self.bundle.preprocess.size, "metrics": self.bundle.metrics,
             "sites": {site: {"slice_threshold": c.slice_threshold, "volume_threshold": c.volume_threshold,
                              "reference_scores": len(c.reference_scores), "scans": c.scans,

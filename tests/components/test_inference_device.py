@@ -2,11 +2,14 @@
 thresholds, so every scorer of a bundle scores as it was evaluated."""
 
 import dataclasses
+import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from components.machine import native_bf16, resolve_precision
 from components.models.bundle import DetectorBundle
 from components.models.calibration import Calibration
 from components.models.inference import CPU_BATCH_SLICES, resolve_device, score_slices
@@ -26,6 +29,35 @@ def test_auto_takes_the_cpu_where_no_gpu_is_visible_and_an_absent_gpu_is_named()
     assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match=r"'cuda:1' asked for, but 0 CUDA devices are visible"):
         resolve_device("cuda:1")
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_bf16_natively():
+    cpu = torch.device("cpu")
+    flags = Path("/proc/cpuinfo")
+    if flags.is_file():  # Linux says it independently of torch
+        words = set(flags.read_text().split())
+        assert native_bf16(cpu) == bool(words & {"avx512_bf16", "amx_bf16"})
+    assert resolve_precision("auto", cpu) == ("bf16" if native_bf16(cpu) else "fp32")
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(ValueError, match="precision 'fp16': expected auto, fp32 or bf16"):
+        resolve_precision("fp16", cpu)
+
+
+def test_a_bf16_bundle_on_a_device_that_emulates_bf16_still_scores_in_bf16_and_says_it_is_slower(tmp_path, caplog,
+                                                                                                 monkeypatch):
+    torch.manual_seed(0)
+    detector = tiny("spatial_ae")
+    bundle = DetectorBundle("spatial_ae", {**tiny_hyperparams()}, PreprocessSpec(size=SIZE), calibration("bf16"))
+    folder = bundle.save(tmp_path / "bf16", detector.state_dict())
+    for native in (True, False):
+        monkeypatch.setattr("components.scoring.predictor.native_bf16", lambda device, native=native: native)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="components.scoring.predictor"):
+            predictor = VolumePredictor.from_folder(folder, "brainomaly-detector", "3")
+        assert predictor.bundle.calibration.precision == "bf16"
+        emulated = [r.getMessage() for r in caplog.records if "emulates" in r.getMessage()]
+        assert emulated == ([] if native else ["brainomaly-detector v3 was calibrated in bf16, which cpu emulates: "
+                                               "it scores in bf16 all the same, slower than in fp32"])
 
 
 def test_a_cpu_scores_in_batches_of_its_own_size_unless_told():

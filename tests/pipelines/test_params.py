@@ -87,6 +87,17 @@ def test_a_bad_device_precision_or_gpu_share_is_refused(tmp_path, section, value
         load_params(write_params(tmp_path, **{section: values}))
 
 
+def test_evaluate_scores_in_the_precision_its_device_resolves(tmp_path):
+    import torch
+
+    from components.machine import resolve_precision
+
+    cpu = torch.device("cpu")
+    for precision in ("auto", "fp32", "bf16"):
+        scoring = load_params(write_params(tmp_path, evaluate={"precision": precision})).evaluate.scoring(cpu)
+        assert scoring.precision == resolve_precision(precision, cpu) and scoring.precision in ("fp32", "bf16")
+
+
 def test_each_setting_is_declared_once():
     """A section that hands its values to a component's dataclass holds that dataclass, not a
     copy of its fields (and their defaults)."""
