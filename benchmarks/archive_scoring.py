@@ -106,7 +106,8 @@ def score_archive(archive: Path, output: Path) -> dict:
     if process.returncode != 0:
         raise RuntimeError(f"brainomaly score exited {process.returncode}")
     summary = json.loads(stdout)
-    return {"volumes": summary["scans"], "scored": summary["scored"], "wall_s": round(wall, 1),
+    return {"volumes": summary["scans"], "scored": summary["scored"], "model": summary.get("model"),
+            "wall_s": round(wall, 1),
             "volumes_per_minute": round(60 * summary["scored"] / wall, 1),
             "volumes_per_minute_after_start": summary["scans_per_minute"],
             "peak_memory_mb": round(sampled[0] / 2**20), "cpu_seconds_by_role": sampled[1]}
@@ -174,7 +175,8 @@ def main() -> None:
     cpu = cpu_per_volume(params, payload)
     largest, smallest = max(runs, key=lambda run: run["volumes"]), min(runs, key=lambda run: run["volumes"])
     marginal = one_more_volume(smallest, largest) if largest["volumes"] > smallest["volumes"] else None
-    result = {"machine": machine(), "volume": {"shape": [240, 240, 155], "format": ".nii.gz", "bytes": len(payload)},
+    result = {"machine": machine(), "model": largest["model"],
+              "volume": {"shape": [240, 240, 155], "format": ".nii.gz", "bytes": len(payload)},
               "score": dict(params.score), "archives": runs, "endpoint_one_by_one": endpoint,
               "speedup_over_endpoint": round(largest["volumes_per_minute"] / endpoint["volumes_per_minute"], 2),
               "one_more_volume": marginal, "cpu_seconds_per_volume": cpu}
