@@ -147,9 +147,11 @@ def main() -> None:
     replicas = serve.autoscaling.max_replicas if serve.autoscaling else serve.num_replicas
     capacity = (serve.max_ongoing_requests + serve.max_queued_requests) * replicas
     with running_server(REPO, model_uri=args.model_uri) as url:
+        served = requests.get(f"{url}/v1/model", timeout=30).json()
         result = {
             "machine": machine(),
             "model_uri": args.model_uri or f"models:/{params.registry.model_name}@{params.registry.alias}",
+            "model": {"version": served.get("version"), "precision": served.get("precision")},
             "volume": {"file": args.volume.name if args.volume else "BraTS-sized phantom", "shape": list(data.shape),
                        "upload_bytes": len(payload), "format": ".nii.gz" if payload[:2] == b"\x1f\x8b" else ".nii"},
             "serve": {"replicas": replicas, "max_ongoing_requests": serve.max_ongoing_requests,
