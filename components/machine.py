@@ -45,8 +45,10 @@ def native_bf16(device) -> bool:
 def resolve_precision(name: str, device) -> str:
     """The arithmetic of inference on ``device``: "auto" is bf16 where it computes bf16 natively
     (``native_bf16``), fp32 elsewhere; "fp32" and "bf16" as named."""
+    from components.models.calibration import PRECISIONS
+
     if name == "auto":
         return "bf16" if native_bf16(device) else "fp32"
-    if name not in ("fp32", "bf16"):
-        raise ValueError(f"precision {name!r}: expected auto, fp32 or bf16")
+    if name not in PRECISIONS:
+        raise ValueError(f"precision {name!r}: expected auto, {' or '.join(PRECISIONS)}")
     return name
