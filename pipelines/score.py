@@ -87,6 +87,18 @@ class Scorer:
         part.replace(path)
 
 
+def check_room(settings) -> None:
+    """Refuse, before any scan is read, model actors that leave the cluster no CPU for a prepare
+    task (or ask for GPUs it lacks): Ray Data would wait for them for ever."""
+    have = ray.cluster_resources()
+    cpus, gpus = settings.actors * settings.cpus_per_actor, settings.actors * settings.gpus_per_actor
+    if cpus + 1 > have.get("CPU", 0) or gpus > have.get("GPU", 0):
+        raise ValueError(f"score.actors x score.cpus_per_actor / gpus_per_actor ({settings.actors} x "
+                         f"{settings.cpus_per_actor:g} / {settings.gpus_per_actor:g}) and one CPU to prepare scans need "
+                         f"{cpus + 1:g} CPUs and {gpus:g} GPUs; the Ray cluster has {have.get('CPU', 0):g} and "
+                         f"{have.get('GPU', 0):g}: lower score.actors or its share")
+
+
 def run(params: Params, input: Path, output: Path, layout: str = "auto", modality: str | None = None,
         model_uri: str | None = None, site: str | None = None, maps: bool = False) -> dict:
     settings = params.score
@@ -106,6 +118,7 @@ def run(params: Params, input: Path, output: Path, layout: str = "auto", modalit
     limits = VolumeLimits(params.serve.max_voxels, params.serve.max_axis)
     start = time.perf_counter()
     with ray_session():
+        check_room(settings)
         dataset = ray.data.from_items([asdict(scan) for scan in todo], override_num_blocks=len(todo))
         # Its own memory request keeps preparing a separate operator: Ray Data would otherwise fuse it
         # into the model actor, where every scan's reading waits on the one CPU that scores.

@@ -70,6 +70,16 @@ def test_an_archive_is_scored_with_the_reasons_for_what_cannot_be(pipeline_repo,
     assert json.loads(again.stdout)["done_before"] == 5 and json.loads(again.stdout)["scored"] == 0
 
 
+def test_actors_that_leave_no_cpu_to_prepare_scans_are_refused_without_a_hang(pipeline_repo, tmp_path):
+    write_params(pipeline_repo, "params-score.yaml", score={"actors": 8, "cpus_per_actor": 1})
+    archive = archive_of(pipeline_repo, tmp_path / "archive")
+    result = score(pipeline_repo, archive, tmp_path / "out")  # ends well within its timeout: no wait for the actors
+    assert result.returncode == 1
+    assert "score.actors x score.cpus_per_actor / gpus_per_actor (8 x 1 / 0) and one CPU to prepare scans need 9 CPUs" \
+        in " ".join((result.stdout + result.stderr).split())
+    assert not ResultStore(tmp_path / "out").done()  # nothing scored, nothing recorded as done
+
+
 def test_a_rerun_after_ctrl_c_goes_on_where_it_stopped(pipeline_repo, tmp_path):
     """Stopped by SIGINT once some scans are saved, the rerun scores only the others: no scan is
     lost and none is scored twice (a restart would score all of them again)."""
