@@ -41,14 +41,3 @@ def native_bf16(device) -> bool:
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported",
                                                                        "_is_amx_tile_supported"))
 
-
-def resolve_precision(name: str, device) -> str:
-    """The arithmetic of inference on ``device``: "auto" is bf16 where it computes bf16 natively
-    (``native_bf16``), fp32 elsewhere; "fp32" and "bf16" as named."""
-    from components.models.calibration import PRECISIONS
-
-    if name == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
-    if name not in PRECISIONS:
-        raise ValueError(f"precision {name!r}: expected auto, {' or '.join(PRECISIONS)}")
-    return name

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from components.data.augment import AugmentSpec
 from components.data.nifti_io import VolumeLimits
 from components.data.phantoms import PhantomSpec
-from components.machine import resolve_precision
+from components.machine import native_bf16
 from components.metrics.promotion import PromotionRule
 from components.models.calibration import PIXEL_MEDIAN, Scoring
 from components.models.registry import DETECTORS, accepted_hyperparams
@@ -193,8 +193,12 @@ class EvaluateParams(Section):
         return value
 
     def scoring(self, device: torch.device) -> Scoring:
-        """How the model scores and post-processes on ``device``, recorded with its thresholds."""
-        return Scoring(self.score_reference, resolve_precision(self.precision, device), self.pixel_median)
+        """How the model scores and post-processes on ``device``, recorded with its thresholds:
+        precision "auto" is bf16 where ``device`` computes it natively, fp32 elsewhere."""
+        precision = self.precision
+        if precision == "auto":
+            precision = "bf16" if native_bf16(device) else "fp32"
+        return Scoring(self.score_reference, precision, self.pixel_median)
 
 
 class CalibrateParams(Section):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.machine import native_bf16, resolve_precision
+from components.machine import native_bf16
 from components.models.bundle import DetectorBundle
 from components.models.calibration import Calibration
 from components.models.inference import CPU_BATCH_SLICES, resolve_device, score_slices
@@ -31,16 +31,12 @@ def test_auto_takes_the_cpu_where_no_gpu_is_visible_and_an_absent_gpu_is_named()
         resolve_device("cuda:1")
 
 
-def test_auto_precision_is_bf16_only_where_the_cpu_computes_bf16_natively():
+def test_the_cpu_is_said_to_compute_bf16_natively_only_where_it_has_the_instructions():
     cpu = torch.device("cpu")
     flags = Path("/proc/cpuinfo")
     if flags.is_file():  # Linux says it independently of torch
         words = set(flags.read_text().split())
         assert native_bf16(cpu) == bool(words & {"avx512_bf16", "amx_bf16"})
-    assert resolve_precision("auto", cpu) == ("bf16" if native_bf16(cpu) else "fp32")
-    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
-    with pytest.raises(ValueError, match="precision 'fp16': expected auto, fp32 or bf16"):
-        resolve_precision("fp16", cpu)
 
 
 def test_a_bf16_bundle_on_a_device_that_emulates_bf16_still_scores_in_bf16_and_says_it_is_slower(tmp_path, caplog,

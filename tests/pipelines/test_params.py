@@ -90,12 +90,13 @@ def test_a_bad_device_precision_or_gpu_share_is_refused(tmp_path, section, value
 def test_evaluate_scores_in_the_precision_its_device_resolves(tmp_path):
     import torch
 
-    from components.machine import resolve_precision
+    from components.machine import native_bf16
 
     cpu = torch.device("cpu")
-    for precision in ("auto", "fp32", "bf16"):
+    expected = {"auto": "bf16" if native_bf16(cpu) else "fp32", "fp32": "fp32", "bf16": "bf16"}
+    for precision, resolved in expected.items():
         scoring = load_params(write_params(tmp_path, evaluate={"precision": precision})).evaluate.scoring(cpu)
-        assert scoring.precision == resolve_precision(precision, cpu) and scoring.precision in ("fp32", "bf16")
+        assert scoring.precision == resolved
 
 
 def test_each_setting_is_declared_once():
