@@ -30,7 +30,7 @@ from components.scoring.predictor import Upload, VolumePredictor, prepare_volume
 from components.preprocess.spec import PreprocessSpec
 from pipelines.errors import StageError
 from pipelines.model_store import fetch_bundle, registry_client
-from pipelines.params import Params
+from pipelines.params import Params, ScoreParams
 from pipelines.ray_cluster import ray_session
 from pipelines.site_store import load_site_calibrations, site_records
 from pipelines.tracking import tracking_uri
@@ -87,7 +87,7 @@ class Scorer:
         part.replace(path)
 
 
-def check_room(settings) -> None:
+def check_room(settings: ScoreParams) -> None:
     """Refuse, before any scan is read, model actors that leave the cluster no CPU for a prepare
     task (or ask for GPUs it lacks): Ray Data would wait for them for ever."""
     have = ray.cluster_resources()
