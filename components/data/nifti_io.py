@@ -20,6 +20,7 @@ from components.errors import InvalidVolumeError
 
 
 VOXEL_MM = (0.05, 50.0)  # a scanner's voxels, from small-animal MRI to thick clinical slices
+MAX_INFLATED_BYTES = 1 << 30  # what a gzipped volume may decompress to: a 512 x 512 x 256 float64 scan is half
 
 
 @dataclass(frozen=True)
@@ -103,21 +104,24 @@ def _data_bytes(img: nib.Nifti1Image, size: int) -> int:
 
 
 def load_volume(path: str | Path, limits: VolumeLimits = VolumeLimits()) -> tuple[np.ndarray, np.ndarray]:
-    """Load a 3-D NIfTI file (.nii or .nii.gz) as (float32 data, 4x4 affine)."""
+    """Load a 3-D NIfTI file (.nii or .nii.gz) as (float32 data, 4x4 affine), the data writable."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"NIfTI file not found: {path}")
+    with path.open("rb") as file:
+        compressed = file.read(2) == b"\x1f\x8b"
+    if compressed:  # inflated by ISA-L in memory, bounded as an upload is: twice nibabel's own gzip speed
+        return _parse(_gunzip_bounded(path.read_bytes(), str(path), MAX_INFLATED_BYTES), str(path), limits,
+                      in_place=False)
     try:
         img = nib.load(str(path))
     except Exception as err:  # nibabel raises many types for a bad header
         raise InvalidVolumeError(f"{path}: not a readable NIfTI file ({err})") from err
-    with path.open("rb") as file:
-        compressed = file.read(2) == b"\x1f\x8b"  # a gzip stream's data size is known only once inflated
-    return _check_image(img, str(path), limits, None if compressed else _data_bytes(img, path.stat().st_size))
+    return _check_image(img, str(path), limits, _data_bytes(img, path.stat().st_size))
 
 
 def volume_from_bytes(
-    payload: bytes, *, name: str = "upload", max_uncompressed_bytes: int = 1 << 30,
+    payload: bytes, *, name: str = "upload", max_uncompressed_bytes: int = MAX_INFLATED_BYTES,
     limits: VolumeLimits = VolumeLimits(),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Parse an uploaded .nii or .nii.gz body as (float32 data, 4x4 affine).
@@ -128,6 +132,12 @@ def volume_from_bytes(
     """
     if payload[:2] == b"\x1f\x8b":
         payload = _gunzip_bounded(payload, name, max_uncompressed_bytes)
+    return _parse(payload, name, limits)
+
+
+def _parse(payload: bytes, name: str, limits: VolumeLimits, in_place: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """A whole single-file NIfTI in memory as (float32 data, affine); ``in_place``: native float32
+    voxels come back as a read-only view of ``payload``, else as a writable copy."""
     if len(payload) < 348:
         raise InvalidVolumeError(f"{name}: {len(payload)} bytes is too short for a NIfTI header (348)")
     try:
@@ -137,7 +147,8 @@ def volume_from_bytes(
             img = nib.Nifti2Image.from_bytes(payload)
         except Exception as err:
             raise InvalidVolumeError(f"{name}: not a NIfTI-1 or NIfTI-2 file ({err})") from err
-    return _check_image(img, name, limits, _data_bytes(img, len(payload)), payload)
+    data, affine = _check_image(img, name, limits, _data_bytes(img, len(payload)), payload)
+    return (data if in_place or data.flags.writeable else data.copy()), affine
 
 
 def _gunzip_bounded(payload: bytes, name: str, limit: int) -> bytes:

@@ -80,8 +80,17 @@ def test_missing_and_corrupt_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         load_volume(tmp_path / "absent.nii.gz")
     (tmp_path / "bad.nii.gz").write_bytes(b"\x1f\x8b garbage")
-    with pytest.raises(InvalidVolumeError):
+    with pytest.raises(InvalidVolumeError, match="bad.nii.gz: the gzip stream is truncated or corrupt"):
         load_volume(tmp_path / "bad.nii.gz")
+
+
+def test_a_gzipped_file_loads_writable_and_as_nibabel_reads_it(tmp_path):
+    data = np.random.default_rng(0).normal(size=(6, 7, 8)).astype(np.float32)
+    path = save_volume(data, np.diag([1.0, 1.0, 2.0, 1.0]), tmp_path / "v.nii.gz")
+    loaded, affine = load_volume(path)
+    assert loaded.flags.writeable  # callers may normalise in place, unlike an upload's read-only view
+    np.testing.assert_array_equal(loaded, np.asarray(nib.load(path).dataobj))
+    np.testing.assert_array_equal(affine, nib.load(path).affine)
 
 
 @pytest.mark.parametrize("shape, message", [
@@ -101,11 +110,19 @@ def test_a_header_bomb_is_refused_before_its_voxels_are_allocated(shape, message
     assert peak < 4 * 2**20, f"{peak / 2**20:.0f} MiB allocated to refuse a {len(header_bomb(shape))}-byte upload"
 
 
-def test_a_truncated_file_on_disk_is_refused_unread(tmp_path):
-    path = tmp_path / "claims.nii"
-    path.write_bytes(gzip.decompress(header_bomb((400, 400, 400), b"\0" * 16)))
-    with pytest.raises(InvalidVolumeError, match="but 16 bytes of image data follow it"):
-        load_volume(path)
+@pytest.mark.parametrize("name, gzipped", [("claims.nii", False), ("claims.nii.gz", True)])
+def test_a_truncated_file_on_disk_is_refused_unread(tmp_path, name, gzipped):
+    bomb = header_bomb((400, 400, 400), b"\0" * 16)
+    path = tmp_path / name
+    path.write_bytes(bomb if gzipped else gzip.decompress(bomb))
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidVolumeError, match="but 16 bytes of image data follow it"):
+            load_volume(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2**20, f"{peak / 2**20:.0f} MiB allocated to refuse a {len(bomb)}-byte file"
 
 
 def test_the_caps_are_settings():
