@@ -38,7 +38,7 @@ def fill_with_nan(path):
     save_volume(np.full_like(image, np.nan), affine, path)
 
 
-@pytest.mark.parametrize("damage, message", [(truncate, "truncated or unreadable"), (fill_with_nan, "NaN or infinite")])
+@pytest.mark.parametrize("damage, message", [(truncate, "gzip stream is truncated or corrupt"), (fill_with_nan, "NaN or infinite")])
 def test_a_bad_case_is_reported_by_name_and_the_rest_go_on(phantom_roots, tmp_path, damage, message):
     brats = shutil.copytree(phantom_roots[1], tmp_path / "brats")
     victim = sorted(brats.glob("*/*_t2.nii.gz"))[1]
