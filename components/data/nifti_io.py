@@ -110,7 +110,7 @@ def load_volume(path: str | Path, limits: VolumeLimits = VolumeLimits()) -> tupl
         raise FileNotFoundError(f"NIfTI file not found: {path}")
     with path.open("rb") as file:
         compressed = file.read(2) == b"\x1f\x8b"
-    if compressed:  # inflated by ISA-L in memory, bounded as an upload is: twice nibabel's own gzip speed
+    if compressed:  # inflated by ISA-L in memory and bounded, as an upload is, not by nibabel's zlib
         return _parse(_gunzip_bounded(path.read_bytes(), str(path), MAX_INFLATED_BYTES), str(path), limits,
                       in_place=False)
     try:
