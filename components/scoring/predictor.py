@@ -29,6 +29,7 @@ from components.preprocess.geometry import axial_axis, resampled_shape, to_input
 from components.preprocess.spec import PreprocessSpec
 from components.preprocess.volume import ProcessedSlices, preprocess_volume
 from components.reports.figures import overlay_strip
+from components.scoring.thinning import every_kth, fill_between, slice_step, take
 from components.scoring.volume import volume_score
 
 OVERLAY_SLICES = 4
@@ -65,6 +66,7 @@ class VolumePredictor:
     sites_stamp: dict[str, dict] = field(default_factory=dict)  # each one's registry record (run, when, scans)
     broken_sites: dict[str, str] = field(default_factory=dict)  # calibrated, but not loadable: why
     min_component_voxels: int = 1  # a DICOM SEG drops smaller lesions (evaluate.min_component_voxels)
+    thin_slices: bool = False  # score slices about a model pixel apart, maps between interpolated (serve.thin_slices)
 
     def calibration(self, site: str | None) -> Calibration:
         """The site's calibration; the training one without a site."""
@@ -116,7 +118,8 @@ class VolumePredictor:
         verdicts at ``site``'s thresholds (the training calibration's without a site).
 
         When the recipe resamples along the axial axis, several model slices may come from one
-        input slice: that slice's score is the highest of theirs. ``with_map="nifti"`` adds
+        input slice: that slice's score is the highest of theirs. With ``thin_slices`` only the
+        slices scored are listed (on a 1 mm scan at 64 px, every other one); maps cover them all. ``with_map="nifti"`` adds
         ``map``: the anomaly map on the input's grid with its affine, as .nii.gz bytes in a fresh
         header (none of the upload's header text is carried over); ``"png"`` a PNG of the
         ``OVERLAY_SLICES`` most anomalous model slices with their maps over them; for a DICOM
@@ -158,18 +161,25 @@ class VolumePredictor:
         """Each prepared upload's answer, or the error that refuses it, their slices scored in
         one shared pass; ``seconds`` in an answer: the pass's, and its own verdicts' and maps'."""
         start = time.perf_counter()
-        scored = score_volumes(self.detector, [slices for _, slices in prepared], self.bundle.calibration, deadline)
+        picks = [self.scored_slices(slices) for _, slices in prepared]
+        scored = score_volumes(self.detector, [take(slices, picked) for (_, slices), picked in zip(prepared, picks)],
+                               self.bundle.calibration, deadline)
         shared = time.perf_counter() - start  # one pass for all: each waited for all of it
         answers: list[dict | Exception] = []
-        for (upload, slices), scores in zip(prepared, scored):
+        for (upload, slices), picked, scores in zip(prepared, picks, scored):
             start = time.perf_counter()
             try:
-                answer = self.answer(upload, slices, scores)
+                answer = self.answer(upload, slices, picked, scores)
             except InvalidVolumeError as err:
                 answers.append(err)
                 continue
             answers.append(answer | {"seconds": {"score": shared, "answer": time.perf_counter() - start}})
         return answers
+
+    def scored_slices(self, slices: ProcessedSlices) -> np.ndarray:
+        """Which of the model slices the network scores: all, or with ``thin_slices`` every k-th
+        (components/scoring/thinning.py)."""
+        return every_kth(len(slices.images), slice_step(slices.spacing_mm) if self.thin_slices else 1)
 
     def prepare(self, upload: Upload, limits: VolumeLimits) -> ProcessedSlices:
         """The upload through the model's recipe, refused first for an unknown site or a DICOM
@@ -180,14 +190,17 @@ class VolumePredictor:
                                      "upload the scan as a DICOM series (a zip of its files)")
         return prepare_volume(upload.data, upload.affine, self.bundle.preprocess, limits)
 
-    def answer(self, upload: Upload, slices: ProcessedSlices, scored: Scored) -> dict:
-        """The response to ``upload`` from its scored slices."""
+    def answer(self, upload: Upload, slices: ProcessedSlices, picked: np.ndarray, scored: Scored) -> dict:
+        """The response to ``upload`` from the scores of its model slices at ``picked``; its maps
+        cover every model slice, interpolated between those scored."""
         calibration = self.calibration(upload.site)
         scores = scored.scores
         if not (np.isfinite(scores).all() and np.isfinite(scored.maps).all()):  # never a NaN answer, metric or drift
             raise InvalidVolumeError("the model gave non-finite scores for this scan: are its intensities a scanner's?")
+        if upload.with_map is not None:
+            scored = scored._replace(maps=fill_between(scored.maps, slices.geometry.kept, picked))
         per_slice: dict[int, float] = {}
-        for index, value in zip(slices.slice_numbers.tolist(), scores.tolist()):
+        for index, value in zip(slices.slice_numbers[picked].tolist(), scores.tolist()):
             per_slice[index] = max(value, per_slice.get(index, value))
         score = volume_score(scores)
         result = {
@@ -210,9 +223,10 @@ class VolumePredictor:
             result["map"] = self.dicom_map(upload, slices, scored, result, calibration)
         elif upload.with_map == "png":
             top = np.argsort(scores)[::-1][:OVERLAY_SLICES]
-            titles = [f"slice {slices.slice_numbers[i]}: {scores[i]:.3g}" for i in top]
+            titles = [f"slice {slices.slice_numbers[picked[i]]}: {scores[i]:.3g}" for i in top]
             smoothed = smoothed_maps(scored, slices, calibration)
-            result["map"] = overlay_strip(slices.images[top, 0], smoothed[top, 0], titles, calibration.pixel_threshold)
+            result["map"] = overlay_strip(slices.images[picked[top], 0], smoothed[picked[top], 0], titles,
+                                          calibration.pixel_threshold)
         return result
 
 
@@ -221,14 +235,21 @@ class VolumePredictor:
         """The SEG or Parametric Map over the source series, drawn as the pixel-wise evaluation
         draws its segmentations (the map smoothed in 3-D inside the brain, above the pixel
         threshold, small components dropped), with the verdict in its content description."""
-        smoothed = smoothed_maps(scored, slices, calibration)[:, 0]
         verdict = (f"{result['volume_verdict']}: score {result['volume_score']:.4g}, "
                    f"threshold {calibration.volume_threshold:.4g}")
         derived = Derived(self.bundle.model_name, f"{self.model_name} v{self.model_version}", verdict)
         if upload.with_map == "dicom-seg":
-            mask = segment(smoothed, calibration.pixel_threshold, self.min_component_voxels)
-            return segmentation(upload.source, to_input_grid(mask.astype(np.float32), slices.geometry) > 0.5, derived)
+            return segmentation(upload.source, self.lesion_mask(slices, scored, calibration), derived)
+        smoothed = smoothed_maps(scored, slices, calibration)[:, 0]
         return parametric_map(upload.source, to_input_grid(smoothed, slices.geometry), derived, calibration.pixel_threshold)
+
+    def lesion_mask(self, slices: ProcessedSlices, scored: Scored, calibration: Calibration) -> np.ndarray:
+        """The (X, Y, Z) lesions a DICOM SEG draws, on the input's grid: ``scored``'s maps (one a
+        model slice) smoothed in 3-D inside the brain, above the pixel threshold, components
+        smaller than ``min_component_voxels`` dropped."""
+        smoothed = smoothed_maps(scored, slices, calibration)[:, 0]
+        mask = segment(smoothed, calibration.pixel_threshold, self.min_component_voxels)
+        return to_input_grid(mask.astype(np.float32), slices.geometry) > 0.5
 
 
 def prepare_volume(data: np.ndarray, affine: np.ndarray, spec: PreprocessSpec, limits: VolumeLimits,

@@ -20,18 +20,6 @@ from components.scoring.predictor import SiteUnavailableError, UnknownSiteError,
 from tests.components.test_detectors import TINY
 
 
-@pytest.fixture(scope="module")
-def predictor(tmp_path_factory):
-    torch.manual_seed(0)
-    hyperparams = {"base_channels": 8, "latent_channels": 8, "downsamplings": 3}
-    bundle = DetectorBundle(
-        model_name="spatial_vae", hyperparams=hyperparams, preprocess=PreprocessSpec(size=32),
-        calibration=Calibration(98.0, slice_threshold=0.1, volume_threshold=0.2, pixel_threshold=0.3, reference_scores=[0.1]),
-    )
-    folder = bundle.save(tmp_path_factory.mktemp("bundle"), build_detector("spatial_vae", **hyperparams).state_dict())
-    return VolumePredictor.from_folder(folder, "brainomaly-detector", "7")
-
-
 def test_response_describes_every_input_slice(predictor, phantom_roots):
     image, affine = load_volume(read_brats(phantom_roots[1])[0].image)
     result = predictor.predict(image, affine)
