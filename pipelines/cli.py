@@ -166,6 +166,7 @@ def serve(
             predict_timeout_s=params.serve.predict_timeout_s, batch_volumes=params.serve.volumes_per_pass(),
             batch_wait_s=params.serve.batch_wait_s, api_key=key, metrics_require_key=params.serve.metrics_require_key,
             drift=params.serve.drift, min_component_voxels=params.evaluate.min_component_voxels,
+            thin_slices=params.serve.thin_slices,
         )
         serve_forever(settings, host=params.serve.host, port=port or params.serve.port, deployment_options=params.serve.deployment_options(),
                       route_prefix=params.serve.route_prefix,

@@ -326,6 +326,7 @@ class ServeParams(Section):
     max_upload_mb: float = Field(256, gt=0)
     max_voxels: int = Field(VolumeLimits.max_voxels, ge=8)
     max_axis: int = Field(VolumeLimits.max_axis, ge=2)
+    thin_slices: bool = True  # the endpoint and `brainomaly score`: slices about a model pixel apart scored
     route_prefix: str = Field("/", pattern=r"^/[A-Za-z0-9._~/-]*$")
     model_version: int | None = Field(None, ge=1)  # pin this registered version; None follows register.alias
     spill_directory: Path | None = None  # where Ray may spill scans under memory pressure; None: nowhere

@@ -15,7 +15,7 @@ import logging
 import pickle
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,12 +55,13 @@ class Scorer:
     """A model actor: the bundle loaded once, then batches of prepared scans scored together."""
 
     def __init__(self, bundle_files: dict[str, bytes], name: str, version: str, site: str | None,
-                 site_calibration: Calibration | None, maps: str | None) -> None:
+                 site_calibration: Calibration | None, maps: str | None, thin_slices: bool) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="brainomaly-bundle-"))
         for relative, content in bundle_files.items():
             (self.folder / relative).parent.mkdir(parents=True, exist_ok=True)
             (self.folder / relative).write_bytes(content)
-        self.predictor = VolumePredictor.from_folder(self.folder, name, version, device="auto")
+        self.predictor = replace(VolumePredictor.from_folder(self.folder, name, version, device="auto"),
+                                 thin_slices=thin_slices)
         if site is not None:
             self.predictor.sites[site] = site_calibration
         self.site, self.maps = site, Path(maps) if maps else None
@@ -125,7 +126,7 @@ def run(params: Params, input: Path, output: Path, layout: str = "auto", modalit
         dataset = dataset.map(prepare, fn_kwargs={"spec": spec, "limits": limits}, memory=PREPARE_MEMORY)
         dataset = dataset.map_batches(
             Scorer, fn_constructor_kwargs={"bundle_files": bundle_files, "name": name, "version": version, "site": site,
-                                           "site_calibration": calibration,
+                                           "site_calibration": calibration, "thin_slices": params.serve.thin_slices,
                                            "maps": str(Path(output) / "maps") if maps else None},
             batch_size=settings.volumes_per_batch, concurrency=settings.actors, num_gpus=settings.gpus_per_actor,
             num_cpus=settings.cpus_per_actor)

@@ -123,7 +123,8 @@ class DetectorModel:
                 predictor = await asyncio.to_thread(with_sites, current, self.settings.tracking_uri)  # a site (re)calibrated
             else:
                 predictor = replace(await asyncio.to_thread(load_predictor, name, version, self.settings.tracking_uri),
-                                    min_component_voxels=self.settings.min_component_voxels)
+                                    min_component_voxels=self.settings.min_component_voxels,
+                                    thin_slices=self.settings.thin_slices)
         except Exception as err:  # a broken version must never take the serving one down
             serving = self.predictor.model_version if self.predictor else "nothing"
             log.error("version %s of %s failed to load; still serving %s: %s", version, name, serving, err)

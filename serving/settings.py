@@ -25,3 +25,4 @@ class EndpointSettings:
     metrics_require_key: bool  # /metrics behind the key too (Prometheus then sends it)
     drift: DriftSettings
     min_component_voxels: int  # a DICOM SEG's smallest lesion, as the pixel-wise evaluation drops smaller
+    thin_slices: bool  # every k-th slice scored where slices lie closer than a model pixel is wide

@@ -21,6 +21,7 @@ from components.data.dicom_io import series_zip, volume_to_series
 from components.data.layouts import read_brats
 from components.data.nifti_io import load_volume
 from serving.local_server import running_server
+from tests.components.test_slice_thinning import thin_slice_scan
 from tests.conftest import venv_env, write_params
 from tests.serving.scrape import metric
 
@@ -89,6 +90,19 @@ def test_multipart_and_uncompressed_uploads_agree(server, pipeline_repo):
     form = requests.post(f"{server}/v1/predict", files={"file": ("t2.nii.gz", case.image.read_bytes())}, timeout=120).json()
     plain = requests.post(f"{server}/v1/predict", data=gzip.decompress(case.image.read_bytes()), timeout=120).json()
     assert [s["score"] for s in raw["slices"]] == [s["score"] for s in form["slices"]] == [s["score"] for s in plain["slices"]]
+
+
+def test_a_thin_slice_scan_is_scored_on_every_kth_slice_and_mapped_on_all(server, pipeline_repo):
+    """serve.thin_slices (on by default) reaches the replicas: a scan of 1 mm slices lists every
+    k-th, and its map covers the slices between."""
+    image, affine = thin_slice_scan(read_brats(pipeline_repo / "data" / "raw" / "brats")[0].image)
+    body = gzip.compress(nifti(image.astype(np.float32), affine))  # within the tests' upload limit
+    indices = [s["index"] for s in requests.post(f"{server}/v1/predict", data=body, timeout=120).json()["slices"]]
+    steps = np.diff(indices)[:-1]  # the last scored slice closes the scan, nearer than k
+    assert len(set(steps)) == 1 and steps[0] > 1
+    response = requests.post(f"{server}/v1/predict?map=nifti", data=body, timeout=120)
+    volume = np.asanyarray(nib.Nifti1Image.from_bytes(gzip.decompress(response.content)).dataobj)
+    assert all(volume[..., i].any() for i in range(indices[0], indices[-1] + 1))
 
 
 def truncated_upload(pipeline_repo) -> bytes:
