@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -130,7 +131,7 @@ def cpu_per_volume(params, payload: bytes, repeats: int = 5) -> dict:
 
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"  # preparation's threads too, as Ray gives a prepare task of 1 CPU
-    predictor = load_champion(params)
+    predictor = replace(load_champion(params), thin_slices=params.serve.thin_slices)  # as the model actors score
     stages: dict[str, list[float]] = {"read": [], "prepare": [], "score": []}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "scan.nii.gz"

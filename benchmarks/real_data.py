@@ -104,7 +104,7 @@ def bundle_predictor(params: Params, name: str) -> VolumePredictor:
 def served_predictor(params: Params) -> VolumePredictor:
     uri = f"models:/{params.registry.model_name}@{params.registry.alias}"
     name, version = resolve_version(uri, tracking_uri(params))
-    return load_predictor(name, version, tracking_uri(params))
+    return replace(load_predictor(name, version, tracking_uri(params)), thin_slices=params.serve.thin_slices)
 
 
 def scan_rows(predictor: VolumePredictor, subjects: list[Subject]) -> pd.DataFrame:
