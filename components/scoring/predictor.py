@@ -119,14 +119,14 @@ class VolumePredictor:
 
         When the recipe resamples along the axial axis, several model slices may come from one
         input slice: that slice's score is the highest of theirs. With ``thin_slices`` only the
-        slices scored are listed (on a 1 mm scan at 64 px, every other one); maps cover them all. ``with_map="nifti"`` adds
-        ``map``: the anomaly map on the input's grid with its affine, as .nii.gz bytes in a fresh
-        header (none of the upload's header text is carried over); ``"png"`` a PNG of the
-        ``OVERLAY_SLICES`` most anomalous model slices with their maps over them; for a DICOM
-        ``source``, ``"dicom-seg"`` a DICOM Segmentation of the map above the pixel threshold and
-        ``"dicom-pmap"`` the map as a DICOM Parametric Map, both over the source series and
-        carrying the verdict. ``limits`` bound
-        the volume the recipe resamples the scan to, checked before any work; past ``deadline``
+        slices scored are listed (on a 1 mm scan at 64 px, every other one); maps cover them all.
+        ``with_map="nifti"`` adds ``map``: the anomaly map on the input's grid with its affine, as
+        .nii.gz bytes in a fresh header (none of the upload's header text is carried over);
+        ``"png"`` a PNG of the ``OVERLAY_SLICES`` most anomalous model slices with their maps over
+        them; for a DICOM ``source``, ``"dicom-seg"`` a DICOM Segmentation of the map above the
+        pixel threshold and ``"dicom-pmap"`` the map as a DICOM Parametric Map, both over the
+        source series and carrying the verdict. ``limits`` bound the volume the recipe resamples
+        the scan to, checked before any work; past ``deadline``
         (time.monotonic()) scoring stops with TimeoutError.
         """
         (answer,) = self.predict_together([Upload(data, affine, with_map, site, source)], limits, deadline)
