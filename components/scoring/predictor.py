@@ -176,10 +176,14 @@ class VolumePredictor:
             answers.append(answer | {"seconds": {"score": shared, "answer": time.perf_counter() - start}})
         return answers
 
-    def scored_slices(self, slices: ProcessedSlices) -> np.ndarray:
-        """Which of the model slices the network scores: all, or with ``thin_slices`` every k-th
+    def slice_step(self, slices: ProcessedSlices) -> int:
+        """k: the network scores every k-th model slice; 1 without ``thin_slices``
         (components/scoring/thinning.py)."""
-        return every_kth(len(slices.images), slice_step(slices.spacing_mm) if self.thin_slices else 1)
+        return slice_step(slices.spacing_mm) if self.thin_slices else 1
+
+    def scored_slices(self, slices: ProcessedSlices) -> np.ndarray:
+        """Which of the model slices the network scores: every ``slice_step``-th, the last included."""
+        return every_kth(len(slices.images), self.slice_step(slices))
 
     def prepare(self, upload: Upload, limits: VolumeLimits) -> ProcessedSlices:
         """The upload through the model's recipe, refused first for an unknown site or a DICOM
@@ -213,6 +217,7 @@ class VolumePredictor:
             "volume_verdict": _verdict(score, calibration.volume_threshold),
             "slices_scored": len(per_slice),
             "slices_skipped": int(slices.geometry.input_shape[axial_axis(upload.affine)]) - len(per_slice),
+            "slice_step": self.slice_step(slices),  # every k-th model slice was scored
             "slices": [
                 {"index": i, "score": s, "verdict": _verdict(s, calibration.slice_threshold)} for i, s in sorted(per_slice.items())
             ],

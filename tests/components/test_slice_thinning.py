@@ -50,7 +50,8 @@ def test_a_thin_slice_scan_is_scored_on_every_kth_slice_and_mapped_on_all(predic
     scores = {s["index"]: s["score"] for s in thinned["slices"]}
     indices = sorted(scores)
     step = indices[1] - indices[0]
-    assert step > 1 and indices[:-1] == sorted(all_scores)[:-1:step][: len(indices) - 1]  # every k-th, and the last
+    assert step > 1 and thinned["slice_step"] == step and every["slice_step"] == 1
+    assert indices[:-1] == sorted(all_scores)[:-1:step][: len(indices) - 1]  # every k-th, and the last
     assert indices[-1] == max(all_scores) and set(indices) <= set(all_scores)
     np.testing.assert_allclose([scores[i] for i in indices], [all_scores[i] for i in indices], rtol=1e-5)
     assert thinned["slices_scored"] + thinned["slices_skipped"] == image.shape[2] == (

@@ -97,9 +97,10 @@ def test_a_thin_slice_scan_is_scored_on_every_kth_slice_and_mapped_on_all(server
     k-th, and its map covers the slices between."""
     image, affine = thin_slice_scan(read_brats(pipeline_repo / "data" / "raw" / "brats")[0].image)
     body = gzip.compress(nifti(image.astype(np.float32), affine))  # within the tests' upload limit
-    indices = [s["index"] for s in requests.post(f"{server}/v1/predict", data=body, timeout=120).json()["slices"]]
+    result = requests.post(f"{server}/v1/predict", data=body, timeout=120).json()
+    indices = [s["index"] for s in result["slices"]]
     steps = np.diff(indices)[:-1]  # the last scored slice closes the scan, nearer than k
-    assert len(set(steps)) == 1 and steps[0] > 1
+    assert len(set(steps)) == 1 and steps[0] > 1 and result["slice_step"] == steps[0]
     response = requests.post(f"{server}/v1/predict?map=nifti", data=body, timeout=120)
     volume = np.asanyarray(nib.Nifti1Image.from_bytes(gzip.decompress(response.content)).dataobj)
     assert all(volume[..., i].any() for i in range(indices[0], indices[-1] + 1))
