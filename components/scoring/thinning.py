@@ -9,14 +9,11 @@ half the work, and the same number of slices a volume as the 2 mm scans its thre
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import numpy as np
 
 from components.preprocess.volume import ProcessedSlices
-
-PER_SLICE = ("images", "brain", "tumour", "lesions", "slice_numbers", "tumour_pixels", "brain_pixels", "lesion_pixels")
-
 
 def slice_step(spacing_mm: tuple[float, float] | None) -> int:
     """k: scored slices no further apart than a model pixel is wide (pixel over slice spacing,
@@ -35,10 +32,13 @@ def every_kth(count: int, step: int) -> np.ndarray:
 
 
 def take(slices: ProcessedSlices, picked: np.ndarray) -> ProcessedSlices:
-    """The model slices at ``picked`` (indices into ``slices``), every per-slice field cut alike."""
-    if len(picked) == len(slices.images):
+    """The model slices at ``picked`` (indices into ``slices``), every per-slice field (an array
+    with one entry a slice) cut alike."""
+    count = len(slices.images)
+    if len(picked) == count:
         return slices
-    cut = {name: getattr(slices, name)[picked] for name in PER_SLICE if getattr(slices, name) is not None}
+    cut = {f.name: value[picked] for f in fields(slices)
+           if isinstance(value := getattr(slices, f.name), np.ndarray) and len(value) == count}
     kinds = {kind: pixels[picked] for kind, pixels in (slices.lesion_kind_pixels or {}).items()}
     geometry = replace(slices.geometry, kept=slices.geometry.kept[picked]) if slices.geometry is not None else None
     return replace(slices, **cut, lesion_kind_pixels=kinds, geometry=geometry)

@@ -1,6 +1,6 @@
 """Thin-slice scans scored on every k-th slice, the maps between interpolated."""
 
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +9,9 @@ from scipy import ndimage
 
 from components.data.layouts import read_brats
 from components.data.nifti_io import load_volume, volume_from_bytes
-from components.scoring.thinning import every_kth, fill_between, slice_step
+from components.preprocess.spec import PreprocessSpec
+from components.preprocess.volume import preprocess_volume
+from components.scoring.thinning import every_kth, fill_between, slice_step, take
 
 
 @pytest.mark.parametrize(("spacing", "step"), [((1.0, 2.6), 2), ((0.7, 2.6), 3), ((2.0, 2.6), 1), ((6.0, 2.6), 1),
@@ -22,6 +24,21 @@ def test_scored_slices_lie_no_further_apart_than_a_model_pixel_is_wide(spacing, 
                                                        (1, 3, [0]), (2, 5, [0, 1])])
 def test_the_first_and_the_last_slice_are_always_scored(count, step, picked):
     assert every_kth(count, step).tolist() == picked
+
+
+def test_every_per_slice_field_is_cut_alike(phantom_roots):
+    case = read_brats(phantom_roots[1])[0]
+    image, affine = load_volume(case.image)
+    slices = preprocess_volume(image, affine, PreprocessSpec(size=32), segmentation=load_volume(case.segmentation)[0],
+                               lesions=load_volume(case.lesions)[0])
+    picked = every_kth(len(slices.images), 3)
+    cut = take(slices, picked)
+    for f in fields(slices):
+        value = getattr(slices, f.name)
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(getattr(cut, f.name), value[picked])
+    assert all(len(pixels) == len(picked) for pixels in cut.lesion_kind_pixels.values())
+    np.testing.assert_array_equal(cut.geometry.kept, slices.geometry.kept[picked])
 
 
 def test_a_slice_not_scored_takes_its_neighbours_maps_weighed_by_distance():
