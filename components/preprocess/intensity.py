@@ -11,6 +11,7 @@ so a caller transforms only the voxels it keeps (the model's slices, not the who
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -19,41 +20,89 @@ from components.errors import InvalidVolumeError
 
 LANDMARK_PERCENTILES = np.linspace(0.0, 100.0, 101)
 N4_SHRUNK_VOXEL_MM = 4.0  # N4 fits the bias field on a ~4 mm grid: fast, and the field is smooth
+HISTOGRAM_BINS = 1 << 16  # order_statistics' buckets: a brain's few million voxels, some tens to a bucket
+
+
+def order_statistics(values: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+    """``np.sort(values, axis=None)[ranks]`` without sorting them all. The values are counted
+    into HISTOGRAM_BINS equal-width buckets in value order, and only the buckets holding a
+    wanted rank are sorted: a few passes over a brain's millions of voxels instead of a sort.
+    The same values as the sort, exactly; a few values, NaN, inf or a constant are sorted."""
+    values, ranks = values.ravel(), np.asarray(ranks, np.intp)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    # float32 where nothing nears its limits; each step rounds correctly, so never reorders
+    steps = np.float32 if max(abs(low), abs(high)) < 1e37 else np.float64
+    per_unit = steps(HISTOGRAM_BINS / (high - low)) if high > low else np.inf
+    if values.size < HISTOGRAM_BINS or not np.isfinite(per_unit):  # few, constant, NaN, inf or a tiny range
+        return np.sort(values)[ranks]
+    buckets = np.multiply(np.subtract(values, steps(low), dtype=steps), per_unit).astype(np.int32)
+    np.minimum(buckets, HISTOGRAM_BINS - 1, out=buckets)  # the maximum lands on the last edge
+    counts = np.bincount(buckets, minlength=HISTOGRAM_BINS)
+    ends = np.cumsum(counts)  # values in this bucket or below
+    holding = np.searchsorted(ends, ranks, side="right")  # each rank's bucket
+    wanted = np.zeros(HISTOGRAM_BINS, bool)
+    wanted[holding] = True
+    gathered = np.sort(values[wanted[buckets]])  # the wanted buckets' values, bucket after bucket
+    before = np.cumsum(np.where(wanted, counts, 0)) - counts  # gathered values in earlier wanted buckets
+    return gathered[before[holding] + ranks - (ends - counts)[holding]]
+
+
+@dataclass(frozen=True)
+class OrderStatistics:
+    """Some of a sample's sorted values: ``values[i]`` is its ``ranks[i]``-th smallest of
+    ``count``; enough of them to read given percentiles, the largest always among them."""
+
+    count: int
+    ranks: np.ndarray
+    values: np.ndarray
+
+    @classmethod
+    def of(cls, sample: np.ndarray, *percentile_sets) -> OrderStatistics:
+        """The values each of ``percentile_sets`` reads (numpy's linear interpolation) of ``sample``."""
+        count = int(np.size(sample))
+        reads = [np.concatenate(_reads(count, percentiles)[:2]) for percentiles in percentile_sets]
+        ranks = np.unique(np.concatenate([*reads, [max(count - 1, 0)]]).astype(np.intp))
+        return cls(count, ranks, order_statistics(sample, ranks))
+
+    def mapped(self, transform: Callable[[np.ndarray], np.ndarray]) -> OrderStatistics:
+        """Those of ``transform(sample)``, for a non-decreasing voxel-wise ``transform``."""
+        return OrderStatistics(self.count, self.ranks, transform(self.values))
+
+    def percentiles(self, percentiles) -> np.ndarray:
+        """``np.percentile(sample, percentiles)``: the same numbers, its interpolation step by step."""
+        if self.values.dtype.kind == "f" and np.isnan(self.values[-1]):  # NaNs sort last, and poison every quantile
+            return np.full(np.shape(percentiles), np.nan, self.values.dtype)
+        below, above, weight = _reads(self.count, percentiles)
+        low, high = self.values[np.searchsorted(self.ranks, below)], self.values[np.searchsorted(self.ranks, above)]
+        step = high - low
+        result = np.add(low, step * weight)
+        # from the nearer end, as numpy does: exact at both ends of each interval
+        np.subtract(high, step * (1 - weight), out=result, where=weight >= 0.5, casting="unsafe", dtype=result.dtype)
+        return result
+
+
+def _reads(count: int, percentiles) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(below, above, weight): the ranks np.percentile interpolates between, and the weight of
+    the one above."""
+    virtual = (count - 1) * np.true_divide(np.asarray(percentiles, np.float64), 100)
+    below = np.floor(virtual)
+    above = below + 1
+    last = virtual >= count - 1
+    below[last] = above[last] = count - 1  # the largest value, as numpy reads it
+    return below.astype(np.intp), above.astype(np.intp), virtual - np.floor(virtual)
 
 
 def percentiles_of(values: np.ndarray, percentiles) -> np.ndarray:
-    """``np.percentile(values, percentiles)``: ``sorted_percentiles`` of the sorted values."""
-    return sorted_percentiles(np.sort(values, axis=None), percentiles)
-
-
-def sorted_percentiles(ordered: np.ndarray, percentiles) -> np.ndarray:
-    """``np.percentile(ordered, percentiles)`` of sorted 1-D values, the same numbers (its linear
-    interpolation, step by step) read off directly, where np.percentile partitions the values
-    around every quantile's neighbours, sorted or not: for a brain's 101 landmarks, a sort and
-    this take a tenth of np.percentile's time."""
-    quantiles = np.true_divide(np.asarray(percentiles, np.float64), 100)
-    if ordered.dtype.kind == "f" and np.isnan(ordered[-1]):  # NaNs sort last, and poison every quantile
-        return np.full(quantiles.shape, np.nan, ordered.dtype)
-    virtual = (len(ordered) - 1) * quantiles
-    below = np.floor(virtual)
-    above = below + 1
-    last = virtual >= len(ordered) - 1
-    below[last] = above[last] = -1  # the largest value, as numpy reads it
-    low, high = ordered[below.astype(np.intp)], ordered[above.astype(np.intp)]
-    weight = virtual - below
-    step = high - low
-    result = np.add(low, step * weight)
-    # from the nearer end, as numpy does: exact at both ends of each interval
-    np.subtract(high, step * (1 - weight), out=result, where=weight >= 0.5, casting="unsafe", dtype=result.dtype)
-    return result
+    """``np.percentile(values, percentiles)``, read off ``values``' order statistics."""
+    return OrderStatistics.of(values, percentiles).percentiles(percentiles)
 
 
 def percentile_scale(
-    ordered: np.ndarray, percentiles: tuple[float, float], value_range: tuple[float, float]
+    brain: OrderStatistics, percentiles: tuple[float, float], value_range: tuple[float, float]
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """The map of the (low, high) percentiles of the brain's intensities (``ordered``: sorted) to
-    ``value_range``, clipped: monotone, so it keeps sorted values sorted."""
-    low, high = sorted_percentiles(ordered, percentiles)
+    """The map of the (low, high) percentiles of the brain's intensities to ``value_range``,
+    clipped: non-decreasing, so the brain's order statistics map through it."""
+    low, high = brain.percentiles(percentiles)
     if high - low <= 1e-6 * max(abs(high), 1.0):
         raise InvalidVolumeError(f"the brain's intensities are flat ({percentiles[0]:g}th to {percentiles[1]:g}th "
                                  f"percentile: {low:g} to {high:g}): nothing to normalise")
@@ -67,7 +116,7 @@ def percentile_scale(
 
 def zscore(values: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     """The map (intensity - mean) / std of the brain's intensities (``values``, in the volume's
-    order: the sums round as they always did): monotone, so it keeps sorted values sorted."""
+    order: the sums round as they always did): increasing, so order statistics map through it."""
     std = float(values.std())
     if not np.isfinite(std):  # a float32 sum of squares overflows near float32's limits
         raise InvalidVolumeError(f"intensities up to {float(np.abs(values).max()):g} are too extreme to normalise: "
@@ -84,12 +133,16 @@ def histogram_landmarks(brain_values: np.ndarray) -> tuple[float, ...]:
     return tuple(float(v) for v in percentiles_of(brain_values, LANDMARK_PERCENTILES))
 
 
-def match_histogram(ordered: np.ndarray, landmarks: tuple[float, ...]) -> Callable[[np.ndarray], np.ndarray]:
-    """The piecewise-linear map of the brain's own quantiles (of its normalised intensities,
-    ``ordered``: sorted) onto the reference ``landmarks``."""
+def matched_percentiles(landmarks: tuple[float, ...]) -> np.ndarray:
+    """The percentiles of the brain that ``landmarks`` give the values of: evenly spaced, 0 to 100."""
+    return np.linspace(0.0, 100.0, len(landmarks))
+
+
+def match_histogram(brain: OrderStatistics, landmarks: tuple[float, ...]) -> Callable[[np.ndarray], np.ndarray]:
+    """The piecewise-linear map of the brain's own quantiles (of its normalised intensities)
+    onto the reference ``landmarks``."""
     reference = np.asarray(landmarks, np.float64)
-    percentiles = np.linspace(0.0, 100.0, len(reference))
-    source = sorted_percentiles(ordered, percentiles)
+    source = brain.percentiles(matched_percentiles(landmarks))
     # Tied quantiles (a clipped tail) must still increase for np.interp.
     source = source + np.arange(len(source)) * 1e-9 * max(float(np.ptp(source)), 1.0)
     return lambda values: np.interp(values, source, reference).astype(np.float32)

@@ -11,7 +11,14 @@ from components.data.layouts import read_brats, read_hcp
 from components.data.nifti_io import load_volume
 from components.models.autoencoders import SpatialVAE
 from components.preprocess.geometry import crop_resize, linear_resize_reads
-from components.preprocess.intensity import LANDMARK_PERCENTILES, n4_bias_correct, percentiles_of
+from components.preprocess.intensity import (
+    HISTOGRAM_BINS,
+    LANDMARK_PERCENTILES,
+    OrderStatistics,
+    n4_bias_correct,
+    order_statistics,
+    percentiles_of,
+)
 from components.preprocess.presets import PRESETS
 from components.preprocess.spec import PreprocessSpec
 from components.preprocess.volume import prepare_volume, preprocess_volume, reference_landmarks
@@ -185,3 +192,46 @@ def test_percentiles_of_sorted_values_are_numpys(hcp_case):
                     assert ours.dtype == numpys.dtype and np.array_equal(ours, numpys), (size, dtype, percentiles)
     with_nan = np.array([1.0, np.nan, 3.0], np.float32)
     assert np.isnan(percentiles_of(with_nan, (1.0, 99.0))).all() and np.isnan(np.percentile(with_nan, (1.0, 99.0))).all()
+
+
+def test_order_statistics_are_the_sorted_values_at_their_ranks():
+    """The bucketed selection returns what a full sort would, whatever the values' spread: ties,
+    a spike, an outlier that squeezes the rest into one bucket, negatives, integers, NaN."""
+    rng = np.random.default_rng(1)
+    size = 3 * HISTOGRAM_BINS
+    drawn = rng.normal(500, 200, size)
+    spiked = np.where(rng.random(size) < 0.5, 0.0, drawn)
+    outlier = np.concatenate([drawn[:-1], [1e30]])
+    cases = {"spread": drawn.astype(np.float32), "tied": np.round(drawn / 50).astype(np.float32),
+             "spike": spiked.astype(np.float32), "outlier": outlier.astype(np.float32),
+             "negative": (drawn - 2000).astype(np.float64), "int16": drawn.astype(np.int16),
+             "near float32's limits": (drawn * 1e35).astype(np.float32)}
+    ranks = np.unique(np.concatenate([[0, size - 1], rng.integers(0, size, 300)]))
+    for name, values in cases.items():
+        assert np.array_equal(order_statistics(values, ranks), np.sort(values)[ranks]), name
+        for percentiles in (LANDMARK_PERCENTILES, (1.0, 99.0), (0.5, 99.5)):
+            assert np.array_equal(percentiles_of(values, percentiles), np.percentile(values, percentiles)), name
+    with_nan = cases["spread"].copy()
+    with_nan[7] = np.nan
+    assert np.isnan(percentiles_of(with_nan, (1.0, 99.0))).all()
+
+
+def test_order_statistics_map_through_a_non_decreasing_transform():
+    values = np.random.default_rng(2).gamma(2.0, 300.0, 2 * HISTOGRAM_BINS).astype(np.float32)
+    clipped = lambda found: np.clip((found - 200.0) / 900.0, 0.0, 1.0).astype(np.float32)  # noqa: E731 (ties at both ends)
+    brain = OrderStatistics.of(values, LANDMARK_PERCENTILES)
+    assert np.array_equal(brain.mapped(clipped).percentiles(LANDMARK_PERCENTILES),
+                          np.percentile(clipped(values), LANDMARK_PERCENTILES))
+
+
+@pytest.mark.parametrize("normalisation", ["percentile", "zscore"])
+def test_a_scan_in_either_memory_order_gives_the_same_slices(brats_case, normalisation):
+    """NIfTI voxels arrive in F order and are read in it where the order does not matter: the
+    slices come out bit for bit as from the same voxels in C order."""
+    image, affine, seg = brats_case
+    spec = PreprocessSpec(size=32, normalisation=normalisation, histogram_landmarks=tuple(np.linspace(0.0, 1.0, 101) ** 2))
+    fortran, c_order = (preprocess_volume(order(image), affine, spec, segmentation=seg)
+                        for order in (np.asfortranarray, np.ascontiguousarray))
+    assert np.asfortranarray(image).flags.f_contiguous and not np.ascontiguousarray(image).flags.f_contiguous
+    for field in ("images", "brain", "tumour", "brain_pixels", "tumour_pixels", "slice_numbers"):
+        assert np.array_equal(getattr(fortran, field), getattr(c_order, field)), field
