@@ -6,10 +6,12 @@ archive grows, against posting the same volumes to the endpoint one by one.
 Runs after `make run`, with this repo's registered champion and params. Each archive holds
 copies of one 240x240x155 .nii.gz volume (a BraTS-layout phantom on BraTS's grid, as
 benchmarks/serving_load.py builds it), in folders of 50. The process tree of each run (the
-command, Ray's daemons and workers) is sampled every 0.25 s for its resident memory and each
-process's CPU seconds, summed by role (the command itself, the model actor, the Ray workers
-that ran the prepare tasks, Ray's own daemons and helpers); Ray's start is included in the wall
-time, as a user waits for it. The difference between the largest and the smallest archive, per
+command, Ray's daemons and workers) is sampled every 0.25 s for its resident memory; for its
+private part by role (the rest is mostly the pages of Ray's shared-memory object store that
+each process has touched, counted once per process); and for each process's CPU seconds by
+role. The roles are the command itself, the model actor, the Ray workers that ran the prepare
+tasks, and Ray's own daemons and helpers. Ray's start is included in the wall time, as a user
+waits for it. The difference between the largest and the smallest archive, per
 volume, is what one more volume costs once everything has started. Where a volume's time goes
 without Ray: the CPU seconds of reading, preparing and scoring one volume in this process on one
 thread (a model actor's and a prepare task's share), the median of 5.
@@ -74,24 +76,34 @@ def role_and_cpu(pid: int, driver: int) -> tuple[str, float] | None:
     return role, (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def sample_until_exit(process: subprocess.Popen) -> tuple[int, dict[str, float]]:
-    """The largest resident memory of ``process``'s tree, and the CPU seconds its processes used
-    by role, sampled every 0.25 s until it exits (a process's last sample counts, under the most
-    specific role it was seen in: an idle worker's title is a prepare task's)."""
-    peak, last = 0, {}
+def sample_until_exit(process: subprocess.Popen) -> tuple[int, dict[str, int], dict[str, float]]:
+    """The largest resident memory of ``process``'s tree; the largest private (anonymous) part
+    of it by role, which leaves out the pages of Ray's shared-memory object store each process
+    has touched; and the CPU seconds its processes used by role. Sampled every 0.25 s until it
+    exits (a process's last sample counts, under the most specific role it was seen in: an idle
+    worker's title is a prepare task's)."""
+    peak, private, last = 0, {}, {}
     while process.poll() is None:
         tree = process_tree(process.pid)
         peak = max(peak, server_memory(process.pid, tree=tree))
+        now: dict[str, int] = {"all": 0}
         for pid in tree:
             sample, before = role_and_cpu(pid, process.pid), last.get(pid)
             if sample and before and RANK[before[0]] > RANK[sample[0]]:  # a worker's title changes as it idles
                 sample = before[0], sample[1]
             last[pid] = sample or before
+            if last[pid]:
+                size = server_memory(pid, "RssAnon", tree={pid})
+                now[last[pid][0]] = now.get(last[pid][0], 0) + size
+                now["all"] += size
+        for role, size in now.items():
+            private[role] = max(private.get(role, 0), size)
         time.sleep(0.25)
     by_role: dict[str, float] = {}
     for role, seconds in filter(None, last.values()):
         by_role[role] = by_role.get(role, 0.0) + seconds
-    return peak, {role: round(seconds, 1) for role, seconds in sorted(by_role.items())}
+    return (peak, {role: round(size / 2**20) for role, size in sorted(private.items())},
+            {role: round(seconds, 1) for role, seconds in sorted(by_role.items())})
 
 
 def score_archive(archive: Path, output: Path) -> dict:
@@ -111,7 +123,9 @@ def score_archive(archive: Path, output: Path) -> dict:
             "wall_s": round(wall, 1),
             "volumes_per_minute": round(60 * summary["scored"] / wall, 1),
             "volumes_per_minute_after_start": summary["scans_per_minute"],
-            "peak_memory_mb": round(sampled[0] / 2**20), "cpu_seconds_by_role": sampled[1]}
+            "peak_memory_mb": round(sampled[0] / 2**20), "peak_private_memory_mb": sampled[1]["all"],
+            "peak_private_memory_mb_by_role": {role: mb for role, mb in sampled[1].items() if role != "all"},
+            "cpu_seconds_by_role": sampled[2]}
 
 
 def one_more_volume(small: dict, large: dict) -> dict:
@@ -182,12 +196,13 @@ def main() -> None:
               "speedup_over_endpoint": round(largest["volumes_per_minute"] / endpoint["volumes_per_minute"], 2),
               "one_more_volume": marginal, "cpu_seconds_per_volume": cpu}
     args.output.write_text(json.dumps(result, indent=2) + "\n")
-    table = Table("how", "volumes", "wall s", "volumes/min", "peak memory MB", title="Scoring an archive of 240x240x155 scans")
+    table = Table("how", "volumes", "wall s", "volumes/min", "peak memory MB", "of it private MB",
+                  title="Scoring an archive of 240x240x155 scans")
     for run in runs:
         table.add_row("brainomaly score", str(run["volumes"]), str(run["wall_s"]), str(run["volumes_per_minute"]),
-                      str(run["peak_memory_mb"]))
+                      str(run["peak_memory_mb"]), str(run["peak_private_memory_mb"]))
     table.add_row("endpoint, one by one", str(endpoint["volumes"]), str(endpoint["wall_s"]),
-                  str(endpoint["volumes_per_minute"]), "")
+                  str(endpoint["volumes_per_minute"]), "", "")
     Console().print(table)
     print(f"brainomaly score against the endpoint one by one: x{result['speedup_over_endpoint']}; "
           f"peak memory {', '.join(str(r['peak_memory_mb']) for r in runs)} MB for {', '.join(str(r['volumes']) for r in runs)} volumes")
