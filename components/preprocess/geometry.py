@@ -19,7 +19,7 @@ def to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
     ``input_axial_index[k]`` is the input file's own index of RAS axial slice k. The data is a
     copy in the input's own memory order: NIfTI's voxels lie in F order, and turning them into C
-    order costs a transposing copy three times as slow, for the same values.
+    order costs a transposing copy several times as slow, for the same values.
     """
     ornt = nib.orientations.io_orientation(affine)
     axis = axial_axis(affine)

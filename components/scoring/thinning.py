@@ -15,6 +15,7 @@ import numpy as np
 
 from components.preprocess.volume import ProcessedSlices
 
+
 def slice_step(spacing_mm: tuple[float, float] | None) -> int:
     """k: scored slices no further apart than a model pixel is wide (pixel over slice spacing,
     rounded down); 1 where the slices are as thick as a pixel or the spacing is unknown."""
