@@ -10,6 +10,7 @@ a served scan sees exactly what the model was trained on.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -106,10 +107,24 @@ def in_slabs(work: Callable[[np.ndarray], tuple[np.ndarray, ...]], slices: np.nd
     """``work(slices)``, done on slabs of ``slices`` in one thread per usable CPU, each of its
     arrays joined along the first axis: numpy's and scipy's loops release the GIL, so one scan's
     preparation uses the cores its caller was given. Every slice comes out as it would alone."""
-    slabs = [slab for slab in np.array_split(slices, usable_cpus()) if len(slab)] or [slices]
-    with ThreadPoolExecutor(len(slabs)) as pool:
-        done = list(pool.map(work, slabs))
+    slabs = [slab for slab in np.array_split(slices, usable_cpus()) if len(slab)]
+    if len(slabs) <= 1:
+        return work(slices)
+    done = list(slab_threads(len(slabs)).map(work, slabs))
     return tuple(np.concatenate(parts) for parts in zip(*done))
+
+
+_slab_pools: dict[int, ThreadPoolExecutor] = {}
+os.register_at_fork(after_in_child=_slab_pools.clear)  # a forked child has none of the threads
+
+
+def slab_threads(threads: int) -> ThreadPoolExecutor:
+    """This process's pool of ``threads`` threads, made once and kept: a new thread for every
+    scan let a worker that prepares hundreds hold more and more memory (malloc's per-thread
+    arenas). Two first callers at once make two pools: one is kept, the other never starts a thread."""
+    if threads not in _slab_pools:
+        _slab_pools.setdefault(threads, ThreadPoolExecutor(threads, thread_name_prefix="slab"))
+    return _slab_pools[threads]
 
 
 def brain_voxels(image: np.ndarray, brain: np.ndarray, in_order: bool) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Each preprocessing step on its own: resampling, N4, normalisations, histogram matching,
 crops, slice selection, and the papers' presets."""
 
+import threading
 from dataclasses import replace
 
 import numpy as np
@@ -162,6 +163,20 @@ def test_a_scan_prepared_in_threads_is_the_scan_prepared_in_one(brats_case, monk
     assert len(one.images) > 3
     assert np.array_equal(one.images, three.images) and np.array_equal(one.brain, three.brain)
     assert np.array_equal(one.tumour, three.tumour) and np.array_equal(one.slice_numbers, three.slice_numbers)
+
+
+def test_scans_prepared_in_threads_share_the_same_threads(brats_case, monkeypatch):
+    """A worker that prepares hundreds of scans keeps its memory only if it keeps its threads."""
+    image, affine, _ = brats_case
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+
+    def slab_threads() -> set[int]:
+        return {thread.ident for thread in threading.enumerate() if thread.name.startswith("slab")}
+
+    preprocess_volume(image, affine, PreprocessSpec(size=32))
+    first = slab_threads()
+    preprocess_volume(image, affine, PreprocessSpec(size=32))
+    assert 1 <= len(first) <= 3 and slab_threads() == first
 
 
 @pytest.mark.parametrize("box, size", [((slice(3, 40), slice(0, 33)), 16),   # shrink
