@@ -104,9 +104,10 @@ def _check_inputs(image: np.ndarray, **others: np.ndarray | None) -> None:
 
 
 def in_slabs(work: Callable[[np.ndarray], tuple[np.ndarray, ...]], slices: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``work(slices)``, done on slabs of ``slices`` in one thread per usable CPU, each of its
-    arrays joined along the first axis: numpy's and scipy's loops release the GIL, so one scan's
-    preparation uses the cores its caller was given. Every slice comes out as it would alone."""
+    """``work(slices)``, done on slabs of ``slices``, one per usable CPU, each in a thread of
+    this process's pool (a lone slab on the caller's thread), each of its arrays joined along the
+    first axis: numpy's and scipy's loops release the GIL, so one scan's preparation uses the
+    cores its caller was given. Every slice comes out as it would alone."""
     slabs = [slab for slab in np.array_split(slices, usable_cpus()) if len(slab)]
     if len(slabs) <= 1:
         return work(slices)

@@ -170,13 +170,13 @@ def test_scans_prepared_in_threads_share_the_same_threads(brats_case, monkeypatc
     image, affine, _ = brats_case
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
 
-    def slab_threads() -> set[int]:
+    def slab_thread_ids() -> set[int]:
         return {thread.ident for thread in threading.enumerate() if thread.name.startswith("slab")}
 
     preprocess_volume(image, affine, PreprocessSpec(size=32))
-    first = slab_threads()
+    first = slab_thread_ids()
     preprocess_volume(image, affine, PreprocessSpec(size=32))
-    assert first and slab_threads() == first  # earlier tests' pools of other sizes count too
+    assert first and slab_thread_ids() == first  # earlier tests' pools of other sizes count too
 
 
 @pytest.mark.parametrize("box, size", [((slice(3, 40), slice(0, 33)), 16),   # shrink
