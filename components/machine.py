@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+from concurrent.futures import ThreadPoolExecutor
 
 
 def usable_cpus() -> int:
@@ -15,6 +16,22 @@ def usable_cpus() -> int:
     except (KeyError, ValueError):
         affinity = getattr(os, "sched_getaffinity", None)  # Linux only
         return len(affinity(0)) if affinity else os.cpu_count() or 1
+
+
+_kept_pools: dict[tuple[str, int], ThreadPoolExecutor] = {}
+os.register_at_fork(after_in_child=_kept_pools.clear)  # a forked child has none of the threads
+
+
+def kept_threads(purpose: str, threads: int) -> ThreadPoolExecutor:
+    """This process's pool of ``threads`` threads for ``purpose`` (their name's prefix), made once
+    and kept: a new thread for every scan let a worker that prepares hundreds hold more and more
+    memory (malloc's per-thread arenas). A pool per purpose, so work in one pool never waits on
+    its own pool's threads. Two first callers at once make two pools: one is kept, the other
+    never starts a thread."""
+    key = (purpose, threads)
+    if key not in _kept_pools:
+        _kept_pools.setdefault(key, ThreadPoolExecutor(threads, thread_name_prefix=purpose))
+    return _kept_pools[key]
 
 
 def machine() -> str:

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from components.machine import kept_threads, usable_cpus
 from components.models.calibration import PRECISIONS, SCORE_REFERENCES, Calibration
 from components.models.detector import Detector
 from components.preprocess.spec import PreprocessSpec
@@ -20,10 +21,11 @@ from components.preprocess.volume import ProcessedSlices, preprocess_volume
 # faster on it (benchmarks/detector_speed.py times both layouts), with the same maps up to float
 # rounding.
 INFERENCE_LAYOUT = torch.channels_last
-# Slices per batch by device: on a CPU, 16 keep a 64 px network's activations within its cores'
-# caches: a tenth faster than 64 for the served detector, up to a third for the iterative ones
-# (benchmarks/inference_batch.py). A GPU wants larger batches to keep busy.
-CPU_BATCH_SLICES, GPU_BATCH_SLICES = 16, 64
+# Slices per batch at most; a CPU scores one batch per core at once (``scoring_threads``). On 2
+# cores the served detector scores a BraTS-sized scan's 49 thin slices in 0.20 s so, against
+# 0.36 s in batches of 16 one at a time (bf16, benchmarks/inference_batch.py); a GPU wants large
+# batches to keep busy.
+BATCH_SLICES = 64
 
 
 def resolve_device(name: str) -> torch.device:
@@ -80,41 +82,65 @@ class Scored(NamedTuple):
 
 
 def score_slices(detector: Detector, images: np.ndarray, brain: np.ndarray, batch_size: int | None = None,
-                 deadline: float | None = None, precision: str = "fp32", progress: str | None = None) -> Scored:
-    """Maps and scores of preprocessed slices, in batches (``batch_size``, or the device's own:
-    CPU_BATCH_SLICES or GPU_BATCH_SLICES) on the detector's device, in
+                 deadline: float | None = None, precision: str = "fp32", progress: str | None = None,
+                 threads: int | None = None) -> Scored:
+    """Maps and scores of preprocessed slices, in even batches of at most ``batch_size`` (by
+    default BATCH_SLICES) on the detector's device, in
     ``precision`` ("bf16": autocast; maps and scores come back as float32), with a progress bar
-    named ``progress`` (none by default: the endpoint scores quietly). Not under
+    named ``progress`` (none by default: the endpoint scores quietly), ``threads`` batches at once
+    (by default ``scoring_threads``: on a CPU one per core). Not under
     ``no_grad`` as a whole: a detector may optimise at inference (a latent search). Past
     ``deadline`` (time.monotonic()) it stops before the next batch with TimeoutError."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     detector.eval().to(memory_format=INFERENCE_LAYOUT)
     device = detector.device
-    batch_size = batch_size or (CPU_BATCH_SLICES if device.type == "cpu" else GPU_BATCH_SLICES)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    maps, scores, levels, alternatives = [], [], [], {}
-    bar = tqdm(total=len(images), desc=progress, unit="slice", disable=progress is None)
-    for start in range(0, len(images), batch_size):
+    batch_size = batch_size or BATCH_SLICES
+
+    threads = threads or scoring_threads(device)
+
+    def score_batch(part: range) -> Scored:
         if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(f"scoring stopped past its deadline, {start} of {len(images)} slices done")
-        x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(device)
+            raise TimeoutError(f"scoring stopped past its deadline, before slice {part.start} of {len(images)}")
+        x = torch.from_numpy(np.ascontiguousarray(images[part.start : part.stop])).to(device)
         x = x.contiguous(memory_format=INFERENCE_LAYOUT)
-        m = torch.from_numpy(np.ascontiguousarray(brain[start : start + batch_size])).to(device)
-        with autocast:
+        m = torch.from_numpy(np.ascontiguousarray(brain[part.start : part.stop])).to(device)
+        # autocast is per thread: entered by the thread that scores
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             inspection = detector.inspect(x, m)
-        maps.append(inspection.maps.float().cpu().numpy())
-        scores.append(inspection.scores.float().cpu().numpy())
         level = inspection.levels if inspection.levels is not None else detector.map_level(inspection.maps, m)
-        levels.append(level.float().cpu().numpy())
-        for name, values in inspection.alternatives.items():
-            alternatives.setdefault(name, []).append(values.float().cpu().numpy())
-        bar.update(len(x))
-    bar.close()
-    if not maps:
+        return Scored(*(t.float().cpu().numpy() for t in (inspection.maps, inspection.scores)),
+                      {name: values.float().cpu().numpy() for name, values in inspection.alternatives.items()},
+                      level.float().cpu().numpy())
+
+    parts = even_batches(len(images), batch_size, threads)
+    at_once = min(threads, len(parts))
+    batches = kept_threads("score", at_once).map(score_batch, parts) if at_once > 1 else map(score_batch, parts)
+    done = []
+    with tqdm(total=len(images), desc=progress, unit="slice", disable=progress is None) as bar:
+        for batch in batches:  # in order; past an error the batches not yet started are cancelled
+            done.append(batch)
+            bar.update(len(batch.scores))
+    if not done:
         return Scored(np.zeros_like(images), np.zeros(0, np.float32), {}, np.zeros(0, np.float32))
-    return Scored(np.concatenate(maps), np.concatenate(scores), {k: np.concatenate(v) for k, v in alternatives.items()},
-                  np.concatenate(levels))
+    return Scored(np.concatenate([b.maps for b in done]), np.concatenate([b.scores for b in done]),
+                  {name: np.concatenate([b.alternatives[name] for b in done]) for name in done[0].alternatives},
+                  np.concatenate([b.levels for b in done]))
+
+
+def even_batches(count: int, batch_size: int, threads: int) -> list[range]:
+    """``count`` slices cut into batches of at most ``batch_size``, as many as a multiple of
+    ``threads`` and as even as can be, so every round keeps every thread busy to its end."""
+    rounds = -(-count // (batch_size * threads))
+    bounds = np.linspace(0, count, rounds * threads + 1).round().astype(int)
+    return [range(start, stop) for start, stop in zip(bounds[:-1], bounds[1:]) if stop > start]
+
+
+def scoring_threads(device: torch.device) -> int:
+    """Batches scored at once: on a CPU one per usable core, as two batches at once keep two
+    cores busier than one batch's operations split between them (benchmarks/inference_batch.py
+    --threads); on a GPU one, whose own stream is the parallelism."""
+    return usable_cpus() if device.type == "cpu" else 1
 
 
 def reconstruct_slices(detector: Detector, images: np.ndarray) -> np.ndarray:

@@ -10,8 +10,6 @@ a served scan sees exactly what the model was trained on.
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -19,7 +17,7 @@ import nibabel as nib
 import numpy as np
 
 from components.errors import InvalidVolumeError
-from components.machine import usable_cpus
+from components.machine import kept_threads, usable_cpus
 from components.preprocess.brain_mask import brain_mask as compute_mask
 from components.preprocess.geometry import (
     SliceGeometry,
@@ -111,21 +109,8 @@ def in_slabs(work: Callable[[np.ndarray], tuple[np.ndarray, ...]], slices: np.nd
     slabs = [slab for slab in np.array_split(slices, usable_cpus()) if len(slab)]
     if len(slabs) <= 1:
         return work(slices)
-    done = list(slab_threads(len(slabs)).map(work, slabs))
+    done = list(kept_threads("slab", len(slabs)).map(work, slabs))
     return tuple(np.concatenate(parts) for parts in zip(*done))
-
-
-_slab_pools: dict[int, ThreadPoolExecutor] = {}
-os.register_at_fork(after_in_child=_slab_pools.clear)  # a forked child has none of the threads
-
-
-def slab_threads(threads: int) -> ThreadPoolExecutor:
-    """This process's pool of ``threads`` threads, made once and kept: a new thread for every
-    scan let a worker that prepares hundreds hold more and more memory (malloc's per-thread
-    arenas). Two first callers at once make two pools: one is kept, the other never starts a thread."""
-    if threads not in _slab_pools:
-        _slab_pools.setdefault(threads, ThreadPoolExecutor(threads, thread_name_prefix="slab"))
-    return _slab_pools[threads]
 
 
 def brain_voxels(image: np.ndarray, brain: np.ndarray, in_order: bool) -> np.ndarray:

@@ -3,6 +3,7 @@ thresholds, so every scorer of a bundle scores as it was evaluated."""
 
 import dataclasses
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 from components.machine import native_bf16
 from components.models.bundle import DetectorBundle
 from components.models.calibration import Calibration
-from components.models.inference import CPU_BATCH_SLICES, resolve_device, score_slices
+from components.models.inference import BATCH_SLICES, even_batches, resolve_device, score_slices
 from components.preprocess.spec import PreprocessSpec
 from components.scoring.predictor import VolumePredictor
 from tests.components.test_detectors import SIZE, batch, tiny
@@ -56,18 +57,58 @@ def test_a_bf16_bundle_on_a_device_that_emulates_bf16_still_scores_in_bf16_and_s
                                                "it scores in bf16 all the same, slower than in fp32"])
 
 
-def test_a_cpu_scores_in_batches_of_its_own_size_unless_told():
+def test_slices_are_scored_in_even_batches_of_at_most_the_default_size_unless_told():
     torch.manual_seed(0)
     detector = tiny("spatial_ae")
     seen = []
     first_conv = next(m for m in detector.modules() if isinstance(m, torch.nn.Conv2d))
     first_conv.register_forward_pre_hook(lambda _, inputs: seen.append(len(inputs[0])))
-    slices = batch(2 * CPU_BATCH_SLICES + 3)
-    score_slices(detector, slices.image.numpy(), slices.brain.numpy())
-    assert seen == [CPU_BATCH_SLICES, CPU_BATCH_SLICES, 3]
+    slices = batch(35)
+    score_slices(detector, slices.image.numpy(), slices.brain.numpy(), threads=1)
+    assert seen == [35] and BATCH_SLICES >= 35
     seen.clear()
-    score_slices(detector, slices.image.numpy(), slices.brain.numpy(), batch_size=20)
-    assert seen == [20, 15]
+    score_slices(detector, slices.image.numpy(), slices.brain.numpy(), batch_size=20, threads=1)
+    assert seen == [18, 17]
+    seen.clear()
+    score_slices(detector, slices.image.numpy(), slices.brain.numpy(), batch_size=8, threads=2)
+    assert sorted(seen) == [5, 6, 6, 6, 6, 6]  # three rounds of two batches at once, in any order
+
+
+def test_even_batches_cover_every_slice_once_in_order():
+    for count, size, threads in ((0, 16, 2), (1, 16, 2), (49, 32, 2), (97, 32, 2), (7, 2, 3), (64, 64, 1)):
+        parts = even_batches(count, size, threads)
+        assert [i for part in parts for i in part] == list(range(count))
+        assert all(len(part) <= size for part in parts) and max(map(len, parts), default=0) - min(map(len, parts), default=0) <= 1
+        assert count == 0 or len(parts) % threads == 0 or len(parts) == count
+
+
+def test_batches_scored_at_once_on_a_cpu_give_what_one_at_a_time_gives():
+    torch.manual_seed(0)
+    detector = tiny("spatial_ae")
+    slices = batch(8)
+    images, brain = slices.image.numpy(), slices.brain.numpy()
+    alone = score_slices(detector, images, brain, batch_size=4, threads=1)  # the same two batches
+    first_conv = next(m for m in detector.modules() if isinstance(m, torch.nn.Conv2d))
+    together, threads = threading.Barrier(2, timeout=10), set()
+
+    def meet(_, inputs):  # the first two batches wait for each other: they must run at once
+        threads.add(threading.current_thread().name)
+        together.wait()
+
+    hook = first_conv.register_forward_pre_hook(meet)
+    at_once = score_slices(detector, images, brain, batch_size=4, threads=2)
+    hook.remove()
+    assert all(name.startswith("score") for name in threads) and len(threads) == 2
+    for field in ("maps", "scores", "levels"):  # in order, and as each batch scores alone
+        np.testing.assert_array_equal(getattr(at_once, field), getattr(alone, field))
+
+    def fail(_, inputs):
+        if len(inputs[0]) == 3:
+            raise RuntimeError("a batch broke")
+
+    first_conv.register_forward_pre_hook(fail)
+    with pytest.raises(RuntimeError, match="a batch broke"):  # batches of 2, 3, 3, 2
+        score_slices(detector, batch(10).image.numpy(), batch(10).brain.numpy(), batch_size=4, threads=2)
 
 
 def test_bf16_scores_come_back_as_float32_and_rank_slices_as_fp32_does():
