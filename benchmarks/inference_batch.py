@@ -46,21 +46,26 @@ from pipelines.params import load_params  # noqa: E402
 def time_batches(detector, images: np.ndarray, brain: np.ndarray, settings: list[tuple[int, int]], repeats: int,
                  precision: str) -> dict:
     """Median seconds to score all slices at each (batch size, threads) setting, and each
-    setting's largest map difference from the first's maps."""
+    setting's largest map and score differences from the first's; the first's largest map value
+    and score, to weigh those by."""
     def scored(batch: int, threads: int):
         torch.manual_seed(0)
         return score_slices(detector, images, brain, batch_size=batch, threads=threads, precision=precision)
 
-    maps = {setting: scored(*setting).maps for setting in settings}  # also the warm-up
+    results = {setting: scored(*setting) for setting in settings}  # also the warm-up
     seconds: dict[tuple[int, int], list[float]] = {setting: [] for setting in settings}
     for _ in range(repeats):
         for setting in settings:
             start = time.perf_counter()
             scored(*setting)
             seconds[setting].append(time.perf_counter() - start)
-    first = maps[settings[0]]
-    return {label(*setting): {"seconds": round(float(np.median(seconds[setting])), 4),
-                              "max_map_difference": float(np.abs(maps[setting] - first).max())} for setting in settings}
+    first = results[settings[0]]
+    return {"largest_map_value": float(first.maps.max()), "largest_score": float(np.abs(first.scores).max()),
+            "settings": {label(*setting): {
+                "seconds": round(float(np.median(seconds[setting])), 4),
+                "max_map_difference": float(np.abs(results[setting].maps - first.maps).max()),
+                "max_score_difference": float(np.abs(results[setting].scores - first.scores).max())}
+                for setting in settings}}
 
 
 def label(batch: int, threads: int) -> str:
@@ -92,8 +97,8 @@ def main() -> None:
         for every in args.every:
             picked = every_kth(len(slices.images), every)
             runs.append({"detector": name, "slices": len(picked),
-                         "settings": time_batches(detector, slices.images[picked], slices.brain[picked], settings,
-                                                  args.repeats, precision)})
+                         **time_batches(detector, slices.images[picked], slices.brain[picked], settings,
+                                        args.repeats, precision)})
             Console(stderr=True).print(f"{name}, {len(picked)} slices: {runs[-1]['settings']}")
     record = {"benchmark": "scoring a BraTS-sized volume's slices, by batch size and batches at once",
               "machine": machine_name(device), "precision": precision, "repeats": args.repeats, "runs": runs}

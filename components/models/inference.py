@@ -22,8 +22,8 @@ from components.preprocess.volume import ProcessedSlices, preprocess_volume
 # rounding.
 INFERENCE_LAYOUT = torch.channels_last
 # Slices per batch at most; a CPU scores one batch per core at once (``scoring_threads``). On 2
-# cores the served detector scores a BraTS-sized scan's 49 thin slices in 0.20 s so, against
-# 0.36 s in batches of 16 one at a time (bf16, benchmarks/inference_batch.py); a GPU wants large
+# cores the served detector scores a BraTS-sized scan's 49 thin slices in 0.19 s so, against
+# 0.29 s in batches of 16 one at a time (bf16, benchmarks/inference_batch.py); a GPU wants large
 # batches to keep busy.
 BATCH_SLICES = 64
 
