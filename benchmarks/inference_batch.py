@@ -1,5 +1,5 @@
 """Scoring time of one volume's slices by batch size and batches at once: what
-CPU_BATCH_SLICES and ``scoring_threads`` are chosen on.
+BATCH_SLICES and ``scoring_threads`` are chosen on.
 
     python benchmarks/inference_batch.py [--batches 8 16 32 64] [--threads 1 2] [--every 1 2]
                                          [--repeats 9] [--detectors NAME ...]

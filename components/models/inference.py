@@ -95,9 +95,7 @@ def score_slices(detector: Detector, images: np.ndarray, brain: np.ndarray, batc
         raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     detector.eval().to(memory_format=INFERENCE_LAYOUT)
     device = detector.device
-    batch_size = batch_size or BATCH_SLICES
-
-    threads = threads or scoring_threads(device)
+    batch_size, threads = batch_size or BATCH_SLICES, threads or scoring_threads(device)
 
     def score_batch(part: range) -> Scored:
         if deadline is not None and time.monotonic() > deadline:
