@@ -2,13 +2,13 @@
 BATCH_SLICES and ``scoring_threads`` are chosen on.
 
     python benchmarks/inference_batch.py [--batches 8 16 32 64] [--threads 1 2] [--every 1 2]
-                                         [--repeats 9] [--detectors NAME ...]
+                                         [--precision fp32|bf16] [--repeats 9] [--detectors NAME ...]
                                          [--output benchmarks/results/inference_batch_<device>.json]
 
 Runs after `make run`. The BraTS-sized phantom volume of `serving_load.py` goes through the
 registry champion's recipe, and its slices (all of them, and every second one as the endpoint
-scores a 1 mm scan, ``--every``) are scored with ``score_slices`` in the champion's precision,
-as every scoring path runs it, in batches of at most each size, cut evenly for that many
+scores a 1 mm scan, ``--every``) are scored with ``score_slices`` in the champion's precision
+(or ``--precision``), as every scoring path runs it, in batches of at most each size, cut evenly for that many
 batches at once (``--threads``; every thread of this process serves each batch's operations).
 Each ``--detectors`` name (untrained, built as `brainomaly compare` builds it, at 64 px) is timed
 the same way: a network's speed does not depend on its weights. The settings are timed in turn,
@@ -77,13 +77,14 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--threads", type=int, nargs="+", default=sorted({1, usable_cpus()}))
     parser.add_argument("--every", type=int, nargs="+", default=[1, 2], help="score every k-th slice")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], help="default: the champion's")
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--detectors", nargs="*", default=[], help="compare detectors to time too (untrained)")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     params = load_params(REPO / "params.yaml")
     champion = load_champion(params)
-    precision = champion.bundle.calibration.precision
+    precision = args.precision or champion.bundle.calibration.precision
     slices = preprocess_volume(*brats_sized_volume(params), champion.bundle.preprocess)
     settings = [(batch, threads) for threads in args.threads for batch in args.batches]
     device = champion.detector.device
