@@ -76,8 +76,8 @@ def measured(folder: Path) -> dict:
 
 
 def print_table(report: dict) -> None:
-    variant = "".join(f", {change}" for change in report.get("overrides", []))
-    table = Table(title=f"The default detector by slice size, {report['epochs']} epochs{variant}, after site calibration: "
+    recipe = ", ".join(report.get("overrides", [])) or f"{report['epochs']} epochs"
+    table = Table(title=f"The default detector by slice size, {recipe}, after site calibration: "
                         "slice AUROC / pixel AUPRC / Dice / healthy slices flagged")
     table.add_column("size")
     table.add_column("train, s", justify="right")
