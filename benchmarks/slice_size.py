@@ -3,13 +3,14 @@
     python benchmarks/slice_size.py [--sizes 64 128] [-S section.key=value ... --label NAME]
                                     [--output benchmarks/results/slice_size.json]
 
-Each size preprocesses the project's data afresh in its own workspace (artifacts/slice_size/<px>/,
-or <px>-<label>/ for a variant; the project's params with ``preprocess.size`` set), then runs
-the ordinary `train`, `evaluate` and `sites` stages there. What is measured in pixels scales with the slice, so each size keeps
-the same millimetres: the denoising autoencoder's noise grid (8 at 64 px, the paper's 16 at
-128 px) and the median window (3 pixels at 64 px, the largest odd window no wider in mm at
-larger sizes: 5 at 128 px, the paper's). Everything else, the seed included, is params.yaml's,
-or a variant's: ``-S train.epochs=50`` (repeatable) trains longer. Reported per size: each stage's seconds, the
+Runs after `make run` (it needs the raw phantoms and the sites' scans). Each size preprocesses
+the project's data afresh in its own workspace (artifacts/slice_size/<px>/, or <px>-<label>/
+for a variant; the project's params with ``preprocess.size`` set), then runs the ordinary
+`train`, `evaluate` and `sites` stages there. Settings given in pixels keep their millimetres:
+the denoising autoencoder's noise grid (8 at 64 px, the paper's 16 at 128 px) and the median
+window (3 pixels at 64 px; at larger sizes the largest odd window no wider in mm: 5 at 128 px,
+the paper's). Everything else, the seed included, is params.yaml's, or a variant's:
+``-S train.epochs=50`` (repeatable) trains longer. Reported per size: each stage's seconds, the
 network's milliseconds a slice, and at every site after calibration the slice AUROC, pixel
 AUPRC, Dice and healthy slices flagged, with their 95 % intervals (the project's targets: Dice
 >= 0.50, pixel AUPRC >= 0.60, slice AUROC >= 0.95, <= 5 % flagged).
@@ -26,6 +27,7 @@ from rich.table import Table
 
 from components.atomic import write_json
 from components.machine import machine
+from pipelines.errors import StageError
 from pipelines.evaluate import METRICS
 from pipelines.params import ParamsError, load_params
 from pipelines.sites import REPORT_JSON as SITES_JSON
@@ -56,8 +58,6 @@ def at_site(site: dict) -> dict:
 
 
 def run_size(params, size: int, label: str | None) -> dict:
-    if params.model.name != "denoising_ae":
-        raise SystemExit(f"slice_size.py scales the denoising autoencoder's settings; params.yaml serves {params.model.name}")
     changes = scaled(size, params.model.denoising_ae["noise_resolution"], params.evaluate.pixel_median)
     name = f"{size}-{label}" if label else str(size)
     folder = create(params, Path("artifacts/slice_size") / name, changes, linked=(Path("dvc.lock"),))
@@ -108,6 +108,8 @@ def main() -> None:
         params = load_params(REPO / "params.yaml", args.overrides)
     except ParamsError as err:
         parser.error(str(err))
+    if params.model.name != "denoising_ae":
+        parser.error(f"it scales the denoising autoencoder's settings, and the recipe trains {params.model.name}")
     report = {"machine": machine(), "model": params.model.name, "epochs": params.train.epochs,
               "overrides": args.overrides, "sizes": {}}
     for size in args.sizes:
@@ -117,4 +119,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except StageError as err:  # a stage's own one-line reason, not a traceback
+        raise SystemExit(f"slice_size: {err}") from None
